@@ -1,0 +1,1 @@
+"""One module per subcommand, each exposing ``register(subparsers, common)`` and ``main(args)``."""

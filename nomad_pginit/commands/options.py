@@ -1,0 +1,59 @@
+"""Options that several subcommands share, with their environment fallbacks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Mapping
+
+from nomad_pginit import spec
+from nomad_pginit.errors import ConfigError
+from nomad_pginit.report import LOG_FORMATS
+
+DEFAULT_WAIT_TIMEOUT = 120.0
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """--config and --log-format, accepted after every subcommand."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"the services file (default: ${spec.ENV_CONFIG})",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("PGINIT_LOG_FORMAT", "plain"),
+        help="plain lines, or one JSON object per line (default: $PGINIT_LOG_FORMAT or plain)",
+    )
+    return parser
+
+
+def add_wait_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait-timeout",
+        metavar="SECONDS",
+        help="how long to wait for PostgreSQL to accept connections as a writable primary "
+        f"(default: $PGINIT_WAIT_TIMEOUT or {DEFAULT_WAIT_TIMEOUT:g})",
+    )
+
+
+def wait_timeout(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
+    """--wait-timeout, else $PGINIT_WAIT_TIMEOUT, else the default."""
+    raw = args.wait_timeout or environ.get("PGINIT_WAIT_TIMEOUT")
+    if raw is None or raw == "":
+        return DEFAULT_WAIT_TIMEOUT
+    source = "--wait-timeout" if args.wait_timeout else "$PGINIT_WAIT_TIMEOUT"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{source} must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{source} must be zero or more seconds, not {raw!r}")
+    return value
+
+
+def load_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> spec.Spec:
+    return spec.load(spec.config_path(args.config, environ))

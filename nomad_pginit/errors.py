@@ -1,0 +1,70 @@
+"""The one error hierarchy, and the exit codes it maps to.
+
+Each module that talks to an outside system translates that library's errors
+into one of these (``raise ... from err``) with a message that tells the
+operator what to do next. ``cli.main`` is the only place that turns them into
+exit codes. Messages never contain a password or a SCRAM verifier.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command, documented in the README."""
+
+    OK = 0
+    SERVICE_FAILED = 1  # at least one service failed; the others were provisioned
+    CONFIG = 2  # invalid configuration or usage; nothing was read or written
+    POSTGRES = 3  # PostgreSQL not ready before the deadline, or the admin cannot log in
+    VAULT = 4  # Vault unreachable, or the token rejected
+
+
+class PginitError(Exception):
+    """Root of the errors that the tool expects and explains."""
+
+    exit_code: ExitCode = ExitCode.SERVICE_FAILED
+
+
+class ConfigError(PginitError):
+    """The services file or the command line is invalid.
+
+    ``problems`` lists every problem found, each with where it is, so that an
+    operator fixes them all in one edit.
+    """
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems or []
+
+    def __str__(self) -> str:
+        if not self.problems:
+            return super().__str__()
+        lines = [super().__str__()]
+        lines.extend(f"  - {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+class PostgresUnavailable(PginitError):
+    """PostgreSQL did not become a writable primary in time, or refused the admin."""
+
+    exit_code = ExitCode.POSTGRES
+
+
+class VaultUnavailable(PginitError):
+    """Vault cannot be reached, or it rejects the token."""
+
+    exit_code = ExitCode.VAULT
+
+
+class ServiceError(PginitError):
+    """One service could not be provisioned; the others go on."""
+
+    exit_code = ExitCode.SERVICE_FAILED
+
+
+class SecretUnavailable(ServiceError):
+    """One service's password could not be read from Vault."""

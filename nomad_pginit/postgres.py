@@ -1,0 +1,572 @@
+"""PostgreSQL: the only module that imports psycopg.
+
+It waits for a writable primary, reads the catalogs in bulk (``observe``), and
+turns the planner's actions into SQL composed with ``psycopg.sql`` (``apply``).
+Passwords reach the server only as SCRAM-SHA-256 verifiers computed here by
+libpq, in statements that run with statement logging off where the admin may
+switch it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import psycopg
+import psycopg.errors
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from nomad_pginit.errors import ConfigError, PostgresUnavailable, ServiceError
+from nomad_pginit.plan import (
+    Action,
+    ChangeDatabaseOwner,
+    CreateDatabase,
+    CreateRole,
+    GrantDatabase,
+    GrantRoleToAdmin,
+    GrantSchema,
+    RestoreLogin,
+    SetPassword,
+)
+from nomad_pginit.secret import Secret
+from nomad_pginit.spec import PostgresSettings, Service
+from nomad_pginit.state import (
+    AdminState,
+    ClusterState,
+    DatabaseState,
+    RoleState,
+    SchemaState,
+)
+
+log = logging.getLogger(__name__)
+
+# What psycopg accepts as a statement: only ever built from sql.SQL literals.
+Query = sql.SQL | sql.Composed
+
+APPLICATION_NAME: Final = "nomad-pginit"
+CONNECT_TIMEOUT_SECONDS: Final = 5
+# How often readiness is probed: PQping is cheap, and a poststart task should
+# notice the server within a fraction of a second.
+PROBE_INTERVAL_SECONDS: Final = 0.05
+# While waiting, say again why every so often so the log shows the task is alive.
+WAIT_REPORT_SECONDS: Final = 10.0
+# Serializes concurrent runs (two allocations during a redeploy): any constant
+# bigint works, this one spells "pginit".
+ADVISORY_LOCK_KEY: Final = 0x7067696E6974
+
+# Settings that would copy a password statement into the server log.
+_STATEMENT_LOG_SETTINGS: Final = {
+    "log_statement": "none",
+    "log_min_duration_statement": "-1",
+    "log_min_error_statement": "panic",
+    "log_min_duration_sample": "-1",
+    "log_transaction_sample_rate": "0",
+}
+
+# SQLSTATEs that mean "someone else created it first": the state we want exists.
+_ALREADY_EXISTS = (
+    psycopg.errors.DuplicateObject,  # 42710
+    psycopg.errors.UniqueViolation,  # 23505: concurrent inserts into the catalogs
+    psycopg.errors.DuplicateDatabase,  # 42P04
+)
+
+# Connection failures that waiting will not cure.
+_LOGIN_FAILURES: Final = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "must have connect",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom to connect as the admin. The password never appears in ``conninfo``."""
+
+    conninfo: str
+    password: Secret | None
+    description: str
+
+    def connect_kwargs(self, dbname: str | None = None) -> str:
+        """The full conninfo, password included: for psycopg only, never for logs."""
+        extra: dict[str, str | int] = {
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        }
+        if self.password is not None:
+            extra["password"] = self.password.reveal()
+        if dbname is not None:
+            extra["dbname"] = dbname
+        return make_conninfo(self.conninfo, **extra)
+
+
+def target(settings: PostgresSettings) -> Target:
+    """The admin's connection target from the services file; libpq's environment fills the rest."""
+    try:
+        params = conninfo_to_dict(settings.dsn)
+    except psycopg.ProgrammingError as err:
+        raise ConfigError(f"[postgres] dsn is not a valid connection string: {err}") from err
+    password: Secret | None = None
+    if settings.password_file is not None:
+        password = _read_password_file(settings.password_file)
+    elif "password" in params:
+        password = Secret(str(params.pop("password")))
+    conninfo = make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    return Target(conninfo=conninfo, password=password, description=_describe(conninfo))
+
+
+def _read_password_file(path: Path) -> Secret:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the admin password file {path} ([postgres] password_file): "
+            f"{err.strerror}; check the template block that writes it"
+        ) from err
+    # Template blocks and `echo` add a trailing newline that is not part of the password.
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"the admin password file {path} is empty")
+    return Secret(password)
+
+
+def _describe(conninfo: str) -> str:
+    """user@host:port/dbname as libpq will resolve it, environment included."""
+    values = {
+        option.keyword.decode(): option.val.decode() if option.val is not None else ""
+        for option in pq.Conninfo.parse(conninfo.encode())
+    }
+    defaults = {
+        option.keyword.decode(): option.val.decode() if option.val is not None else ""
+        for option in pq.Conninfo.get_defaults()
+    }
+
+    def value(key: str, fallback: str) -> str:
+        return values.get(key) or defaults.get(key) or fallback
+
+    user = value("user", "(OS user)")
+    host = value("host", "local socket")
+    return f"{user}@{host}:{value('port', '5432')}/{value('dbname', user)}"
+
+
+# --- readiness -----------------------------------------------------------------
+
+
+def wait_until_writable(target: Target, timeout: float) -> Admin:
+    """Wait like pg_isready until the server accepts the admin on a writable primary.
+
+    Raises PostgresUnavailable when the deadline passes or the admin cannot log in.
+    """
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    last_reason = ""
+    last_report = 0.0
+    while True:
+        attempt = _probe(target)
+        if isinstance(attempt, Admin):
+            waited = time.monotonic() - started
+            if last_reason:
+                log.info("PostgreSQL at %s is ready after %.1fs", target.description, waited)
+            return attempt
+        now = time.monotonic()
+        if attempt != last_reason or now - last_report >= WAIT_REPORT_SECONDS:
+            remaining = max(0.0, deadline - now)
+            log.info(
+                "waiting for PostgreSQL at %s: %s (%.0fs left)",
+                target.description,
+                attempt,
+                remaining,
+            )
+            last_reason, last_report = attempt, now
+        if now >= deadline:
+            raise PostgresUnavailable(
+                f"PostgreSQL at {target.description} was not ready within {timeout:g}s "
+                f"({attempt}); check the postgres task (nomad alloc logs <alloc> postgres) "
+                "or raise --wait-timeout"
+            )
+        time.sleep(min(PROBE_INTERVAL_SECONDS, max(0.0, deadline - now)))
+
+
+def _probe(target: Target) -> Admin | str:
+    """A connected Admin when ready, else why not."""
+    status = pq.PGconn.ping(target.conninfo.encode())
+    if status == pq.Ping.NO_ATTEMPT:
+        raise ConfigError(
+            f"the connection parameters for {target.description} are invalid: "
+            "check [postgres] dsn and the PG* environment variables"
+        )
+    if status == pq.Ping.NO_RESPONSE:
+        return "no response (not started, or not listening yet)"
+    if status == pq.Ping.REJECT:
+        return "rejecting connections (starting up, shutting down, or recovering)"
+    try:
+        conn = psycopg.connect(target.connect_kwargs(), autocommit=True)
+    except psycopg.OperationalError as err:
+        message = str(err)
+        if any(marker in message for marker in _LOGIN_FAILURES):
+            raise PostgresUnavailable(
+                f"the admin cannot log in to PostgreSQL at {target.description}: "
+                f"{_last_line(message)}; check [postgres] password_file (or PGPASSWORD) "
+                "and the user in [postgres] dsn"
+            ) from err
+        return f"not accepting the admin yet: {_last_line(message)}"
+    in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if in_recovery is None or in_recovery[0]:
+        conn.close()
+        return "in recovery (a standby, or a primary still replaying WAL): not writable"
+    return Admin(conn, target)
+
+
+def _last_line(message: str) -> str:
+    """libpq prefixes 'connection failed: ...'; the server's reason is the last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("FATAL:").strip() if lines else message
+
+
+# --- observe and apply ------------------------------------------------------------
+
+
+class Admin:
+    """The admin's connection: observes the catalogs and applies actions."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], target: Target) -> None:
+        self._conn = conn
+        self._target = target
+        self._admin: AdminState | None = None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def server_version(self) -> int:
+        return self._conn.info.server_version
+
+    @contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        """Hold the advisory lock that serializes runs against this cluster."""
+        locked = self._scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
+        if not locked:
+            log.info("another nomad-pginit run holds the lock on this cluster: waiting for it")
+            self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{timeout:g}s")))
+            try:
+                self._execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
+            except psycopg.errors.LockNotAvailable as err:
+                raise PostgresUnavailable(
+                    f"another nomad-pginit run held the lock for more than {timeout:g}s"
+                ) from err
+            finally:
+                self._execute(sql.SQL("RESET lock_timeout"))
+        try:
+            yield
+        finally:
+            if not self._conn.closed:
+                self._execute(sql.SQL("SELECT pg_advisory_unlock(%s)"), (ADVISORY_LOCK_KEY,))
+
+    def observe(self, services: Sequence[Service]) -> ClusterState:
+        """Read everything the planner needs about these services, in a few bulk queries."""
+        admin = self._observe_admin()
+        users = [service.user for service in services]
+        names = [service.database for service in services]
+        roles: dict[str, RoleState] = {}
+        verifier_query = (
+            sql.SQL("(SELECT a.rolpassword FROM pg_authid a WHERE a.oid = r.oid)")
+            if admin.can_read_verifiers
+            else sql.SQL("NULL::text")
+        )
+        query = sql.SQL(
+            """
+            SELECT r.rolname, r.rolcanlogin, r.rolsuper, {verifier},
+                   pg_has_role(current_user, r.oid, 'MEMBER'),
+                   ARRAY(SELECT d.datname::text FROM pg_database d
+                         WHERE d.datdba = r.oid ORDER BY d.datname)
+            FROM pg_roles r
+            WHERE r.rolname = ANY(%s)
+            """
+        ).format(verifier=verifier_query)
+        for name, login, superuser, verifier, member, owned in self._rows(query, (users,)):
+            roles[str(name)] = RoleState(
+                name=str(name),
+                can_login=bool(login),
+                superuser=bool(superuser),
+                verifier=str(verifier) if verifier is not None else None,
+                admin_is_member=bool(member),
+                owned_databases=tuple(owned) if isinstance(owned, list) else (),
+            )
+        databases = {
+            str(name): DatabaseState(name=str(name), owner=str(owner))
+            for name, owner in self._rows(
+                sql.SQL(
+                    "SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
+                    "WHERE datname = ANY(%s)"
+                ),
+                (names,),
+            )
+        }
+        privileges: dict[tuple[str, str], frozenset[str]] = {}
+        for database, role, create, connect, temporary in self._rows(
+            sql.SQL(
+                """
+                SELECT p.db, p.role,
+                       has_database_privilege(p.role, p.db, 'CREATE'),
+                       has_database_privilege(p.role, p.db, 'CONNECT'),
+                       has_database_privilege(p.role, p.db, 'TEMPORARY')
+                FROM unnest(%s::text[], %s::text[]) AS p(db, role)
+                WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = p.role)
+                  AND EXISTS (SELECT FROM pg_database WHERE datname = p.db)
+                """
+            ),
+            (names, users),
+        ):
+            held = {
+                privilege
+                for privilege, has in (
+                    ("CREATE", create),
+                    ("CONNECT", connect),
+                    ("TEMPORARY", temporary),
+                )
+                if has
+            }
+            privileges[(str(database), str(role))] = frozenset(held)
+        return ClusterState(
+            admin=admin, roles=roles, databases=databases, database_privileges=privileges
+        )
+
+    def _observe_admin(self) -> AdminState:
+        if self._admin is not None:
+            return self._admin
+        row = self._row(
+            sql.SQL(
+                "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole, "
+                "has_table_privilege('pg_authid', 'SELECT') "
+                "FROM pg_roles WHERE rolname = current_user"
+            )
+        )
+        name, superuser, createdb, createrole, read_authid = row
+        silenceable: set[str] = set()
+        if superuser:
+            silenceable = set(_STATEMENT_LOG_SETTINGS)
+        elif self.server_version >= 150000:
+            for setting in _STATEMENT_LOG_SETTINGS:
+                query = sql.SQL("SELECT has_parameter_privilege(%s, 'SET')")
+                if self._scalar(query, (setting,)):
+                    silenceable.add(setting)
+        self._admin = AdminState(
+            name=str(name),
+            superuser=bool(superuser),
+            createdb=bool(createdb),
+            createrole=bool(createrole),
+            can_read_verifiers=bool(read_authid),
+            silenceable_settings=frozenset(silenceable),
+        )
+        if "log_statement" not in silenceable:
+            log.warning(
+                'the admin "%s" may not switch off log_statement: if the server logs '
+                "statements, it logs the SCRAM verifiers that nomad-pginit sets (never the "
+                "passwords); GRANT SET ON PARAMETER log_statement TO %s avoids it",
+                name,
+                name,
+            )
+        return self._admin
+
+    @contextmanager
+    def database(self, name: str) -> Iterator[DatabaseSession]:
+        """A connection to one service's database, as the admin."""
+        try:
+            conn = psycopg.connect(self._target.connect_kwargs(dbname=name), autocommit=True)
+        except psycopg.OperationalError as err:
+            raise ServiceError(
+                f'cannot connect to database "{name}" as the admin: {_last_line(str(err))}'
+            ) from err
+        try:
+            yield DatabaseSession(conn, name)
+        finally:
+            conn.close()
+
+    def apply(self, action: Action) -> bool:
+        """Run one cluster-level action. False when someone else had already done it."""
+        admin = self._observe_admin()
+        match action:
+            case CreateRole(role=role, password=password):
+                template = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+                return self._run_with_password(action, template, role, password, admin)
+            case SetPassword(role=role, password=password):
+                template = sql.SQL("ALTER ROLE {} PASSWORD {}")
+                return self._run_with_password(action, template, role, password, admin)
+            case RestoreLogin(role=role):
+                return self._run(
+                    action, sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role))
+                )
+            case GrantRoleToAdmin(role=role, admin=admin_name):
+                statement = sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(role), sql.Identifier(admin_name)
+                )
+                return self._run(action, statement)
+            case CreateDatabase(database=database, owner=owner):
+                # Autocommit: CREATE DATABASE cannot run inside a transaction block.
+                statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(database), sql.Identifier(owner)
+                )
+                return self._run(action, statement)
+            case ChangeDatabaseOwner(database=database, owner=owner):
+                statement = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(database), sql.Identifier(owner)
+                )
+                return self._run(action, statement)
+            case GrantDatabase(database=database, role=role):
+                statement = sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                )
+                return self._run(action, statement)
+        raise TypeError(f"not a cluster-level action: {action!r}")
+
+    def _run_with_password(
+        self,
+        action: Action,
+        statement: sql.SQL,
+        role: str,
+        password: Secret,
+        admin: AdminState,
+    ) -> bool:
+        # libpq hashes the password here: the server only ever sees the verifier.
+        verifier = self._conn.pgconn.encrypt_password(
+            password.reveal().encode("utf-8"), role.encode("utf-8"), b"scram-sha-256"
+        ).decode("ascii")
+        composed = statement.format(sql.Identifier(role), sql.Literal(verifier))
+        try:
+            with self._conn.transaction():
+                # SET LOCAL ends with the transaction, so nothing else is affected.
+                for setting in sorted(admin.silenceable_settings):
+                    self._conn.execute(
+                        sql.SQL("SET LOCAL {} = {}").format(
+                            sql.Identifier(setting), sql.Literal(_STATEMENT_LOG_SETTINGS[setting])
+                        )
+                    )
+                self._conn.execute(composed)
+        except _ALREADY_EXISTS:
+            return False
+        except psycopg.Error as err:
+            raise _service_error(action, err, self._conn) from None
+        return True
+
+    def _run(self, action: Action, statement: Query) -> bool:
+        try:
+            self._conn.execute(statement)
+        except _ALREADY_EXISTS:
+            return False
+        except psycopg.Error as err:
+            raise _service_error(action, err, self._conn) from err
+        return True
+
+    def _rows(
+        self, query: Query, params: Sequence[object] | None = None
+    ) -> list[tuple[object, ...]]:
+        try:
+            rows: list[tuple[object, ...]] = self._conn.execute(query, params).fetchall()
+        except psycopg.OperationalError as err:
+            raise _connection_lost(self._target, err) from err
+        return rows
+
+    def _row(self, query: Query, params: Sequence[object] | None = None) -> tuple[object, ...]:
+        rows = self._rows(query, params)
+        return rows[0]
+
+    def _scalar(self, query: Query, params: Sequence[object] | None = None) -> object:
+        return self._row(query, params)[0]
+
+    def _execute(self, query: Query, params: Sequence[object] | None = None) -> None:
+        try:
+            self._conn.execute(query, params)
+        except psycopg.OperationalError as err:
+            raise _connection_lost(self._target, err) from err
+
+
+class DatabaseSession:
+    """The admin connected to one service's database, for schema-level work."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+        self._conn = conn
+        self.name = name
+
+    def observe_schema(self, role: str) -> SchemaState:
+        """Schema public in this database, and what ``role`` holds on it."""
+        row = self._conn.execute(
+            sql.SQL(
+                "SELECT has_schema_privilege(%s, n.oid, 'USAGE'), "
+                "has_schema_privilege(%s, n.oid, 'CREATE'), "
+                "n.nspowner = 'pg_database_owner'::regrole "
+                "FROM pg_namespace n WHERE n.nspname = 'public'"
+            ),
+            (role, role),
+        ).fetchone()
+        if row is None:
+            return SchemaState(database=self.name, exists=False, privileges=frozenset())
+        held = {name for name, has in (("USAGE", row[0]), ("CREATE", row[1])) if has}
+        return SchemaState(
+            database=self.name,
+            exists=True,
+            privileges=frozenset(held),
+            owned_by_database_owner=bool(row[2]),
+        )
+
+    def apply(self, action: Action) -> bool:
+        """Run one action inside this database."""
+        match action:
+            case GrantSchema(role=role):
+                statement = sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role))
+            case _:
+                raise TypeError(f"not a database-level action: {action!r}")
+        try:
+            self._conn.execute(statement)
+        except psycopg.Error as err:
+            raise _service_error(action, err, self._conn) from err
+        return True
+
+
+# What each action needs when the admin is not a superuser, for "permission denied".
+_NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
+    CreateRole: "CREATEROLE",
+    SetPassword: "CREATEROLE (and the role must not be a superuser)",
+    RestoreLogin: "CREATEROLE",
+    GrantRoleToAdmin: "CREATEROLE",
+    CreateDatabase: "CREATEDB and membership in the owning role",
+    ChangeDatabaseOwner: "CREATEDB, membership in the new owner and ownership of the database",
+    GrantDatabase: "ownership of the database or a grant option on it",
+    GrantSchema: "ownership of schema public (membership in the database owner)",
+}
+
+
+def _service_error(
+    action: Action, err: psycopg.Error, conn: psycopg.Connection[tuple[object, ...]]
+) -> ServiceError | PostgresUnavailable:
+    if conn.closed or isinstance(err, psycopg.OperationalError):
+        return PostgresUnavailable(
+            f"lost the connection to PostgreSQL while trying to {action.describe()}: "
+            f"{_last_line(str(err))}; run again once the server is back"
+        )
+    primary = err.diag.message_primary or type(err).__name__
+    if isinstance(err, psycopg.errors.InsufficientPrivilege):
+        needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
+        return ServiceError(f"cannot {action.describe()}: {primary}; the admin needs {needed}")
+    return ServiceError(f"cannot {action.describe()}: {primary} (SQLSTATE {err.sqlstate})")
+
+
+def _connection_lost(target: Target, err: psycopg.OperationalError) -> PostgresUnavailable:
+    return PostgresUnavailable(
+        f"lost the connection to PostgreSQL at {target.description}: {_last_line(str(err))}; "
+        "run again once the server is back"
+    )

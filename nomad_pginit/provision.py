@@ -1,0 +1,188 @@
+"""spec -> observe -> plan -> apply -> report, for ``run`` and ``plan`` alike.
+
+``reconcile`` is the one code path: with ``apply=False`` it stops after
+planning, so ``plan`` shows exactly what ``run`` would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from nomad_pginit import postgres
+from nomad_pginit.errors import ExitCode, PginitError, PostgresUnavailable, ServiceError
+from nomad_pginit.plan import (
+    Action,
+    ChangeDatabaseOwner,
+    Refusal,
+    plan_cluster,
+    plan_schema,
+)
+from nomad_pginit.secret import Secret
+from nomad_pginit.spec import Service, Spec
+from nomad_pginit.state import ClusterState
+from nomad_pginit.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    PENDING = "pending"  # plan only: changes that run would make
+    FAILED = "failed"
+
+
+@dataclass
+class ServiceOutcome:
+    """What happened to one service."""
+
+    service: Service
+    actions: list[Action] = field(default_factory=list)
+    error: str | None = None
+    applied: bool = True
+
+    @property
+    def status(self) -> Status:
+        if self.error is not None:
+            return Status.FAILED
+        if not self.actions:
+            return Status.UNCHANGED
+        if not self.applied:
+            return Status.PENDING
+        if any(action.verb == "created" for action in self.actions):
+            return Status.CREATED
+        return Status.UPDATED
+
+
+@dataclass
+class Outcome:
+    """What happened to every service, and why the run stopped early if it did."""
+
+    services: list[ServiceOutcome]
+    applied: bool
+    # A failure that stopped the run part-way, e.g. PostgreSQL went away.
+    fatal: PginitError | None = None
+
+    def count(self, status: Status) -> int:
+        return sum(1 for outcome in self.services if outcome.status == status)
+
+    @property
+    def failed(self) -> list[ServiceOutcome]:
+        return [outcome for outcome in self.services if outcome.status == Status.FAILED]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.fatal is not None:
+            return self.fatal.exit_code
+        if self.failed:
+            return ExitCode.SERVICE_FAILED
+        return ExitCode.OK
+
+
+def reconcile(
+    spec: Spec,
+    *,
+    wait_timeout: float,
+    apply: bool,
+    environ: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Bring every service in ``spec`` in line (or, with apply=False, say what that takes).
+
+    Raises ConfigError, VaultUnavailable or PostgresUnavailable when nothing can
+    be done at all; one service's failure is recorded in its outcome instead.
+    """
+    env = os.environ if environ is None else environ
+    target = postgres.target(spec.postgres)
+    outcomes = {service.name: ServiceOutcome(service, applied=apply) for service in spec.services}
+    passwords = _read_passwords(spec, env, outcomes)
+
+    with ExitStack() as stack:
+        admin = stack.enter_context(postgres.wait_until_writable(target, wait_timeout))
+        if apply:
+            stack.enter_context(admin.exclusive(wait_timeout))
+        ready = [service for service in spec.services if service.name in passwords]
+        cluster = admin.observe(ready)
+        for index, service in enumerate(ready):
+            outcome = outcomes[service.name]
+            try:
+                _reconcile_service(admin, service, passwords[service.name], cluster, outcome)
+            except (Refusal, ServiceError) as err:
+                outcome.error = str(err)
+                log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
+            except PostgresUnavailable as err:
+                # Nothing more can be done on this connection: say so for every
+                # service not finished, and let the next run pick up from here.
+                for pending in ready[index:]:
+                    outcomes[pending.name].error = f"not finished: {err}"
+                return Outcome(list(outcomes.values()), applied=apply, fatal=err)
+    return Outcome(list(outcomes.values()), applied=apply)
+
+
+def _read_passwords(
+    spec: Spec, environ: Mapping[str, str], outcomes: dict[str, ServiceOutcome]
+) -> dict[str, Secret]:
+    """Each service's password; a service whose secret cannot be read is left alone."""
+    passwords = {
+        service.name: service.password for service in spec.services if service.password is not None
+    }
+    from_vault = [service for service in spec.services if service.password is None]
+    if not from_vault:
+        return passwords
+    vault = Vault.connect(spec.vault, environ)
+    log.info("reading %d passwords from Vault at %s", len(from_vault), vault.address)
+    for service in from_vault:
+        try:
+            passwords[service.name] = vault.read_password(service.name).password
+        except ServiceError as err:
+            outcomes[service.name].error = str(err)
+            log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
+    return passwords
+
+
+def _reconcile_service(
+    admin: postgres.Admin,
+    service: Service,
+    password: Secret,
+    cluster: ClusterState,
+    outcome: ServiceOutcome,
+) -> None:
+    cluster_actions = plan_cluster(service, password, cluster)
+    for action in cluster_actions:
+        _record(outcome, action, admin.apply(action) if outcome.applied else True)
+    owner_changes = any(isinstance(action, ChangeDatabaseOwner) for action in cluster_actions)
+
+    exists = service.database in cluster.databases and service.user in cluster.roles
+    if not outcome.applied and not exists:
+        # Nothing to look into before the database and role exist; run checks it
+        # right after creating them.
+        _report(outcome)
+        return
+    with admin.database(service.database) as session:
+        schema = session.observe_schema(service.user)
+        for action in plan_schema(service, schema, owner_changes=owner_changes):
+            _record(outcome, action, session.apply(action) if outcome.applied else True)
+    _report(outcome)
+
+
+def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
+    outcome.actions.append(action)
+    name = outcome.service.name
+    extra = {"service": name, "action": type(action).__name__, "result": action.verb}
+    if not outcome.applied:
+        log.info("%s: would %s", name, action.describe(), extra=extra | {"result": "pending"})
+    elif did_it:
+        log.info("%s: %s", name, action.done(), extra=extra)
+    else:
+        log.info("%s: %s (another run did it first)", name, action.done(), extra=extra)
+
+
+def _report(outcome: ServiceOutcome) -> None:
+    if not outcome.actions:
+        name = outcome.service.name
+        log.info("%s: unchanged", name, extra={"service": name, "result": "unchanged"})

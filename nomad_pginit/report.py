@@ -1,0 +1,96 @@
+"""How the tool speaks: log lines (plain or JSON) and the one summary line.
+
+Everything goes to stdout, so that ``nomad alloc logs <alloc> init-databases``
+shows the whole story in order without ``-stderr``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Final, TextIO
+
+from nomad_pginit.provision import Outcome, Status
+
+LOG_FORMATS: Final = ("plain", "json")
+# The marker an operator (or `nomad-pginit verify`) greps for in the task's log.
+SUMMARY_PREFIX: Final = "summary:"
+
+# Fields that callers attach with `extra=` and that JSON lines carry as keys.
+_EXTRA_FIELDS: Final = ("event", "service", "action", "result", "status", "counts", "failed")
+
+
+class PlainFormatter(logging.Formatter):
+    """``2026-11-21T22:50:01Z INFO gitea: role "gitea" created``"""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        self.converter = time.gmtime
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = time.gmtime(record.created)
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for key in _EXTRA_FIELDS:
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, stream: TextIO | None = None) -> None:
+    """Set up logging once, at the entry point."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else PlainFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # hvac and urllib3 are chatty at INFO and may print URLs with query strings.
+    for noisy in ("urllib3", "hvac", "requests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def summary_line(outcome: Outcome) -> str:
+    """The line that says, in one grep, whether every service is in sync."""
+    total = len(outcome.services)
+    counts = ", ".join(
+        f"{outcome.count(status)} {status.value}"
+        for status in (Status.CREATED, Status.UPDATED, Status.PENDING, Status.UNCHANGED)
+        if outcome.count(status) or status is Status.UNCHANGED
+    )
+    failed = outcome.failed
+    if failed:
+        names = ", ".join(item.service.name for item in failed)
+        return (
+            f"{SUMMARY_PREFIX} failed: {len(failed)} of {total} services failed ({names}); "
+            f"others: {counts}"
+        )
+    if not outcome.applied and outcome.count(Status.PENDING):
+        pending = outcome.count(Status.PENDING)
+        return f"{SUMMARY_PREFIX} changes pending for {pending} of {total} services ({counts})"
+    return f"{SUMMARY_PREFIX} ok: {total} services in sync ({counts})"
+
+
+def log_summary(outcome: Outcome, logger: logging.Logger) -> None:
+    """Log the summary line, with its counts as fields for JSON logs."""
+    status = "failed" if outcome.failed else "ok"
+    if not outcome.applied and outcome.count(Status.PENDING) and not outcome.failed:
+        status = "pending"
+    extra = {
+        "event": "summary",
+        "status": status,
+        "counts": {s.value: outcome.count(s) for s in Status},
+        "failed": [item.service.name for item in outcome.failed],
+    }
+    level = logging.ERROR if outcome.failed else logging.INFO
+    logger.log(level, "%s", summary_line(outcome), extra=extra)

@@ -1,0 +1,269 @@
+"""The services file: parsed and validated into frozen dataclasses.
+
+Validation collects every problem, each with where it is, and raises one
+``ConfigError`` before anything is read from Vault or written to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from nomad_pginit.errors import ConfigError
+from nomad_pginit.secret import Secret
+
+# PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
+MAX_NAME_BYTES: Final = 63
+
+# Names PostgreSQL reserves, or that would collide with what every cluster has.
+RESERVED_NAMES: Final = frozenset(
+    {
+        "postgres",
+        "template0",
+        "template1",
+        "public",
+        "none",
+        "current_user",
+        "session_user",
+        "current_role",
+        "system_user",
+    }
+)
+
+ENV_CONFIG: Final = "PGINIT_CONFIG"
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """How to reach PostgreSQL as the admin; libpq's environment fills the rest."""
+
+    dsn: str = ""
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """Where each service's password lives in Vault KV v2."""
+
+    mount: str = "secret"
+    path: str = "postgres/{service}"
+    key: str = "password"
+
+    def secret_path(self, service: str) -> str:
+        """The KV v2 path of one service's secret, relative to the mount."""
+        return self.path.replace("{service}", service)
+
+    def cli_path(self, service: str) -> str:
+        """The path as ``vault kv`` commands spell it (``secret/postgres/gitea``)."""
+        return f"{self.mount}/{self.secret_path(service)}"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One tenant: a login role, its own database, a password from Vault."""
+
+    name: str
+    database: str
+    user: str
+    # Given inline only by the JSON format; otherwise read from Vault.
+    password: Secret | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The whole services file."""
+
+    source: Path
+    postgres: PostgresSettings
+    vault: VaultSettings
+    services: tuple[Service, ...]
+
+
+# --- the schema --------------------------------------------------------------
+
+_TOP_KEYS: Final = {"postgres": dict, "vault": dict, "service": list}
+_POSTGRES_KEYS: Final = {"dsn": str, "password_file": str}
+_VAULT_KEYS: Final = {"mount": str, "path": str, "key": str}
+_SERVICE_KEYS: Final = {"name": str, "database": str, "user": str}
+
+_TYPE_NAMES: Final = {
+    str: "a string",
+    dict: "a table",
+    list: "an array of tables",
+    int: "an integer",
+    bool: "true or false",
+}
+
+
+class _Problems:
+    """Collects problems with their location, so all are reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def _check_keys(
+    table: Mapping[str, Any], schema: Mapping[str, type], where: str, problems: _Problems
+) -> dict[str, Any]:
+    """Keep the keys of ``table`` that ``schema`` knows and whose type is right."""
+    good: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in schema:
+            hint = difflib.get_close_matches(key, list(schema), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            known = ", ".join(sorted(schema))
+            problems.add(where, f"unknown key '{key}'{suggestion}; known keys: {known}")
+            continue
+        expected = schema[key]
+        # bool is an int in Python; TOML keeps them apart and so do we.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            problems.add(where, f"'{key}' must be {_TYPE_NAMES[expected]}")
+            continue
+        good[key] = value
+    return good
+
+
+def name_problem(name: str) -> str | None:
+    """Why PostgreSQL cannot hold ``name`` as a role or database exactly, or None."""
+    if name == "":
+        return "must not be empty"
+    if "\x00" in name:
+        return "must not contain a NUL character"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        return "must not contain control characters"
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return (
+            f"is {size} bytes long; PostgreSQL would silently truncate it to "
+            f"{MAX_NAME_BYTES} bytes: choose a shorter name"
+        )
+    if name.lower() in RESERVED_NAMES:
+        return "is reserved by PostgreSQL: choose another name"
+    if name.lower().startswith("pg_"):
+        return "starts with 'pg_', which PostgreSQL reserves for its own roles: choose another name"
+    return None
+
+
+def _check_vault_path(path: str, where: str, problems: _Problems) -> None:
+    if "{service}" not in path:
+        problems.add(
+            where, "'path' must contain {service}, or every service would share one secret"
+        )
+    rest = path.replace("{service}", "")
+    if "{" in rest or "}" in rest:
+        problems.add(where, "'path' may use only the placeholder {service}")
+    if path.startswith("/") or "/data/" in f"/{path}":
+        problems.add(
+            where,
+            "'path' is relative to the mount and without '/data/' (KV v2 adds it): "
+            'for example "postgres/{service}"',
+        )
+
+
+def parse(document: Mapping[str, Any], source: Path) -> Spec:
+    """Validate a parsed services document; raise ConfigError listing every problem."""
+    problems = _Problems()
+    top = _check_keys(document, _TOP_KEYS, str(source), problems)
+
+    pg_table = _check_keys(top.get("postgres", {}), _POSTGRES_KEYS, "[postgres]", problems)
+    password_file = pg_table.get("password_file")
+    postgres = PostgresSettings(
+        dsn=pg_table.get("dsn", ""),
+        # $NOMAD_SECRETS_DIR and friends, so one file works in every task driver.
+        password_file=Path(os.path.expandvars(password_file)) if password_file else None,
+    )
+
+    vault_table = _check_keys(top.get("vault", {}), _VAULT_KEYS, "[vault]", problems)
+    vault = VaultSettings(**vault_table)
+    _check_vault_path(vault.path, "[vault]", problems)
+    for key in ("mount", "key"):
+        if getattr(vault, key) == "":
+            problems.add("[vault]", f"'{key}' must not be empty")
+
+    services: list[Service] = []
+    raw_services = top.get("service", [])
+    if not raw_services:
+        problems.add(
+            str(source), 'no [[service]] entries: add one per service, e.g. name = "gitea"'
+        )
+    for index, raw in enumerate(raw_services, start=1):
+        where = f"[[service]] #{index}"
+        if not isinstance(raw, dict):
+            problems.add(where, "must be a table")
+            continue
+        if isinstance(raw.get("name"), str):
+            where = f"[[service]] #{index} ({raw['name']!r})"
+        entry = _check_keys(raw, _SERVICE_KEYS, where, problems)
+        if "name" not in entry:
+            if "name" not in raw:
+                problems.add(where, "'name' is required")
+            continue
+        service = Service(
+            name=entry["name"],
+            database=entry.get("database", entry["name"]),
+            user=entry.get("user", entry["name"]),
+        )
+        for attribute in ("name", "database", "user"):
+            problem = name_problem(getattr(service, attribute))
+            if problem:
+                problems.add(where, f"{attribute} {getattr(service, attribute)!r} {problem}")
+        services.append(service)
+
+    _check_unique(services, problems)
+    if problems.items:
+        count = len(problems.items)
+        raise ConfigError(
+            f"{source}: {count} problem{'s' if count > 1 else ''} in the services file "
+            "(nothing was read from Vault or written to PostgreSQL)",
+            problems.items,
+        )
+    return Spec(source=source, postgres=postgres, vault=vault, services=tuple(services))
+
+
+def _check_unique(services: list[Service], problems: _Problems) -> None:
+    for attribute in ("name", "database", "user"):
+        seen: dict[str, int] = {}
+        for index, service in enumerate(services, start=1):
+            value = getattr(service, attribute)
+            if value in seen:
+                problems.add(
+                    f"[[service]] #{index} ({service.name!r})",
+                    f"{attribute} {value!r} is already used by [[service]] #{seen[value]}; "
+                    "each service needs its own",
+                )
+            else:
+                seen[value] = index
+
+
+def load(path: Path) -> Spec:
+    """Read and validate the services file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"services file {path} does not exist: check --config or ${ENV_CONFIG}"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read services file {path}: {err}") from err
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    return parse(document, path)
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
+    """The services file named by --config, else $PGINIT_CONFIG."""
+    value = cli_value or environ.get(ENV_CONFIG)
+    if not value:
+        raise ConfigError(f"no services file given: pass --config PATH or set ${ENV_CONFIG}")
+    return Path(value)
