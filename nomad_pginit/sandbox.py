@@ -172,6 +172,9 @@ class ThrowawayPostgres:
         bindir: Path | None = None,
         port: int | None = None,
     ) -> None:
+        if not password or any(ch in password for ch in "\r\n\0"):
+            # initdb takes the first line of the password file as the password.
+            raise ValueError("the superuser password must be a non-empty single line")
         self.password = password
         self.settings: dict[str, str] = dict(_FAST_UNSAFE_SETTINGS)
         for name, value in (settings or {}).items():
@@ -219,10 +222,14 @@ class ThrowawayPostgres:
                 # mkdtemp makes the directory 0700 root-owned; the server must
                 # create its data directory and log file in it.
                 for path in (self.root_dir, self.socket_dir):
-                    os.chown(path, self._uid, self._gid or 0)
+                    self._give_to_postgres(path)
         except BaseException:
             shutil.rmtree(self.root_dir, ignore_errors=True)
             raise
+
+    def _give_to_postgres(self, path: Path) -> None:
+        if self._uid is not None and self._gid is not None:
+            os.chown(path, self._uid, self._gid)
 
     def _check_reachable_by_postgres(self) -> None:
         # Fails early with a useful message instead of an obscure initdb error when
@@ -287,8 +294,7 @@ class ThrowawayPostgres:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(self.password + "\n")
-            if self._uid is not None:
-                os.chown(pwfile, self._uid, self._gid or 0)
+            self._give_to_postgres(pwfile)
             result = self._run(
                 [
                     self.bindir / "initdb",

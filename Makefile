@@ -1,0 +1,52 @@
+# nomad-pginit: `make demo` and `make test` work on a fresh machine that has
+# Python >= 3.11 and the PostgreSQL server binaries; everything else is installed here.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: help prerequisites venv demo test lint typecheck clean
+
+help:
+	@echo "make demo    run the init task against a throwaway PostgreSQL and OpenBao"
+	@echo "make test    lint, type-check and run the whole test suite"
+	@echo "make clean   remove the virtualenv and caches"
+
+prerequisites:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON) not found. Install Python 3.11 or newer (Debian/Ubuntu: apt-get install python3 python3-venv), or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); nomad-pginit needs Python 3.11 or newer (make PYTHON=/path/to/python3.11)"; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "error: $(PYTHON) cannot create virtualenvs; install its venv module (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+	@if [ -n "$$PG_BINDIR" ]; then \
+	  test -x "$$PG_BINDIR/initdb" || { echo "error: PG_BINDIR=$$PG_BINDIR holds no initdb"; exit 1; }; \
+	elif ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "error: the PostgreSQL server binaries (initdb, pg_ctl, postgres) are missing."; \
+	  echo "  Debian/Ubuntu: apt-get install postgresql   (or set PG_BINDIR to the directory holding initdb)"; \
+	  exit 1; \
+	fi
+
+$(BIN)/.installed: pyproject.toml | prerequisites
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+demo: prerequisites venv
+	$(BIN)/python examples/demo.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: prerequisites lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
