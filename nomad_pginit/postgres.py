@@ -537,6 +537,43 @@ class DatabaseSession:
         return True
 
 
+@dataclass(frozen=True)
+class LoginCheck:
+    """What a service sees when it logs in with its password, as ``check`` reports it."""
+
+    logged_in: bool
+    # The server's reason when the login failed; never contains the password.
+    failure: str | None = None
+    can_create_in_public: bool = False
+
+
+def try_service_login(target: Target, user: str, database: str, password: Secret) -> LoginCheck:
+    """Log in as a service, to its own database, over the admin's host and port.
+
+    Writes nothing: the CREATE privilege on schema public is asked, not tried.
+    """
+    conninfo = make_conninfo(
+        target.conninfo,
+        user=user,
+        dbname=database,
+        password=password.reveal(),
+        application_name=f"{APPLICATION_NAME}-check",
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    )
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as err:
+        return LoginCheck(logged_in=False, failure=_last_line(str(err)))
+    with conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT has_schema_privilege(current_user, n.oid, 'CREATE') "
+                "FROM pg_namespace n WHERE n.nspname = 'public'"
+            )
+        ).fetchone()
+    return LoginCheck(logged_in=True, can_create_in_public=bool(row and row[0]))
+
+
 # What each action needs when the admin is not a superuser, for "permission denied".
 _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
     CreateRole: "CREATEROLE",

@@ -159,6 +159,59 @@ class Vault:
         version = int(response["data"]["metadata"]["version"])
         return VaultSecret(password=Secret(value), version=version)
 
+    def create_password(self, service: str, password: Secret) -> bool:
+        """Write a service's first password with check-and-set 0.
+
+        Returns False, writing nothing, when a secret already exists at the path:
+        an existing password is never overwritten.
+        """
+        path = self.settings.secret_path(service)
+        cli_path = self.settings.cli_path(service)
+        try:
+            self._client.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=self.settings.mount
+            )
+        except hvac.exceptions.InvalidPath:
+            pass  # no secret yet: write it below
+        except hvac.exceptions.Forbidden:
+            pass  # a write-only policy may not read metadata; cas=0 still protects it
+        except (requests.RequestException, hvac.exceptions.VaultError) as err:
+            raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
+        else:
+            return False
+        try:
+            self._client.secrets.kv.v2.create_or_update_secret(
+                path=path,
+                secret={self.settings.key: password.reveal()},
+                cas=0,
+                mount_point=self.settings.mount,
+            )
+        except hvac.exceptions.InvalidRequest as err:
+            if "check-and-set" in str(err.args[0] if err.args else ""):
+                return False  # written by someone else in the meantime: keep theirs
+            raise SecretUnavailable(f"Vault refused to write {cli_path}: {_reason(err)}") from err
+        except hvac.exceptions.Forbidden as err:
+            raise SecretUnavailable(
+                f"Vault denied writing {cli_path} (403): your token needs create on "
+                f"{self.settings.mount}/data/{path}"
+            ) from err
+        except (requests.RequestException, hvac.exceptions.VaultError) as err:
+            raise SecretUnavailable(f"cannot write {cli_path} to Vault: {_reason(err)}") from err
+        return True
+
+    def secret_version(self, service: str) -> int | None:
+        """The current KV v2 version of a service's secret, None when there is none."""
+        try:
+            metadata = self._client.secrets.kv.v2.read_secret_metadata(
+                path=self.settings.secret_path(service), mount_point=self.settings.mount
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (requests.RequestException, hvac.exceptions.VaultError) as err:
+            cli_path = self.settings.cli_path(service)
+            raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
+        return int(metadata["data"]["current_version"])
+
 
 def _reason(err: BaseException) -> str:
     """A short reason without hvac's URL noise; never includes response bodies."""
