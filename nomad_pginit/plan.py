@@ -8,6 +8,7 @@ into SQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nomad_pginit.scram import verifier_matches
@@ -15,6 +16,7 @@ from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service
 from nomad_pginit.state import (
     DATABASE_PRIVILEGES,
+    PUBLIC_DATABASE_PRIVILEGES,
     SCHEMA_PRIVILEGES,
     ClusterState,
     SchemaState,
@@ -43,6 +45,8 @@ class Action:
 
 @dataclass(frozen=True)
 class CreateRole(Action):
+    """The role is created with LOGIN and marked as managed."""
+
     role: str
     password: Secret = field(repr=False)
 
@@ -101,6 +105,8 @@ class GrantRoleToAdmin(Action):
 
 @dataclass(frozen=True)
 class CreateDatabase(Action):
+    """The database is created owned by the role and marked as managed."""
+
     database: str
     owner: str
 
@@ -168,43 +174,174 @@ class GrantSchema(Action):
         return f'ALL on schema public in database "{self.database}" granted to "{self.role}"'
 
 
+@dataclass(frozen=True)
+class SetConnectionLimit(Action):
+    role: str
+    limit: int
+
+    def describe(self) -> str:
+        return f'set CONNECTION LIMIT {self.limit} on role "{self.role}"'
+
+    def done(self) -> str:
+        return f'CONNECTION LIMIT of role "{self.role}" updated to {self.limit}'
+
+
+@dataclass(frozen=True)
+class MarkRole(Action):
+    """Comment the role as managed, so that it is recognised once its service is gone."""
+
+    role: str
+
+    def describe(self) -> str:
+        return f'mark role "{self.role}" as managed by nomad-pginit (COMMENT ON ROLE)'
+
+    def done(self) -> str:
+        return f'role "{self.role}" marked as managed by nomad-pginit'
+
+
+@dataclass(frozen=True)
+class MarkDatabase(Action):
+    database: str
+
+    def describe(self) -> str:
+        return f'mark database "{self.database}" as managed by nomad-pginit (COMMENT ON DATABASE)'
+
+    def done(self) -> str:
+        return f'database "{self.database}" marked as managed by nomad-pginit'
+
+
+@dataclass(frozen=True)
+class IsolateDatabase(Action):
+    """Only the owning role may connect: every new database lets PUBLIC connect."""
+
+    database: str
+    role: str
+
+    def describe(self) -> str:
+        return (
+            f'revoke CONNECT and TEMPORARY on database "{self.database}" from PUBLIC, '
+            f'grant CONNECT to "{self.role}"'
+        )
+
+    def done(self) -> str:
+        return f'database "{self.database}" isolated: only "{self.role}" may connect'
+
+
+@dataclass(frozen=True)
+class CreateExtension(Action):
+    """Run connected to ``database``."""
+
+    database: str
+    extension: str
+
+    @property
+    def verb(self) -> str:
+        return "created"
+
+    def describe(self) -> str:
+        return f'create extension "{self.extension}" in database "{self.database}"'
+
+    def done(self) -> str:
+        return f'extension "{self.extension}" created in database "{self.database}"'
+
+
+@dataclass(frozen=True)
+class DisableRole(Action):
+    """A leftover: a role we created whose service left the services file."""
+
+    role: str
+
+    def describe(self) -> str:
+        return f'set leftover role "{self.role}" NOLOGIN (its service is no longer listed)'
+
+    def done(self) -> str:
+        return f'leftover role "{self.role}" set NOLOGIN'
+
+
 class Refusal(Exception):
     """A service that nomad-pginit must not touch; the message says why and what to do."""
 
 
-def plan_cluster(service: Service, password: Secret, cluster: ClusterState) -> list[Action]:
+def plan_cluster(
+    service: Service,
+    password: Secret,
+    cluster: ClusterState,
+    *,
+    password_verified: bool | None = None,
+) -> list[Action]:
     """The role- and database-level actions one service needs, in the order to run them.
 
-    Raises Refusal when an existing role must not be taken over.
+    ``password_verified`` is the result of logging in as the role, for an admin
+    that cannot read pg_authid (None: not tried). Raises Refusal when the
+    service must not be touched.
     """
+    missing = [name for name in service.extensions if name not in cluster.available_extensions]
+    if missing:
+        listed = ", ".join(f'"{name}"' for name in missing)
+        raise Refusal(
+            f"extension {listed} is not available on this server (pg_available_extensions): "
+            "install the package that provides it on the PostgreSQL host, or remove it from "
+            "the service's extensions"
+        )
+    actions: list[Action] = []
+    actions += _plan_role(service, password, cluster, password_verified)
+    actions += _plan_database(service, cluster)
+    return actions
+
+
+def _plan_role(
+    service: Service, password: Secret, cluster: ClusterState, password_verified: bool | None
+) -> list[Action]:
+    actions: list[Action] = []
+    admin = cluster.admin
+    role = cluster.roles.get(service.user)
+    if role is None:
+        actions.append(CreateRole(service.name, service.user, password))
+        if service.connection_limit not in (None, -1):
+            actions.append(SetConnectionLimit(service.name, service.user, service.connection_limit))
+        return actions
+    _refuse_foreign_role(service, cluster)
+    if not role.can_login:
+        actions.append(RestoreLogin(service.name, service.user))
+    if admin.can_read_verifiers:
+        if not verifier_matches(role.verifier, password.reveal()):
+            actions.append(SetPassword(service.name, service.user, password, "differs from Vault"))
+    elif password_verified is False:
+        actions.append(SetPassword(service.name, service.user, password, "differs from Vault"))
+    elif password_verified is None:
+        reason = (
+            f'not compared: the admin "{admin.name}" cannot read pg_authid and could not '
+            "log in as the role to check it, so it is set again"
+        )
+        actions.append(SetPassword(service.name, service.user, password, reason))
+    limit = service.connection_limit
+    if limit is not None and limit != role.connection_limit:
+        actions.append(SetConnectionLimit(service.name, service.user, limit))
+    if not role.managed:
+        actions.append(MarkRole(service.name, service.user))
+    return actions
+
+
+def _plan_database(service: Service, cluster: ClusterState) -> list[Action]:
     actions: list[Action] = []
     admin = cluster.admin
     role = cluster.roles.get(service.user)
     database = cluster.databases.get(service.database)
 
-    if role is None:
-        actions.append(CreateRole(service.name, service.user, password))
-    else:
-        _refuse_foreign_role(service, cluster)
-        if not role.can_login:
-            actions.append(RestoreLogin(service.name, service.user))
-        if not admin.can_read_verifiers:
-            reason = (
-                f'not compared: the admin "{admin.name}" cannot read pg_authid, '
-                "so it is set again on every run"
-            )
-            actions.append(SetPassword(service.name, service.user, password, reason))
-        elif not verifier_matches(role.verifier, password.reveal()):
-            actions.append(SetPassword(service.name, service.user, password, "differs from Vault"))
-
     needs_membership = not admin.superuser and (role is None or not role.admin_is_member)
-    if (database is None or database.owner != service.user) and needs_membership:
+    if needs_membership:
+        # A non-superuser admin must be a member of the role to hand it a database,
+        # and to act on that database afterwards as its owner.
         actions.append(GrantRoleToAdmin(service.name, service.user, admin.name))
 
     if database is None:
         # A new database's owner holds every privilege on it: nothing to grant.
         actions.append(CreateDatabase(service.name, service.database, service.user))
-    elif database.owner != service.user:
+        if service.isolate:
+            actions.append(IsolateDatabase(service.name, service.database, service.user))
+        return actions
+
+    if database.owner != service.user:
         actions.append(
             ChangeDatabaseOwner(service.name, service.database, service.user, database.owner)
         )
@@ -214,7 +351,36 @@ def plan_cluster(service: Service, password: Secret, cluster: ClusterState) -> l
         held = cluster.database_privileges.get((service.database, service.user), frozenset())
         if not held >= DATABASE_PRIVILEGES:
             actions.append(GrantDatabase(service.name, service.database, service.user))
+    if not database.managed:
+        actions.append(MarkDatabase(service.name, service.database))
+    if service.isolate and database.public_privileges & PUBLIC_DATABASE_PRIVILEGES:
+        actions.append(IsolateDatabase(service.name, service.database, service.user))
     return actions
+
+
+def plan_leftovers(
+    services: Sequence[Service], cluster: ClusterState, *, disable: bool
+) -> tuple[list[str], list[Action]]:
+    """Roles and databases we manage whose service left the file: never dropped.
+
+    Returns what to report, and (with ``disable``) the roles to set NOLOGIN.
+    """
+    users = {service.user for service in services}
+    databases = {service.database for service in services}
+    notes: list[str] = []
+    actions: list[Action] = []
+    for role, can_login in sorted(cluster.managed_roles.items()):
+        if role in users:
+            continue
+        state = "can still log in" if can_login else "NOLOGIN"
+        notes.append(f'leftover role "{role}" ({state}): no longer in the services file, kept')
+        if disable and can_login:
+            actions.append(DisableRole(role, role))
+    notes.extend(
+        f'leftover database "{name}": no longer in the services file, kept'
+        for name in sorted(cluster.managed_databases - databases)
+    )
+    return notes, actions
 
 
 def _refuse_foreign_role(service: Service, cluster: ClusterState) -> None:
@@ -247,8 +413,12 @@ def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -
             f'database "{service.database}" has no schema public: create it there '
             f"(CREATE SCHEMA public AUTHORIZATION pg_database_owner), then run again"
         )
-    if schema.privileges >= SCHEMA_PRIVILEGES:
-        return []
-    if owner_changes and schema.owned_by_database_owner:
-        return []
-    return [GrantSchema(service.name, service.database, service.user)]
+    actions: list[Action] = [
+        CreateExtension(service.name, service.database, name)
+        for name in service.extensions
+        if name not in schema.extensions
+    ]
+    held = schema.privileges >= SCHEMA_PRIVILEGES
+    if not held and not (owner_changes and schema.owned_by_database_owner):
+        actions.append(GrantSchema(service.name, service.database, service.user))
+    return actions

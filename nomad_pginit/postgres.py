@@ -27,16 +27,23 @@ from nomad_pginit.plan import (
     Action,
     ChangeDatabaseOwner,
     CreateDatabase,
+    CreateExtension,
     CreateRole,
+    DisableRole,
     GrantDatabase,
     GrantRoleToAdmin,
     GrantSchema,
+    IsolateDatabase,
+    MarkDatabase,
+    MarkRole,
     RestoreLogin,
+    SetConnectionLimit,
     SetPassword,
 )
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings, Service
 from nomad_pginit.state import (
+    MANAGED_COMMENT,
     AdminState,
     ClusterState,
     DatabaseState,
@@ -282,7 +289,7 @@ class Admin:
         admin = self._observe_admin()
         users = [service.user for service in services]
         names = [service.database for service in services]
-        roles: dict[str, RoleState] = {}
+        marker = MANAGED_COMMENT
         verifier_query = (
             sql.SQL("(SELECT a.rolpassword FROM pg_authid a WHERE a.oid = r.oid)")
             if admin.can_read_verifiers
@@ -293,12 +300,16 @@ class Admin:
             SELECT r.rolname, r.rolcanlogin, r.rolsuper, {verifier},
                    pg_has_role(current_user, r.oid, 'MEMBER'),
                    ARRAY(SELECT d.datname::text FROM pg_database d
-                         WHERE d.datdba = r.oid ORDER BY d.datname)
+                         WHERE d.datdba = r.oid ORDER BY d.datname),
+                   r.rolconnlimit,
+                   shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %s
             FROM pg_roles r
             WHERE r.rolname = ANY(%s)
             """
         ).format(verifier=verifier_query)
-        for name, login, superuser, verifier, member, owned in self._rows(query, (users,)):
+        roles: dict[str, RoleState] = {}
+        for row in self._rows(query, (marker, users)):
+            name, login, superuser, verifier, member, owned, limit, managed = row
             roles[str(name)] = RoleState(
                 name=str(name),
                 can_login=bool(login),
@@ -306,17 +317,30 @@ class Admin:
                 verifier=str(verifier) if verifier is not None else None,
                 admin_is_member=bool(member),
                 owned_databases=tuple(owned) if isinstance(owned, list) else (),
+                connection_limit=int(str(limit)),
+                managed=bool(managed),
             )
-        databases = {
-            str(name): DatabaseState(name=str(name), owner=str(owner))
-            for name, owner in self._rows(
-                sql.SQL(
-                    "SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
-                    "WHERE datname = ANY(%s)"
-                ),
-                (names,),
+        databases: dict[str, DatabaseState] = {}
+        for name, owner, public, managed in self._rows(
+            sql.SQL(
+                """
+                SELECT d.datname, pg_get_userbyid(d.datdba),
+                       ARRAY(SELECT DISTINCT a.privilege_type::text
+                             FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
+                             WHERE a.grantee = 0),
+                       shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM %s
+                FROM pg_database d
+                WHERE d.datname = ANY(%s)
+                """
+            ),
+            (marker, names),
+        ):
+            databases[str(name)] = DatabaseState(
+                name=str(name),
+                owner=str(owner),
+                public_privileges=frozenset(public) if isinstance(public, list) else frozenset(),
+                managed=bool(managed),
             )
-        }
         privileges: dict[tuple[str, str], frozenset[str]] = {}
         for database, role, create, connect, temporary in self._rows(
             sql.SQL(
@@ -342,8 +366,40 @@ class Admin:
                 if has
             }
             privileges[(str(database), str(role))] = frozenset(held)
+        available: frozenset[str] = frozenset()
+        if any(service.extensions for service in services):
+            available = frozenset(
+                str(row[0])
+                for row in self._rows(sql.SQL("SELECT name FROM pg_available_extensions"))
+            )
+        managed_roles = {
+            str(name): bool(login)
+            for name, login in self._rows(
+                sql.SQL(
+                    "SELECT rolname, rolcanlogin FROM pg_roles "
+                    "WHERE shobj_description(oid, 'pg_authid') = %s"
+                ),
+                (marker,),
+            )
+        }
+        managed_databases = frozenset(
+            str(row[0])
+            for row in self._rows(
+                sql.SQL(
+                    "SELECT datname FROM pg_database "
+                    "WHERE shobj_description(oid, 'pg_database') = %s"
+                ),
+                (marker,),
+            )
+        )
         return ClusterState(
-            admin=admin, roles=roles, databases=databases, database_privileges=privileges
+            admin=admin,
+            roles=roles,
+            databases=databases,
+            database_privileges=privileges,
+            available_extensions=available,
+            managed_roles=managed_roles,
+            managed_databases=managed_databases,
         )
 
     def _observe_admin(self) -> AdminState:
@@ -403,7 +459,9 @@ class Admin:
         match action:
             case CreateRole(role=role, password=password):
                 template = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
-                return self._run_with_password(action, template, role, password, admin)
+                created = self._run_with_password(action, template, role, password, admin)
+                self._run(action, _comment_on_role(role))
+                return created
             case SetPassword(role=role, password=password):
                 template = sql.SQL("ALTER ROLE {} PASSWORD {}")
                 return self._run_with_password(action, template, role, password, admin)
@@ -421,7 +479,9 @@ class Admin:
                 statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(database), sql.Identifier(owner)
                 )
-                return self._run(action, statement)
+                created = self._run(action, statement)
+                self._run(action, _comment_on_database(database))
+                return created
             case ChangeDatabaseOwner(database=database, owner=owner):
                 statement = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(database), sql.Identifier(owner)
@@ -432,6 +492,33 @@ class Admin:
                     sql.Identifier(database), sql.Identifier(role)
                 )
                 return self._run(action, statement)
+            case SetConnectionLimit(role=role, limit=limit):
+                statement = sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                    sql.Identifier(role), sql.Literal(limit)
+                )
+                return self._run(action, statement)
+            case MarkRole(role=role):
+                return self._run(action, _comment_on_role(role))
+            case MarkDatabase(database=database):
+                return self._run(action, _comment_on_database(database))
+            case IsolateDatabase(database=database, role=role):
+                with self._conn.transaction():
+                    self._run(
+                        action,
+                        sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                            sql.Identifier(database)
+                        ),
+                    )
+                    return self._run(
+                        action,
+                        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                            sql.Identifier(database), sql.Identifier(role)
+                        ),
+                    )
+            case DisableRole(role=role):
+                return self._run(
+                    action, sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role))
+                )
         raise TypeError(f"not a cluster-level action: {action!r}")
 
     def _run_with_password(
@@ -495,6 +582,18 @@ class Admin:
             raise _connection_lost(self._target, err) from err
 
 
+def _comment_on_role(role: str) -> sql.Composed:
+    return sql.SQL("COMMENT ON ROLE {} IS {}").format(
+        sql.Identifier(role), sql.Literal(MANAGED_COMMENT)
+    )
+
+
+def _comment_on_database(database: str) -> sql.Composed:
+    return sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(database), sql.Literal(MANAGED_COMMENT)
+    )
+
+
 class DatabaseSession:
     """The admin connected to one service's database, for schema-level work."""
 
@@ -502,8 +601,11 @@ class DatabaseSession:
         self._conn = conn
         self.name = name
 
-    def observe_schema(self, role: str) -> SchemaState:
-        """Schema public in this database, and what ``role`` holds on it."""
+    def observe_schema(self, role: str | None) -> SchemaState:
+        """Schema public in this database, and what ``role`` holds on it (None: no role yet)."""
+        if role is None:
+            # has_schema_privilege() fails for a role that does not exist; PUBLIC holds nothing.
+            role = "public"
         row = self._conn.execute(
             sql.SQL(
                 "SELECT has_schema_privilege(%s, n.oid, 'USAGE'), "
@@ -513,14 +615,20 @@ class DatabaseSession:
             ),
             (role, role),
         ).fetchone()
+        extensions = frozenset(
+            str(ext[0]) for ext in self._conn.execute(sql.SQL("SELECT extname FROM pg_extension"))
+        )
         if row is None:
-            return SchemaState(database=self.name, exists=False, privileges=frozenset())
+            return SchemaState(
+                database=self.name, exists=False, privileges=frozenset(), extensions=extensions
+            )
         held = {name for name, has in (("USAGE", row[0]), ("CREATE", row[1])) if has}
         return SchemaState(
             database=self.name,
             exists=True,
             privileges=frozenset(held),
             owned_by_database_owner=bool(row[2]),
+            extensions=extensions,
         )
 
     def apply(self, action: Action) -> bool:
@@ -528,6 +636,10 @@ class DatabaseSession:
         match action:
             case GrantSchema(role=role):
                 statement = sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role))
+            case CreateExtension(extension=extension):
+                statement = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(
+                    sql.Identifier(extension)
+                )
             case _:
                 raise TypeError(f"not a database-level action: {action!r}")
         try:
@@ -574,6 +686,17 @@ def try_service_login(target: Target, user: str, database: str, password: Secret
     return LoginCheck(logged_in=True, can_create_in_public=bool(row and row[0]))
 
 
+def password_works(target: Target, user: str, database: str, password: Secret) -> bool | None:
+    """Whether ``password`` logs ``user`` in: True, False, or None when the login
+    failed for another reason (pg_hba.conf, CONNECT), which says nothing about it."""
+    check = try_service_login(target, user, database, password)
+    if check.logged_in:
+        return True
+    if check.failure and "password authentication failed" in check.failure:
+        return False
+    return None
+
+
 # What each action needs when the admin is not a superuser, for "permission denied".
 _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
     CreateRole: "CREATEROLE",
@@ -584,6 +707,12 @@ _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
     ChangeDatabaseOwner: "CREATEDB, membership in the new owner and ownership of the database",
     GrantDatabase: "ownership of the database or a grant option on it",
     GrantSchema: "ownership of schema public (membership in the database owner)",
+    SetConnectionLimit: "CREATEROLE",
+    MarkRole: "CREATEROLE",
+    MarkDatabase: "ownership of the database (membership in its owner)",
+    IsolateDatabase: "ownership of the database (membership in its owner)",
+    CreateExtension: "superuser, or a trusted extension and CREATE on the database",
+    DisableRole: "CREATEROLE",
 }
 
 

@@ -20,11 +20,12 @@ from nomad_pginit.plan import (
     ChangeDatabaseOwner,
     Refusal,
     plan_cluster,
+    plan_leftovers,
     plan_schema,
 )
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
-from nomad_pginit.state import ClusterState
+from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
 from nomad_pginit.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,15 @@ class Outcome:
     applied: bool
     # A failure that stopped the run part-way, e.g. PostgreSQL went away.
     fatal: PginitError | None = None
+    # Roles and databases we manage whose service left the file (never dropped).
+    leftovers: list[str] = field(default_factory=list)
+    # What --disable-removed does (or, in a plan, would do) about them.
+    leftover_actions: list[Action] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        """A plan found changes to make."""
+        return not self.applied and (self.count(Status.PENDING) > 0 or bool(self.leftover_actions))
 
     def count(self, status: Status) -> int:
         return sum(1 for outcome in self.services if outcome.status == status)
@@ -90,6 +100,7 @@ def reconcile(
     *,
     wait_timeout: float,
     apply: bool,
+    disable_removed: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Bring every service in ``spec`` in line (or, with apply=False, say what that takes).
@@ -108,10 +119,18 @@ def reconcile(
             stack.enter_context(admin.exclusive(wait_timeout))
         ready = [service for service in spec.services if service.name in passwords]
         cluster = admin.observe(ready)
+        verified = _verify_passwords_by_login(target, ready, passwords, cluster)
         for index, service in enumerate(ready):
             outcome = outcomes[service.name]
             try:
-                _reconcile_service(admin, service, passwords[service.name], cluster, outcome)
+                _reconcile_service(
+                    admin,
+                    service,
+                    passwords[service.name],
+                    cluster,
+                    outcome,
+                    password_verified=verified.get(service.name),
+                )
             except (Refusal, ServiceError) as err:
                 outcome.error = str(err)
                 log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
@@ -121,7 +140,58 @@ def reconcile(
                 for pending in ready[index:]:
                     outcomes[pending.name].error = f"not finished: {err}"
                 return Outcome(list(outcomes.values()), applied=apply, fatal=err)
-    return Outcome(list(outcomes.values()), applied=apply)
+        result = Outcome(list(outcomes.values()), applied=apply)
+        _handle_leftovers(admin, spec, cluster, result, disable_removed)
+    return result
+
+
+def _verify_passwords_by_login(
+    target: postgres.Target,
+    services: list[Service],
+    passwords: Mapping[str, Secret],
+    cluster: ClusterState,
+) -> dict[str, bool | None]:
+    """For an admin that cannot read pg_authid: does each role's password work?
+
+    Logging in as the role answers without changing anything, so that a run
+    with nothing to do stays a run that changes nothing.
+    """
+    if cluster.admin.can_read_verifiers:
+        return {}
+    verified: dict[str, bool | None] = {}
+    for service in services:
+        role = cluster.roles.get(service.user)
+        if role is None or not role.can_login:
+            continue
+        database = service.database if service.database in cluster.databases else "postgres"
+        verified[service.name] = postgres.password_works(
+            target, service.user, database, passwords[service.name]
+        )
+    return verified
+
+
+def _handle_leftovers(
+    admin: postgres.Admin,
+    spec: Spec,
+    cluster: ClusterState,
+    result: Outcome,
+    disable_removed: bool,
+) -> None:
+    notes, actions = plan_leftovers(spec.services, cluster, disable=disable_removed)
+    result.leftovers = notes
+    for note in notes:
+        hint = "" if disable_removed else "; run --disable-removed to set its role NOLOGIN"
+        log.warning("%s%s", note, hint, extra={"event": "leftover"})
+    for action in actions:
+        try:
+            if result.applied:
+                admin.apply(action)
+                log.info("%s", action.done(), extra={"event": "leftover", "result": "updated"})
+            else:
+                log.info("would %s", action.describe(), extra={"event": "leftover"})
+            result.leftover_actions.append(action)
+        except ServiceError as err:
+            log.error("%s", err, extra={"event": "leftover"})
 
 
 def _read_passwords(
@@ -151,20 +221,30 @@ def _reconcile_service(
     password: Secret,
     cluster: ClusterState,
     outcome: ServiceOutcome,
+    *,
+    password_verified: bool | None,
 ) -> None:
-    cluster_actions = plan_cluster(service, password, cluster)
+    cluster_actions = plan_cluster(service, password, cluster, password_verified=password_verified)
     for action in cluster_actions:
         _record(outcome, action, admin.apply(action) if outcome.applied else True)
     owner_changes = any(isinstance(action, ChangeDatabaseOwner) for action in cluster_actions)
 
-    exists = service.database in cluster.databases and service.user in cluster.roles
-    if not outcome.applied and not exists:
-        # Nothing to look into before the database and role exist; run checks it
-        # right after creating them.
+    if not outcome.applied and service.database not in cluster.databases:
+        # A dry run cannot look inside a database that does not exist yet: a new
+        # database's public schema belongs to its owner, and it has no extensions.
+        predicted = SchemaState(
+            database=service.database,
+            exists=True,
+            privileges=SCHEMA_PRIVILEGES,
+            owned_by_database_owner=True,
+        )
+        for action in plan_schema(service, predicted, owner_changes=True):
+            _record(outcome, action, True)
         _report(outcome)
         return
+    role_exists = outcome.applied or service.user in cluster.roles
     with admin.database(service.database) as session:
-        schema = session.observe_schema(service.user)
+        schema = session.observe_schema(service.user if role_exists else None)
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)
     _report(outcome)

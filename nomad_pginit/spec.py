@@ -71,6 +71,12 @@ class Service:
     name: str
     database: str
     user: str
+    # Revoke CONNECT and TEMPORARY from PUBLIC, so other services cannot connect.
+    isolate: bool = True
+    # Created inside the service's database when missing.
+    extensions: tuple[str, ...] = ()
+    # The role's CONNECTION LIMIT; None leaves whatever the role has.
+    connection_limit: int | None = None
     # Given inline only by the JSON format; otherwise read from Vault.
     password: Secret | None = field(default=None, compare=False, repr=False)
 
@@ -87,15 +93,16 @@ class Spec:
 
 # --- the schema --------------------------------------------------------------
 
-_TOP_KEYS: Final = {"postgres": dict, "vault": dict, "service": list}
+_TOP_KEYS: Final = {"postgres": dict, "vault": dict, "defaults": dict, "service": list}
 _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str}
 _VAULT_KEYS: Final = {"mount": str, "path": str, "key": str}
-_SERVICE_KEYS: Final = {"name": str, "database": str, "user": str}
+_OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
+_SERVICE_KEYS: Final = {"name": str, "database": str, "user": str, **_OPTION_KEYS}
 
 _TYPE_NAMES: Final = {
     str: "a string",
     dict: "a table",
-    list: "an array of tables",
+    list: "an array",
     int: "an integer",
     bool: "true or false",
 }
@@ -189,6 +196,9 @@ def parse(document: Mapping[str, Any], source: Path) -> Spec:
         if getattr(vault, key) == "":
             problems.add("[vault]", f"'{key}' must not be empty")
 
+    defaults_table = _check_keys(top.get("defaults", {}), _OPTION_KEYS, "[defaults]", problems)
+    defaults = _check_options(defaults_table, "[defaults]", problems)
+
     services: list[Service] = []
     raw_services = top.get("service", [])
     if not raw_services:
@@ -207,10 +217,14 @@ def parse(document: Mapping[str, Any], source: Path) -> Spec:
             if "name" not in raw:
                 problems.add(where, "'name' is required")
             continue
+        options = {**defaults, **_check_options(entry, where, problems)}
         service = Service(
             name=entry["name"],
             database=entry.get("database", entry["name"]),
             user=entry.get("user", entry["name"]),
+            isolate=options.get("isolate", True),
+            extensions=options.get("extensions", ()),
+            connection_limit=options.get("connection_limit"),
         )
         for attribute in ("name", "database", "user"):
             problem = name_problem(getattr(service, attribute))
@@ -227,6 +241,37 @@ def parse(document: Mapping[str, Any], source: Path) -> Spec:
             problems.items,
         )
     return Spec(source=source, postgres=postgres, vault=vault, services=tuple(services))
+
+
+def _check_options(table: Mapping[str, Any], where: str, problems: _Problems) -> dict[str, Any]:
+    """The per-service options of a [[service]] or [defaults] table, checked."""
+    options: dict[str, Any] = {}
+    if "isolate" in table:
+        options["isolate"] = table["isolate"]
+    if "extensions" in table:
+        names = table["extensions"]
+        # Extension names may start with pg_ (pg_trgm): only the identifier rules apply.
+        bad = [
+            name
+            for name in names
+            if not isinstance(name, str)
+            or not name
+            or len(name.encode("utf-8")) > MAX_NAME_BYTES
+            or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name)
+        ]
+        if bad:
+            problems.add(where, f"'extensions' must list extension names, not {bad!r}")
+        elif len(set(names)) != len(names):
+            problems.add(where, "'extensions' lists an extension twice")
+        else:
+            options["extensions"] = tuple(names)
+    if "connection_limit" in table:
+        limit = table["connection_limit"]
+        if limit < -1:
+            problems.add(where, "'connection_limit' must be -1 (no limit) or more")
+        else:
+            options["connection_limit"] = limit
+    return options
 
 
 def _check_unique(services: list[Service], problems: _Problems) -> None:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 # What GRANT ALL PRIVILEGES ON DATABASE gives.
 DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
+# What every new database grants PUBLIC, and isolation takes back.
+PUBLIC_DATABASE_PRIVILEGES = frozenset({"CONNECT", "TEMPORARY"})
+# Marks what nomad-pginit created or took over, so leftovers can be recognised.
+MANAGED_COMMENT = "managed by nomad-pginit"
 # What GRANT ALL ON SCHEMA gives.
 SCHEMA_PRIVILEGES = frozenset({"CREATE", "USAGE"})
 
@@ -44,6 +48,9 @@ class RoleState:
     admin_is_member: bool
     # Databases this role owns, whichever service they belong to.
     owned_databases: tuple[str, ...] = ()
+    connection_limit: int = -1
+    # Carries MANAGED_COMMENT.
+    managed: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class DatabaseState:
 
     name: str
     owner: str
+    # What PUBLIC (every role) holds on it: CONNECT and TEMPORARY unless revoked.
+    public_privileges: frozenset[str] = PUBLIC_DATABASE_PRIVILEGES
+    # Carries MANAGED_COMMENT.
+    managed: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,11 +74,17 @@ class ClusterState:
     databases: Mapping[str, DatabaseState]
     # (database, role) -> the database privileges that role holds there, for pairs that exist.
     database_privileges: Mapping[tuple[str, str], frozenset[str]]
+    # Extensions this server can install (pg_available_extensions).
+    available_extensions: frozenset[str] = frozenset()
+    # Every role carrying MANAGED_COMMENT -> whether it can log in, services or not.
+    managed_roles: Mapping[str, bool] = field(default_factory=dict)
+    # Every database carrying MANAGED_COMMENT.
+    managed_databases: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class SchemaState:
-    """Schema ``public`` inside one service's database, seen from that database."""
+    """Inside one service's database, seen from it: schema ``public`` and the extensions."""
 
     database: str
     exists: bool
@@ -75,3 +92,4 @@ class SchemaState:
     privileges: frozenset[str]
     # PostgreSQL 15's default: whoever owns the database owns public too.
     owned_by_database_owner: bool = False
+    extensions: frozenset[str] = frozenset()
