@@ -12,13 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from nomad_pginit import __version__
-from nomad_pginit.commands import options, run
+from nomad_pginit.commands import options, plan, run
 from nomad_pginit.errors import ExitCode, PginitError
 from nomad_pginit.report import configure_logging
 
 log = logging.getLogger("nomad_pginit")
 
-COMMANDS = (run,)
+COMMANDS = (
+    run,
+    plan,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

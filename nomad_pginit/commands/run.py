@@ -29,6 +29,12 @@ def register(
         ),
     )
     options.add_wait_timeout(parser)
+    parser.add_argument(
+        "--disable-removed",
+        action="store_true",
+        help="set NOLOGIN on roles that nomad-pginit created for services no longer in the "
+        "file (nothing is ever dropped)",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -37,7 +43,13 @@ def main(args: argparse.Namespace) -> int:
     spec = options.load_spec(args, environ)
     timeout = options.wait_timeout(args, environ)
     log.info("nomad-pginit: %d services in %s", len(spec.services), spec.source)
-    outcome = reconcile(spec, wait_timeout=timeout, apply=True, environ=environ)
+    outcome = reconcile(
+        spec,
+        wait_timeout=timeout,
+        apply=True,
+        disable_removed=args.disable_removed,
+        environ=environ,
+    )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
     log_summary(outcome, log)

@@ -1,0 +1,101 @@
+"""``nomad-pginit plan``: what ``run`` would change, without changing anything.
+
+It is ``run``'s own code path stopped before apply, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from nomad_pginit.commands import options
+from nomad_pginit.errors import ExitCode
+from nomad_pginit.plan import Action
+from nomad_pginit.provision import Outcome, reconcile
+from nomad_pginit.report import configure_logging, log_summary
+from nomad_pginit.secret import MASK, Secret
+
+log = logging.getLogger("nomad_pginit")
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        parents=[common],
+        help="show what run would change, and change nothing",
+        description=(
+            "Compute the changes that run would make and make none. Exit codes: 0 everything "
+            "in sync, 2 changes pending, and otherwise as run (1 a service failed, "
+            "3 PostgreSQL, 4 Vault; an invalid services file is also 2 and says so)."
+        ),
+    )
+    options.add_wait_timeout(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print the plan as one JSON object on stdout"
+    )
+    parser.add_argument(
+        "--disable-removed",
+        action="store_true",
+        help="include setting leftover roles NOLOGIN, as run --disable-removed would",
+    )
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    environ = os.environ
+    if args.json:
+        # stdout carries the JSON document alone; the log goes to stderr.
+        configure_logging(args.log_format, sys.stderr)
+    spec = options.load_spec(args, environ)
+    outcome = reconcile(
+        spec,
+        wait_timeout=options.wait_timeout(args, environ),
+        apply=False,
+        disable_removed=args.disable_removed,
+        environ=environ,
+    )
+    if outcome.fatal is not None:
+        log.error("%s", outcome.fatal)
+    log_summary(outcome, log)
+    if args.json:
+        print(json.dumps(plan_document(outcome), indent=2, ensure_ascii=False))
+    if outcome.exit_code != ExitCode.OK:
+        return int(outcome.exit_code)
+    return int(ExitCode.CONFIG) if outcome.pending else int(ExitCode.OK)
+
+
+def action_document(action: Action) -> dict[str, object]:
+    """An action as JSON: its kind, its fields, and passwords as ******."""
+    fields: dict[str, object] = {"action": type(action).__name__}
+    for item in dataclasses.fields(action):
+        value = getattr(action, item.name)
+        fields[item.name] = MASK if isinstance(value, Secret) else value
+    fields["description"] = action.describe()
+    return fields
+
+
+def plan_document(outcome: Outcome) -> dict[str, object]:
+    return {
+        "in_sync": not outcome.pending and not outcome.failed,
+        "pending": outcome.pending,
+        "services": [
+            {
+                "name": item.service.name,
+                "database": item.service.database,
+                "user": item.service.user,
+                "status": item.status.value,
+                "actions": [action_document(action) for action in item.actions],
+                "error": item.error,
+            }
+            for item in outcome.services
+        ],
+        "leftovers": outcome.leftovers,
+        "leftover_actions": [action_document(action) for action in outcome.leftover_actions],
+    }
