@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # invalid configuration or usage; nothing was read or written
     POSTGRES = 3  # PostgreSQL not ready before the deadline, or the admin cannot log in
     VAULT = 4  # Vault unreachable, or the token rejected
+    NOMAD = 5  # Nomad unreachable, job unknown or token rejected
 
 
 class PginitError(Exception):
@@ -58,6 +59,12 @@ class VaultUnavailable(PginitError):
     """Vault cannot be reached, or it rejects the token."""
 
     exit_code = ExitCode.VAULT
+
+
+class NomadUnavailable(PginitError):
+    """Nomad cannot be reached, does not know the job, or rejects the token."""
+
+    exit_code = ExitCode.NOMAD
 
 
 class ServiceError(PginitError):

@@ -78,7 +78,8 @@ def summary_line(outcome: Outcome) -> str:
     if not outcome.applied and outcome.count(Status.PENDING):
         pending = outcome.count(Status.PENDING)
         return f"{SUMMARY_PREFIX} changes pending for {pending} of {total} services ({counts})"
-    return f"{SUMMARY_PREFIX} ok: {total} services in sync ({counts})"
+    noun = "service" if total == 1 else "services"
+    return f"{SUMMARY_PREFIX} ok: {total} {noun} in sync ({counts})"
 
 
 def log_summary(outcome: Outcome, logger: logging.Logger) -> None:

@@ -20,6 +20,7 @@ import stringprep
 import unicodedata
 
 _PREFIX = "SCRAM-SHA-256$"
+MAX_ITERATIONS = 10_000_000
 
 
 def _prohibited(ch: str) -> bool:
@@ -75,6 +76,9 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
         iterations_text, salt_b64 = params.split(":", 1)
         stored_key_b64, server_key_b64 = keys.split(":", 1)
         iterations = int(iterations_text)
+        # The server stores whatever it is given: never let a bad count crash or stall us.
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            return False
         salt = base64.b64decode(salt_b64, validate=True)
         stored_key = base64.b64decode(stored_key_b64, validate=True)
         server_key = base64.b64decode(server_key_b64, validate=True)

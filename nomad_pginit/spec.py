@@ -7,6 +7,7 @@ Validation collects every problem, each with where it is, and raises one
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 import unicodedata
@@ -37,6 +38,9 @@ RESERVED_NAMES: Final = frozenset(
 )
 
 ENV_CONFIG: Final = "PGINIT_CONFIG"
+# The standalone provisioner's variable and default, kept for its users.
+ENV_LEGACY_CONFIG: Final = "CONFIG_PATH"
+LEGACY_DEFAULT_CONFIG: Final = Path("/config/config.json")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,14 @@ _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str}
 _VAULT_KEYS: Final = {"mount": str, "path": str, "key": str}
 _OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
 _SERVICE_KEYS: Final = {"name": str, "database": str, "user": str, **_OPTION_KEYS}
+# The JSON format of the standalone provisioner (config.json).
+_JSON_TOP_KEYS: Final = {
+    "root_connection_string": str,
+    "databases": list,
+    "vault": dict,
+    "defaults": dict,
+}
+_JSON_DATABASE_KEYS: Final = {**_SERVICE_KEYS, "password": str}
 
 _TYPE_NAMES: Final = {
     str: "a string",
@@ -168,7 +180,7 @@ def _check_vault_path(path: str, where: str, problems: _Problems) -> None:
     rest = path.replace("{service}", "")
     if "{" in rest or "}" in rest:
         problems.add(where, "'path' may use only the placeholder {service}")
-    if path.startswith("/") or "/data/" in f"/{path}":
+    if path.startswith("/") or path.startswith(("secret/data/", "data/{service}")):
         problems.add(
             where,
             "'path' is relative to the mount and without '/data/' (KV v2 adds it): "
@@ -177,8 +189,53 @@ def _check_vault_path(path: str, where: str, problems: _Problems) -> None:
 
 
 def parse(document: Mapping[str, Any], source: Path) -> Spec:
-    """Validate a parsed services document; raise ConfigError listing every problem."""
+    """Validate a parsed TOML services document; raise ConfigError listing every problem."""
+    return _parse(document, source, _Problems())
+
+
+def parse_json(document: Any, source: Path) -> Spec:
+    """Validate the standalone provisioner's config.json, mapped onto the TOML shape.
+
+    ``root_connection_string`` is [postgres] dsn; each entry of ``databases`` is a
+    service named after its database unless it has a name. A password given
+    inline is used as it is; one left out is read from Vault as usual.
+    """
     problems = _Problems()
+    if not isinstance(document, dict):
+        problems.add(str(source), "must be a JSON object with root_connection_string and databases")
+        return _parse({}, source, problems)
+    top = _check_keys(document, _JSON_TOP_KEYS, str(source), problems)
+    services: list[dict[str, Any]] = []
+    for index, raw in enumerate(top.get("databases", [])):
+        where = f"databases[{index}]"
+        if not isinstance(raw, dict):
+            problems.add(where, "must be an object with database, user and password")
+            continue
+        entry = _check_keys(raw, _JSON_DATABASE_KEYS, where, problems)
+        name = entry.get("name", entry.get("database"))
+        if name is None:
+            problems.add(where, "needs 'database' (or 'name')")
+            continue
+        services.append({**entry, "name": name})
+    translated = {
+        "postgres": {"dsn": top.get("root_connection_string", "")},
+        "vault": top.get("vault", {}),
+        "defaults": top.get("defaults", {}),
+        "service": services,
+    }
+    return _parse(
+        translated, source, problems, service_label="databases[{index}]", inline_passwords=True
+    )
+
+
+def _parse(
+    document: Mapping[str, Any],
+    source: Path,
+    problems: _Problems,
+    service_label: str = "[[service]] #{number}",
+    *,
+    inline_passwords: bool = False,
+) -> Spec:
     top = _check_keys(document, _TOP_KEYS, str(source), problems)
 
     pg_table = _check_keys(top.get("postgres", {}), _POSTGRES_KEYS, "[postgres]", problems)
@@ -205,13 +262,16 @@ def parse(document: Mapping[str, Any], source: Path) -> Spec:
         problems.add(
             str(source), 'no [[service]] entries: add one per service, e.g. name = "gitea"'
         )
-    for index, raw in enumerate(raw_services, start=1):
-        where = f"[[service]] #{index}"
-        if not isinstance(raw, dict):
+    for index, table in enumerate(raw_services, start=1):
+        where = service_label.format(number=index, index=index - 1)
+        if not isinstance(table, dict):
             problems.add(where, "must be a table")
             continue
-        if isinstance(raw.get("name"), str):
-            where = f"[[service]] #{index} ({raw['name']!r})"
+        if isinstance(table.get("name"), str):
+            where = f"{where} ({table['name']!r})"
+        raw = dict(table)
+        # Only config.json carries passwords inline; the TOML file keeps them in Vault.
+        inline_password = raw.pop("password", None) if inline_passwords else None
         entry = _check_keys(raw, _SERVICE_KEYS, where, problems)
         if "name" not in entry:
             if "name" not in raw:
@@ -225,8 +285,10 @@ def parse(document: Mapping[str, Any], source: Path) -> Spec:
             isolate=options.get("isolate", True),
             extensions=options.get("extensions", ()),
             connection_limit=options.get("connection_limit"),
+            password=Secret(inline_password) if inline_password else None,
         )
-        for attribute in ("name", "database", "user"):
+        # A database or user defaulted from the name shares its problems: report them once.
+        for attribute in ("name", *(key for key in ("database", "user") if key in entry)):
             problem = name_problem(getattr(service, attribute))
             if problem:
                 problems.add(where, f"{attribute} {getattr(service, attribute)!r} {problem}")
@@ -275,18 +337,21 @@ def _check_options(table: Mapping[str, Any], where: str, problems: _Problems) ->
 
 
 def _check_unique(services: list[Service], problems: _Problems) -> None:
-    for attribute in ("name", "database", "user"):
-        seen: dict[str, int] = {}
-        for index, service in enumerate(services, start=1):
+    seen: dict[str, dict[str, int]] = {"name": {}, "database": {}, "user": {}}
+    for index, service in enumerate(services, start=1):
+        for attribute in ("name", "database", "user"):
             value = getattr(service, attribute)
-            if value in seen:
-                problems.add(
-                    f"[[service]] #{index} ({service.name!r})",
-                    f"{attribute} {value!r} is already used by [[service]] #{seen[value]}; "
-                    "each service needs its own",
-                )
-            else:
-                seen[value] = index
+            earlier = seen[attribute].get(value)
+            if earlier is None:
+                seen[attribute][value] = index
+                continue
+            if attribute != "name" and value == service.name and service.name in seen["name"]:
+                continue  # the duplicate name is already reported, and this follows from it
+            problems.add(
+                f"[[service]] #{index} ({service.name!r})",
+                f"{attribute} {value!r} is already used by [[service]] #{earlier}; "
+                "each service needs its own",
+            )
 
 
 def load(path: Path) -> Spec:
@@ -295,10 +360,23 @@ def load(path: Path) -> Spec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ConfigError(
-            f"services file {path} does not exist: check --config or ${ENV_CONFIG}"
+            f"services file {path} does not exist: pass --config PATH or set ${ENV_CONFIG}"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read services file {path}: {err}") from err
+    return loads(text, path)
+
+
+def loads(text: str, path: Path) -> Spec:
+    """Validate a services file's text: JSON when it is named *.json or starts with '{'."""
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+            ) from err
+        return parse_json(document, path)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -307,8 +385,9 @@ def load(path: Path) -> Spec:
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
-    """The services file named by --config, else $PGINIT_CONFIG."""
-    value = cli_value or environ.get(ENV_CONFIG)
-    if not value:
-        raise ConfigError(f"no services file given: pass --config PATH or set ${ENV_CONFIG}")
-    return Path(value)
+    """--config, else $PGINIT_CONFIG, else $CONFIG_PATH, else /config/config.json.
+
+    The last two are the standalone provisioner's, so its deployments keep working.
+    """
+    value = cli_value or environ.get(ENV_CONFIG) or environ.get(ENV_LEGACY_CONFIG)
+    return Path(value) if value else LEGACY_DEFAULT_CONFIG

@@ -156,6 +156,12 @@ class Vault:
                 f"the secret at {cli_path} has no non-empty string key '{key}' (it has: {found}): "
                 f'add it with vault kv patch {cli_path} {key}="$(openssl rand -base64 32)"'
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SecretUnavailable(
+                f"the '{key}' at {cli_path} is not valid UTF-8 text: write it again"
+            ) from None
         version = int(response["data"]["metadata"]["version"])
         return VaultSecret(password=Secret(value), version=version)
 
