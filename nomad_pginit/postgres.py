@@ -168,12 +168,29 @@ def _describe(conninfo: str) -> str:
 # --- readiness -----------------------------------------------------------------
 
 
-def wait_until_writable(target: Target, timeout: float) -> Admin:
+@dataclass(frozen=True)
+class Readiness:
+    """How long to wait for PostgreSQL, and how often to look.
+
+    The Nomad task probes often until a deadline; the standalone provisioner's
+    users expect a few attempts some seconds apart. One waiting loop serves both.
+    """
+
+    timeout: float
+    probe_interval: float = PROBE_INTERVAL_SECONDS
+
+    @classmethod
+    def attempts(cls, count: int, interval: float) -> Readiness:
+        """``count`` attempts ``interval`` seconds apart."""
+        return cls(timeout=max(0, count - 1) * interval, probe_interval=interval)
+
+
+def wait_until_writable(target: Target, readiness: Readiness) -> Admin:
     """Wait like pg_isready until the server accepts the admin on a writable primary.
 
     Raises PostgresUnavailable when the deadline passes or the admin cannot log in.
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + readiness.timeout
     started = time.monotonic()
     last_reason = ""
     last_report = 0.0
@@ -196,11 +213,11 @@ def wait_until_writable(target: Target, timeout: float) -> Admin:
             last_reason, last_report = attempt, now
         if now >= deadline:
             raise PostgresUnavailable(
-                f"PostgreSQL at {target.description} was not ready within {timeout:g}s "
+                f"PostgreSQL at {target.description} was not ready within {readiness.timeout:g}s "
                 f"({attempt}); check the postgres task (nomad alloc logs <alloc> postgres) "
                 "or raise --wait-timeout"
             )
-        time.sleep(min(PROBE_INTERVAL_SECONDS, max(0.0, deadline - now)))
+        time.sleep(min(readiness.probe_interval, max(0.0, deadline - now)))
 
 
 def _probe(target: Target) -> Admin | str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,6 +30,8 @@ from nomad_pginit.vault import Vault
 
 log = logging.getLogger(__name__)
 
+LOCK_WAIT_SECONDS = 120.0
+
 
 class Status(StrEnum):
     CREATED = "created"
@@ -47,6 +49,7 @@ class ServiceOutcome:
     actions: list[Action] = field(default_factory=list)
     error: str | None = None
     applied: bool = True
+    quiet: bool = False
 
     @property
     def status(self) -> Status:
@@ -73,6 +76,8 @@ class Outcome:
     leftovers: list[str] = field(default_factory=list)
     # What --disable-removed does (or, in a plan, would do) about them.
     leftover_actions: list[Action] = field(default_factory=list)
+    # The Vault version of each password used, for watch mode to notice rotations.
+    secret_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def pending(self) -> bool:
@@ -98,30 +103,41 @@ class Outcome:
 def reconcile(
     spec: Spec,
     *,
-    wait_timeout: float,
+    readiness: postgres.Readiness,
     apply: bool,
     disable_removed: bool = False,
     environ: Mapping[str, str] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    quiet: bool = False,
 ) -> Outcome:
     """Bring every service in ``spec`` in line (or, with apply=False, say what that takes).
 
     Raises ConfigError, VaultUnavailable or PostgresUnavailable when nothing can
     be done at all; one service's failure is recorded in its outcome instead.
+    ``should_stop`` is asked before each service (SIGTERM lets the current one
+    finish); ``quiet`` leaves out the "unchanged" lines, for watch mode.
     """
     env = os.environ if environ is None else environ
     target = postgres.target(spec.postgres)
     outcomes = {service.name: ServiceOutcome(service, applied=apply) for service in spec.services}
-    passwords = _read_passwords(spec, env, outcomes)
+    passwords, versions = _read_passwords(spec, env, outcomes)
 
     with ExitStack() as stack:
-        admin = stack.enter_context(postgres.wait_until_writable(target, wait_timeout))
+        admin = stack.enter_context(postgres.wait_until_writable(target, readiness))
         if apply:
-            stack.enter_context(admin.exclusive(wait_timeout))
+            # Another run holds the lock for as long as it takes to finish.
+            stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))
         ready = [service for service in spec.services if service.name in passwords]
         cluster = admin.observe(ready)
         verified = _verify_passwords_by_login(target, ready, passwords, cluster)
         for index, service in enumerate(ready):
+            if should_stop():
+                log.info("stopping: %d services left for the next run", len(ready) - index)
+                for skipped in ready[index:]:
+                    del outcomes[skipped.name]
+                break
             outcome = outcomes[service.name]
+            outcome.quiet = quiet
             try:
                 _reconcile_service(
                     admin,
@@ -139,8 +155,10 @@ def reconcile(
                 # service not finished, and let the next run pick up from here.
                 for pending in ready[index:]:
                     outcomes[pending.name].error = f"not finished: {err}"
-                return Outcome(list(outcomes.values()), applied=apply, fatal=err)
-        result = Outcome(list(outcomes.values()), applied=apply)
+                return Outcome(
+                    list(outcomes.values()), applied=apply, fatal=err, secret_versions=versions
+                )
+        result = Outcome(list(outcomes.values()), applied=apply, secret_versions=versions)
         _handle_leftovers(admin, spec, cluster, result, disable_removed)
     return result
 
@@ -194,25 +212,49 @@ def _handle_leftovers(
             log.error("%s", err, extra={"event": "leftover"})
 
 
+def warn_inline_passwords(spec: Spec) -> None:
+    """Once per loaded file: passwords written in a config file are easy to leak."""
+    inline = [service.name for service in spec.services if service.password is not None]
+    if inline:
+        log.warning(
+            "%s in %s: anyone who can read that file can read them; leave 'password' out "
+            "and keep them in Vault at %s",
+            _count(len(inline), "inline password"),
+            spec.source,
+            spec.vault.cli_path("<name>"),
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _read_passwords(
     spec: Spec, environ: Mapping[str, str], outcomes: dict[str, ServiceOutcome]
-) -> dict[str, Secret]:
-    """Each service's password; a service whose secret cannot be read is left alone."""
+) -> tuple[dict[str, Secret], dict[str, int]]:
+    """Each service's password, and the Vault version it came from.
+
+    A service whose secret cannot be read is left out, and so left alone.
+    """
     passwords = {
         service.name: service.password for service in spec.services if service.password is not None
     }
+    versions: dict[str, int] = {}
     from_vault = [service for service in spec.services if service.password is None]
     if not from_vault:
-        return passwords
+        return passwords, versions
     vault = Vault.connect(spec.vault, environ)
-    log.info("reading %d passwords from Vault at %s", len(from_vault), vault.address)
+    log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
     for service in from_vault:
         try:
-            passwords[service.name] = vault.read_password(service.name).password
+            secret = vault.read_password(service.name)
         except ServiceError as err:
             outcomes[service.name].error = str(err)
             log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
-    return passwords
+            continue
+        passwords[service.name] = secret.password
+        versions[service.name] = secret.version
+    return passwords, versions
 
 
 def _reconcile_service(
@@ -263,6 +305,6 @@ def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
 
 
 def _report(outcome: ServiceOutcome) -> None:
-    if not outcome.actions:
+    if not outcome.actions and not outcome.quiet:
         name = outcome.service.name
         log.info("%s: unchanged", name, extra={"service": name, "result": "unchanged"})

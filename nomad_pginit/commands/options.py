@@ -9,9 +9,12 @@ from collections.abc import Mapping
 
 from nomad_pginit import spec
 from nomad_pginit.errors import ConfigError
+from nomad_pginit.postgres import Readiness
 from nomad_pginit.report import LOG_FORMATS
 
 DEFAULT_WAIT_TIMEOUT = 120.0
+STANDALONE_ATTEMPTS = 5
+STANDALONE_INTERVAL = 5.0
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -36,15 +39,23 @@ def add_wait_timeout(parser: argparse.ArgumentParser) -> None:
         "--wait-timeout",
         metavar="SECONDS",
         help="how long to wait for PostgreSQL to accept connections as a writable primary "
-        f"(default: $PGINIT_WAIT_TIMEOUT or {DEFAULT_WAIT_TIMEOUT:g})",
+        f"(default: $PGINIT_WAIT_TIMEOUT, else {DEFAULT_WAIT_TIMEOUT:g} in a Nomad allocation, "
+        f"{STANDALONE_ATTEMPTS} attempts {STANDALONE_INTERVAL:g}s apart elsewhere)",
     )
 
 
-def wait_timeout(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
-    """--wait-timeout, else $PGINIT_WAIT_TIMEOUT, else the default."""
+def readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> Readiness:
+    """How long to wait for PostgreSQL.
+
+    --wait-timeout, else $PGINIT_WAIT_TIMEOUT, else: inside a Nomad allocation
+    120 s of frequent probes; standalone (Docker Compose, Kubernetes) the old
+    provisioner's 5 attempts 5 seconds apart.
+    """
     raw = args.wait_timeout or environ.get("PGINIT_WAIT_TIMEOUT")
     if raw is None or raw == "":
-        return DEFAULT_WAIT_TIMEOUT
+        if environ.get("NOMAD_ALLOC_ID"):
+            return Readiness(timeout=DEFAULT_WAIT_TIMEOUT)
+        return Readiness.attempts(STANDALONE_ATTEMPTS, STANDALONE_INTERVAL)
     source = "--wait-timeout" if args.wait_timeout else "$PGINIT_WAIT_TIMEOUT"
     try:
         value = float(raw)
@@ -52,7 +63,7 @@ def wait_timeout(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
         raise ConfigError(f"{source} must be a number of seconds, not {raw!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{source} must be zero or more seconds, not {raw!r}")
-    return value
+    return Readiness(timeout=value)
 
 
 def load_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> spec.Spec:

@@ -15,7 +15,7 @@ import sys
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.plan import Action
-from nomad_pginit.provision import Outcome, reconcile
+from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
 from nomad_pginit.report import configure_logging, log_summary
 from nomad_pginit.secret import MASK, Secret
 
@@ -54,9 +54,10 @@ def main(args: argparse.Namespace) -> int:
         # stdout carries the JSON document alone; the log goes to stderr.
         configure_logging(args.log_format, sys.stderr)
     spec = options.load_spec(args, environ)
+    warn_inline_passwords(spec)
     outcome = reconcile(
         spec,
-        wait_timeout=options.wait_timeout(args, environ),
+        readiness=options.readiness(args, environ),
         apply=False,
         disable_removed=args.disable_removed,
         environ=environ,

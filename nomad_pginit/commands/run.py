@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
+from collections.abc import Mapping
 
+from nomad_pginit import __version__
 from nomad_pginit.commands import options
-from nomad_pginit.provision import reconcile
+from nomad_pginit.errors import ConfigError
+from nomad_pginit.provision import reconcile, warn_inline_passwords
 from nomad_pginit.report import log_summary
+from nomad_pginit.spec import config_path as spec_path
+from nomad_pginit.watch import WatchSettings, watch
 
 log = logging.getLogger("nomad_pginit")
 
@@ -35,22 +42,78 @@ def register(
         help="set NOLOGIN on roles that nomad-pginit created for services no longer in the "
         "file (nothing is ever dropped)",
     )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        default=None,
+        help="keep running: re-apply when the services file changes or a password gets a new "
+        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it after the "
+        "current service",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="in watch mode, how often to look for changes (default: 10)",
+    )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="in watch mode, re-check everything this often to repair drift (default: 300)",
+    )
     parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
     environ = os.environ
+    stop = threading.Event()
+    # SIGTERM (nomad alloc stop, docker stop, a pod's end) lets the current service
+    # finish, then the command exits cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: _request_stop(stop))
+    if _watch_mode(args, environ):
+        if args.interval <= 0 or args.resync <= 0:
+            raise ConfigError("--interval and --resync must be more than 0 seconds")
+        settings = WatchSettings(
+            interval=args.interval,
+            resync=args.resync,
+            readiness=options.readiness(args, environ),
+            disable_removed=args.disable_removed,
+        )
+        return watch(spec_path(args.config, environ), settings, stop, environ)
     spec = options.load_spec(args, environ)
-    timeout = options.wait_timeout(args, environ)
-    log.info("nomad-pginit: %d services in %s", len(spec.services), spec.source)
+    log.info("nomad-pginit %s: %d services in %s", __version__, len(spec.services), spec.source)
+    warn_inline_passwords(spec)
     outcome = reconcile(
         spec,
-        wait_timeout=timeout,
+        readiness=options.readiness(args, environ),
         apply=True,
         disable_removed=args.disable_removed,
         environ=environ,
+        should_stop=stop.is_set,
     )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
     log_summary(outcome, log)
     return int(outcome.exit_code)
+
+
+def _request_stop(stop: threading.Event) -> None:
+    if not stop.is_set():
+        log.info("stop requested: finishing the current service")
+    stop.set()
+
+
+def _watch_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """--watch, else $WATCH_MODE (true or false), as the standalone provisioner read it."""
+    if args.watch:
+        return True
+    raw = environ.get("WATCH_MODE", "").strip().lower()
+    if raw in ("", "false", "0", "no", "off"):
+        return False
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    raise ConfigError(f"WATCH_MODE must be true or false, not {environ['WATCH_MODE']!r}")

@@ -1,0 +1,143 @@
+"""Watch mode: keep running, and re-apply when the services file or a password changes.
+
+The file is compared by content, not modification time: Kubernetes swaps a
+ConfigMap in through a symlink, and editors may keep the time. A password
+rotated in Vault is noticed by its KV v2 version, so it reaches PostgreSQL
+without a redeploy. A broken edit is reported once and the last good
+configuration stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nomad_pginit import spec as specs
+from nomad_pginit.errors import ConfigError, PginitError
+from nomad_pginit.postgres import Readiness
+from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
+from nomad_pginit.report import log_summary
+from nomad_pginit.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    interval: float
+    # A full pass at least this often, to repair drift nobody announced.
+    resync: float
+    readiness: Readiness
+    disable_removed: bool = False
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()  # follows the symlink a ConfigMap update swaps
+    except OSError as err:
+        raise ConfigError(f"cannot read services file {path}: {err.strerror}") from err
+
+
+def watch(
+    path: Path, settings: WatchSettings, stop: threading.Event, environ: Mapping[str, str]
+) -> int:
+    """Apply, then keep applying on change until ``stop`` is set. Returns the exit code."""
+    content = _read(path)
+    spec = specs.loads(content.decode("utf-8", errors="replace"), path)  # exit 2 if broken now
+    log.info("watching %s and the Vault secrets every %gs", path, settings.interval)
+    warn_inline_passwords(spec)
+    reason: str | None = "start"
+    versions: dict[str, int] = {}
+    last_pass = 0.0
+    while not stop.is_set():
+        if reason is None and time.monotonic() - last_pass >= settings.resync:
+            reason = "periodic check for drift"
+        if reason is not None:
+            log.info("applying (%s)", reason)
+            outcome = _apply(spec, settings, stop, environ)
+            last_pass = time.monotonic()
+            if outcome is None or outcome.fatal is not None:
+                # PostgreSQL or Vault was away: try again at the next tick. A service
+                # that failed alone is retried when its secret changes, or at resync.
+                reason = "retrying: the last pass could not finish"
+            else:
+                reason = None
+            if outcome is not None:
+                versions = outcome.secret_versions
+        if stop.wait(settings.interval):
+            break
+        new_content = _read_or_keep(path, content)
+        if new_content != content:
+            content = new_content
+            try:
+                spec = specs.loads(content.decode("utf-8", errors="replace"), path)
+            except ConfigError as err:
+                log.error(
+                    "the new %s is invalid; keeping the last good configuration: %s", path, err
+                )
+                continue
+            reason = "services file changed"
+            warn_inline_passwords(spec)
+            continue
+        if reason is None:
+            reason = _rotated(spec, versions, environ)
+    log.info("stopped")
+    return 0
+
+
+def _apply(
+    spec: specs.Spec, settings: WatchSettings, stop: threading.Event, environ: Mapping[str, str]
+) -> Outcome | None:
+    try:
+        outcome = reconcile(
+            spec,
+            readiness=settings.readiness,
+            apply=True,
+            disable_removed=settings.disable_removed,
+            environ=environ,
+            should_stop=stop.is_set,
+            quiet=True,
+        )
+    except PginitError as err:
+        log.error("%s", err)
+        return None
+    if outcome.fatal is not None:
+        log.error("%s", outcome.fatal)
+    log_summary(outcome, log)
+    return outcome
+
+
+def _read_or_keep(path: Path, previous: bytes) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        # Mid-swap, or deleted by mistake: keep the last good configuration.
+        log.warning("cannot read %s (%s); keeping the last good configuration", path, err.strerror)
+        return previous
+
+
+def _rotated(
+    spec: specs.Spec, versions: Mapping[str, int], environ: Mapping[str, str]
+) -> str | None:
+    """Why to re-apply because of Vault, or None: a secret got a new version, or appeared."""
+    from_vault = [service for service in spec.services if service.password is None]
+    if not from_vault:
+        return None
+    try:
+        vault = Vault.connect(spec.vault, environ)
+    except PginitError as err:
+        log.warning("cannot check Vault for rotated passwords: %s", err)
+        return None
+    for service in from_vault:
+        try:
+            version = vault.read_password(service.name).version
+        except PginitError:
+            continue  # still missing or unreadable: the last pass reported it
+        if versions.get(service.name) != version:
+            cli_path = spec.vault.cli_path(service.name)
+            return f"{cli_path} has version {version}"
+    return None
