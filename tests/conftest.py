@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,16 @@ def superuser_connect(
 def reset_cluster(cluster: ThrowawayPostgres) -> None:
     """Drop every database and role that a test made, so each test starts clean."""
     with superuser_connect(cluster) as conn:
+        # A tool process killed by a test may leave its last statement running.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'nomad-pginit%%' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if not busy or not busy[0]:
+                break
+            time.sleep(0.1)
         databases = [
             str(row[0])
             for row in conn.execute(
