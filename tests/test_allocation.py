@@ -1,0 +1,156 @@
+"""An allocation of the rendered job, played the way Nomad plays it.
+
+No Nomad agent can run here, so the test does what the client would: it
+renders the task's template blocks into ``local/`` and ``secrets/``, writes the
+workload identity's Vault token to ``secrets/vault_token``, sets the
+environment Nomad gives a task, and starts the init task as soon as the
+postgres task is "running" — before the server accepts connections.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import psycopg
+import pytest
+from conftest import Vault, tool_env
+
+from nomad_pginit.sandbox import ThrowawayPostgres
+
+JOB_FILE = (
+    Path(__file__).resolve().parent.parent
+    / "jobs/services/databases/postgresql/postgresql.nomad.hcl"
+)
+
+
+def init_task_templates() -> dict[str, str]:
+    """The init-databases task's template blocks: destination -> data, as plain text."""
+    options = hcl2.SerializationOptions(
+        strip_string_quotes=True,
+        explicit_blocks=False,
+        with_comments=False,
+        preserve_heredocs=False,
+    )
+    job: dict[str, Any] = hcl2.loads(
+        JOB_FILE.read_text(encoding="utf-8"), serialization_options=options
+    )
+    found: dict[str, str] = {}
+    for job_block in job["job"]:
+        for body in job_block.values():
+            for group_block in body["group"]:
+                for group in group_block.values():
+                    for task_block in group["task"]:
+                        for name, task in task_block.items():
+                            if name.strip('"') != "init-databases":
+                                continue
+                            for template in task["template"]:
+                                found[template["destination"]] = str(template["data"])
+    return found
+
+
+@pytest.fixture
+def cluster() -> Iterator[ThrowawayPostgres]:
+    server = ThrowawayPostgres()
+    server.init()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_init_task_in_an_allocation(
+    tmp_path: Path, cluster: ThrowawayPostgres, vault: Vault
+) -> None:
+    templates = init_task_templates()
+    services_text = templates["local/pginit.toml"]
+    names = re.findall(r'^name = "([^"]+)"$', services_text, re.M)
+    assert names, "the job delivers the services file"
+    passwords = {name: f"{name}-Vault-pw'\"$$" for name in names}
+    for name, password in passwords.items():
+        vault.put(name, password)
+
+    # Nomad's layout for the task, and what its template blocks render there.
+    alloc_dir = tmp_path / "alloc"
+    task_dir = tmp_path / "init-databases" / "local"
+    secrets_dir = tmp_path / "init-databases" / "secrets"
+    for directory in (alloc_dir, task_dir, secrets_dir):
+        directory.mkdir(parents=True)
+    assert "{{" in templates["secrets/pg_admin_password"]  # read from Vault, not in the job
+    (secrets_dir / "pg_admin_password").write_text(cluster.password + "\n", encoding="utf-8")
+    (secrets_dir / "vault_token").write_text(vault.token, encoding="utf-8")
+    # In the bridge network postgres is 127.0.0.1:5432 and secrets/ is /secrets;
+    # here the cluster has its own port and the secrets directory its own path.
+    task_view = services_text.replace(":5432/", f":{cluster.port}/").replace(
+        '"/secrets/', f'"{secrets_dir}/'
+    )
+    (task_dir / "pginit.toml").write_text(task_view, encoding="utf-8")
+
+    env = tool_env(None)
+    env.pop("VAULT_TOKEN", None)  # the token comes from secrets/vault_token
+    env |= {
+        "VAULT_ADDR": vault.addr,
+        "PGINIT_CONFIG": str(task_dir / "pginit.toml"),
+        "NOMAD_ALLOC_ID": "0b2cbd3e-9f1a-4bd2-a6f0-6f3f8f1d2c11",
+        "NOMAD_SHORT_ALLOC_ID": "0b2cbd3e",
+        "NOMAD_ALLOC_DIR": str(alloc_dir),
+        "NOMAD_TASK_DIR": str(task_dir),
+        "NOMAD_SECRETS_DIR": str(secrets_dir),
+        "NOMAD_TASK_NAME": "init-databases",
+        "NOMAD_GROUP_NAME": "postgresql",
+        "NOMAD_JOB_NAME": "postgresql",
+        "NOMAD_JOB_ID": "postgresql",
+    }
+    assert "VAULT_TOKEN" not in env
+
+    # poststart: the task starts once postgres is "running", before it accepts connections.
+    task = subprocess.Popen(
+        [sys.executable, "-m", "nomad_pginit", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Nomad starts poststart tasks once the main task runs; here the server starts
+    # once the task is up, so that the task surely meets a server not accepting yet.
+    assert task.stdout is not None
+    early: list[str] = []
+    for line in task.stdout:
+        early.append(line)
+        if "from Vault" in line:
+            break
+    cluster.start_process_only()
+    rest, stderr = task.communicate(timeout=120)
+    stdout = "".join(early) + rest
+
+    assert task.returncode == 0, stdout + stderr
+    lines = stdout.splitlines()
+    assert any("waiting for PostgreSQL" in line for line in lines)
+    for name in names:
+        assert any(f'{name}: role "{name}" created' in line for line in lines)
+        assert any(f'{name}: database "{name}" created' in line for line in lines)
+    assert lines[-1].split(" ", 2)[2].startswith(f"summary: ok: {len(names)} services in sync")
+    for password in [cluster.password, *passwords.values()]:
+        assert password not in stdout + stderr
+
+    for name, password in passwords.items():
+        conninfo = cluster.conninfo(dbname=name, user=name, password=password)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.alloc_probe (id int)")
+
+    # The allocation restarted (nomad alloc restart -all-tasks): nothing to do.
+    again = subprocess.run(
+        [sys.executable, "-m", "nomad_pginit", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0
+    assert all(f"{name}: unchanged" in again.stdout for name in names)
