@@ -271,9 +271,10 @@ def plan_cluster(
 ) -> list[Action]:
     """The role- and database-level actions one service needs, in the order to run them.
 
-    ``password_verified`` is the result of logging in as the role, for an admin
-    that cannot read pg_authid (None: not tried). Raises Refusal when the
-    service must not be touched.
+    ``password_verified`` says whether the role's password already equals
+    Vault's, when observe found out (from the stored verifier, or by logging in
+    as the role); None lets the planner compare the verifier itself, where it
+    can. Raises Refusal when the service must not be touched.
     """
     missing = [name for name in service.extensions if name not in cluster.available_extensions]
     if missing:
@@ -303,12 +304,12 @@ def _plan_role(
     _refuse_foreign_role(service, cluster)
     if not role.can_login:
         actions.append(RestoreLogin(service.name, service.user))
-    if admin.can_read_verifiers:
-        if not verifier_matches(role.verifier, password.reveal()):
-            actions.append(SetPassword(service.name, service.user, password, "differs from Vault"))
-    elif password_verified is False:
+    matches = password_verified
+    if matches is None and admin.can_read_verifiers:
+        matches = verifier_matches(role.verifier, password.reveal())
+    if matches is False:
         actions.append(SetPassword(service.name, service.user, password, "differs from Vault"))
-    elif password_verified is None:
+    elif matches is None:
         reason = (
             f'not compared: the admin "{admin.name}" cannot read pg_authid and could not '
             "log in as the role to check it, so it is set again"

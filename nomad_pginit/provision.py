@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,6 +24,7 @@ from nomad_pginit.plan import (
     plan_leftovers,
     plan_schema,
 )
+from nomad_pginit.scram import verifier_matches
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
 from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
@@ -31,6 +33,10 @@ from nomad_pginit.vault import Vault
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_SECONDS = 120.0
+# Connections open at once for work inside the services' databases, and Vault
+# reads in flight: enough to hide round trips, few enough for a small server.
+DATABASE_WORKERS = 4
+VAULT_WORKERS = 8
 
 
 class Status(StrEnum):
@@ -119,7 +125,10 @@ def reconcile(
     """
     env = os.environ if environ is None else environ
     target = postgres.target(spec.postgres)
-    outcomes = {service.name: ServiceOutcome(service, applied=apply) for service in spec.services}
+    outcomes = {
+        service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
+        for service in spec.services
+    }
     passwords, versions = _read_passwords(spec, env, outcomes)
 
     with ExitStack() as stack:
@@ -129,7 +138,11 @@ def reconcile(
             stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))
         ready = [service for service in spec.services if service.name in passwords]
         cluster = admin.observe(ready)
-        verified = _verify_passwords_by_login(target, ready, passwords, cluster)
+        verified = _check_passwords(target, ready, passwords, cluster)
+        result = Outcome([], applied=apply, secret_versions=versions)
+
+        # Roles and databases, one service after the other on the admin's connection.
+        started: list[tuple[Service, bool]] = []
         for index, service in enumerate(ready):
             if should_stop():
                 log.info("stopping: %d services left for the next run", len(ready) - index)
@@ -137,55 +150,88 @@ def reconcile(
                     del outcomes[skipped.name]
                 break
             outcome = outcomes[service.name]
-            outcome.quiet = quiet
             try:
-                _reconcile_service(
-                    admin,
-                    service,
-                    passwords[service.name],
-                    cluster,
-                    outcome,
-                    password_verified=verified.get(service.name),
+                owner_changes = _reconcile_cluster_level(
+                    admin, service, passwords[service.name], cluster, outcome, verified=verified
                 )
             except (Refusal, ServiceError) as err:
-                outcome.error = str(err)
-                log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
+                _fail(outcome, err)
             except PostgresUnavailable as err:
                 # Nothing more can be done on this connection: say so for every
                 # service not finished, and let the next run pick up from here.
                 for pending in ready[index:]:
                     outcomes[pending.name].error = f"not finished: {err}"
-                return Outcome(
-                    list(outcomes.values()), applied=apply, fatal=err, secret_versions=versions
-                )
-        result = Outcome(list(outcomes.values()), applied=apply, secret_versions=versions)
-        _handle_leftovers(admin, spec, cluster, result, disable_removed)
+                result.fatal = err
+                break
+            else:
+                started.append((service, owner_changes))
+
+        # Inside each database: one connection per database, several at a time.
+        if result.fatal is None:
+            with ThreadPoolExecutor(DATABASE_WORKERS, thread_name_prefix="database") as pool:
+                futures = {
+                    pool.submit(
+                        _reconcile_database_level,
+                        admin,
+                        service,
+                        cluster,
+                        outcomes[service.name],
+                        owner_changes,
+                    ): service
+                    for service, owner_changes in started
+                }
+                for future in as_completed(futures):
+                    outcome = outcomes[futures[future].name]
+                    try:
+                        future.result()
+                    except (Refusal, ServiceError) as err:
+                        _fail(outcome, err)
+                    except PostgresUnavailable as err:
+                        outcome.error = f"not finished: {err}"
+                        result.fatal = err
+        result.services = list(outcomes.values())
+        for outcome in result.services:
+            _report(outcome)
+        if result.fatal is None:
+            _handle_leftovers(admin, spec, cluster, result, disable_removed)
     return result
 
 
-def _verify_passwords_by_login(
+def _fail(outcome: ServiceOutcome, err: Exception) -> None:
+    outcome.error = str(err)
+    name = outcome.service.name
+    log.error("%s: failed: %s", name, err, extra={"service": name})
+
+
+def _check_passwords(
     target: postgres.Target,
     services: list[Service],
     passwords: Mapping[str, Secret],
     cluster: ClusterState,
 ) -> dict[str, bool | None]:
-    """For an admin that cannot read pg_authid: does each role's password work?
+    """Does each existing role's password equal Vault's? True, False, or None (unknown).
 
-    Logging in as the role answers without changing anything, so that a run
-    with nothing to do stays a run that changes nothing.
+    With pg_authid readable, the stored SCRAM verifier is recomputed from its
+    salt (CPU-bound, in C: threads run it in parallel). Without it, logging in
+    as the role answers without changing anything, so that a run with nothing
+    to do stays a run that changes nothing.
     """
-    if cluster.admin.can_read_verifiers:
-        return {}
-    verified: dict[str, bool | None] = {}
-    for service in services:
-        role = cluster.roles.get(service.user)
-        if role is None or not role.can_login:
-            continue
+    existing = [
+        service
+        for service in services
+        if service.user in cluster.roles and cluster.roles[service.user].can_login
+    ]
+
+    def check(service: Service) -> bool | None:
+        password = passwords[service.name]
+        if cluster.admin.can_read_verifiers:
+            return verifier_matches(cluster.roles[service.user].verifier, password.reveal())
         database = service.database if service.database in cluster.databases else "postgres"
-        verified[service.name] = postgres.password_works(
-            target, service.user, database, passwords[service.name]
-        )
-    return verified
+        return postgres.password_works(target, service.user, database, password)
+
+    with ThreadPoolExecutor(DATABASE_WORKERS, thread_name_prefix="password") as pool:
+        results = pool.map(check, existing)
+        return {service.name: result for service, result in zip(existing, results, strict=True)}
 
 
 def _handle_leftovers(
@@ -245,6 +291,22 @@ def _read_passwords(
         return passwords, versions
     vault = Vault.connect(spec.vault, environ)
     log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
+    with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
+        futures = {
+            pool.submit(vault.read_password, service.name): service for service in from_vault
+        }
+        for future in as_completed(futures):
+            service = futures[future]
+            try:
+                secret = future.result()
+            except ServiceError as err:
+                _fail(outcomes[service.name], err)
+                continue
+            passwords[service.name] = secret.password
+            versions[service.name] = secret.version
+    return passwords, versions
+    vault = Vault.connect(spec.vault, environ)
+    log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
     for service in from_vault:
         try:
             secret = vault.read_password(service.name)
@@ -257,20 +319,30 @@ def _read_passwords(
     return passwords, versions
 
 
-def _reconcile_service(
+def _reconcile_cluster_level(
     admin: postgres.Admin,
     service: Service,
     password: Secret,
     cluster: ClusterState,
     outcome: ServiceOutcome,
     *,
-    password_verified: bool | None,
-) -> None:
-    cluster_actions = plan_cluster(service, password, cluster, password_verified=password_verified)
-    for action in cluster_actions:
+    verified: Mapping[str, bool | None],
+) -> bool:
+    """The role and the database. Returns whether the database changes owner."""
+    actions = plan_cluster(service, password, cluster, password_verified=verified.get(service.name))
+    for action in actions:
         _record(outcome, action, admin.apply(action) if outcome.applied else True)
-    owner_changes = any(isinstance(action, ChangeDatabaseOwner) for action in cluster_actions)
+    return any(isinstance(action, ChangeDatabaseOwner) for action in actions)
 
+
+def _reconcile_database_level(
+    admin: postgres.Admin,
+    service: Service,
+    cluster: ClusterState,
+    outcome: ServiceOutcome,
+    owner_changes: bool,
+) -> None:
+    """Schema public and the extensions, connected to the service's own database."""
     if not outcome.applied and service.database not in cluster.databases:
         # A dry run cannot look inside a database that does not exist yet: a new
         # database's public schema belongs to its owner, and it has no extensions.
@@ -282,14 +354,12 @@ def _reconcile_service(
         )
         for action in plan_schema(service, predicted, owner_changes=True):
             _record(outcome, action, True)
-        _report(outcome)
         return
     role_exists = outcome.applied or service.user in cluster.roles
     with admin.database(service.database) as session:
         schema = session.observe_schema(service.user if role_exists else None)
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)
-    _report(outcome)
 
 
 def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
@@ -305,6 +375,6 @@ def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
 
 
 def _report(outcome: ServiceOutcome) -> None:
-    if not outcome.actions and not outcome.quiet:
+    if outcome.error is None and not outcome.actions and not outcome.quiet:
         name = outcome.service.name
         log.info("%s: unchanged", name, extra={"service": name, "result": "unchanged"})

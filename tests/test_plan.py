@@ -191,9 +191,12 @@ def test_login_check_replaces_verifier_comparison(
     assert types(actions) == [SetPassword] * len(expected_reasons)
 
 
-def test_readable_verifier_wins_over_login_check() -> None:
-    actions = plan_cluster(SERVICE, PASSWORD, in_place(), password_verified=False)
-    assert actions == []
+def test_what_observe_found_about_the_password_is_used_as_it_is() -> None:
+    """provision compares the verifiers in parallel and hands the planner the answer."""
+    assert plan_cluster(SERVICE, PASSWORD, in_place(), password_verified=True) == []
+    assert types(plan_cluster(SERVICE, PASSWORD, in_place(), password_verified=False)) == [
+        SetPassword
+    ]
 
 
 def test_nologin_role_gets_login_back() -> None:
