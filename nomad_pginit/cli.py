@@ -12,7 +12,17 @@ import sys
 from collections.abc import Sequence
 
 from nomad_pginit import __version__
-from nomad_pginit.commands import options, plan, run
+from nomad_pginit.commands import (
+    add_service,
+    check,
+    deploy,
+    options,
+    plan,
+    render,
+    run,
+    snippet,
+    verify,
+)
 from nomad_pginit.errors import ExitCode, PginitError
 from nomad_pginit.report import configure_logging
 
@@ -21,6 +31,12 @@ log = logging.getLogger("nomad_pginit")
 COMMANDS = (
     run,
     plan,
+    render,
+    snippet,
+    add_service,
+    deploy,
+    verify,
+    check,
 )
 
 

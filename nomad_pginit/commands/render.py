@@ -1,0 +1,136 @@
+"""``nomad-pginit render``: the postgresql job and the README services table, from pginit.toml."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from nomad_pginit import render, spec
+from nomad_pginit.errors import ConfigError
+
+log = logging.getLogger("nomad_pginit")
+
+# `render --check` found a stale file: like `diff`, 1 means "they differ".
+EXIT_STALE: Final = 1
+README: Final = Path("README.md")
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        parents=[common],
+        help="render the postgresql Nomad job (and README's services table) from the services file",
+        description=(
+            "Render the postgresql Nomad job from the services file (--config, else "
+            f"${spec.ENV_CONFIG}, else {render.DEFAULT_SERVICES_FILE}) and rewrite the "
+            f"services table of README.md between {render.TABLE_BEGIN} and "
+            f"{render.TABLE_END}. Templates in ./templates override the packaged ones, file "
+            "by file. With --check, write nothing: exit 1 and print a diff when a file is "
+            "stale, 0 when everything is current."
+        ),
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help=f"the job file (default: {render.JOB_FILE_NAME} next to the services file)",
+    )
+    parser.add_argument(
+        "--readme",
+        metavar="PATH",
+        help=f"the README whose services table to update (default: ./{README} if it exists)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 with a unified diff if the job or the table is stale",
+    )
+    parser.set_defaults(handler=main)
+
+
+def services_file(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    """--config, else $PGINIT_CONFIG, else the services file of the committed job."""
+    return Path(args.config or environ.get(spec.ENV_CONFIG) or render.DEFAULT_SERVICES_FILE)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = services_file(args, os.environ)
+    services = spec.load(config)
+    templates = render.Templates(render.LOCAL_TEMPLATES)
+    for override in templates.overrides():
+        log.info("template %s: using %s instead of the packaged one", override.name, override.path)
+    if services.postgres not in (render.TASK_POSTGRES, spec.PostgresSettings()):
+        log.warning(
+            "%s: [postgres] differs from what the job gives the init-databases task "
+            "(dsn = %s, password_file = %s); inside Nomad the job's values apply",
+            config,
+            render.TASK_POSTGRES.dsn,
+            render.TASK_POSTGRES.password_file,
+        )
+
+    output = Path(args.output) if args.output else config.parent / render.JOB_FILE_NAME
+    files = [(output, templates.job(services))]
+    readme = _readme(args)
+    if readme is not None:
+        readme_text = _read(readme)
+        if readme_text is None:
+            raise ConfigError(f"{readme} does not exist: check --readme")
+        updated = templates.update_readme(readme_text, services, readme)
+        if updated is not None:
+            files.append((readme, updated))
+        elif args.readme:
+            raise ConfigError(
+                f"{readme} has no services table: add a line {render.TABLE_BEGIN} and a line "
+                f"{render.TABLE_END} where it belongs"
+            )
+        else:
+            log.info("%s has no %s line: services table not updated", readme, render.TABLE_BEGIN)
+
+    if args.check:
+        return _check(files)
+    for path, text in files:
+        if _read(path) == text:
+            log.info("%s is up to date", path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        log.info("wrote %s (%d services)", path, len(services.services))
+    return 0
+
+
+def _check(files: list[tuple[Path, str]]) -> int:
+    stale = []
+    for path, text in files:
+        current = _read(path)
+        if current != text:
+            sys.stdout.write(render.unified_diff(current or "", text, path))
+            stale.append(str(path))
+    sys.stdout.flush()
+    if stale:
+        log.error("stale: %s; run `nomad-pginit render` and commit the result", ", ".join(stale))
+        return EXIT_STALE
+    log.info("up to date: %s", ", ".join(str(path) for path, _ in files))
+    return 0
+
+
+def _readme(args: argparse.Namespace) -> Path | None:
+    if args.readme:
+        return Path(args.readme)
+    return README if README.is_file() else None
+
+
+def _read(path: Path) -> str | None:
+    """The file's text, or None when it does not exist yet."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
