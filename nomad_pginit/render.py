@@ -132,6 +132,7 @@ class Templates:
             admin_password_file=str(TASK_POSTGRES.password_file),
             admin_secret=kv_api_path(spec.vault, ADMIN_VAULT_PATH),
             admin_secret_key=ADMIN_VAULT_KEY,
+            job=spec.job,
         )
 
     def services_file(self, spec: Spec) -> str:

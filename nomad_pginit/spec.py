@@ -69,6 +69,16 @@ class VaultSettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """How `nomad-pginit render` shapes the init-databases task of the Nomad job."""
+
+    # Run as a poststart sidecar in watch mode: rotations apply without redeploys.
+    watch: bool = False
+    # Watch mode's --interval, in seconds.
+    interval: int = 10
+
+
+@dataclass(frozen=True)
 class Service:
     """One tenant: a login role, its own database, a password from Vault."""
 
@@ -93,11 +103,19 @@ class Spec:
     postgres: PostgresSettings
     vault: VaultSettings
     services: tuple[Service, ...]
+    job: JobSettings = JobSettings()
 
 
 # --- the schema --------------------------------------------------------------
 
-_TOP_KEYS: Final = {"postgres": dict, "vault": dict, "defaults": dict, "service": list}
+_TOP_KEYS: Final = {
+    "postgres": dict,
+    "vault": dict,
+    "defaults": dict,
+    "job": dict,
+    "service": list,
+}
+_JOB_KEYS: Final = {"watch": bool, "interval": int}
 _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str}
 _VAULT_KEYS: Final = {"mount": str, "path": str, "key": str}
 _OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
@@ -253,6 +271,11 @@ def _parse(
         if getattr(vault, key) == "":
             problems.add("[vault]", f"'{key}' must not be empty")
 
+    job_table = _check_keys(top.get("job", {}), _JOB_KEYS, "[job]", problems)
+    job = JobSettings(**job_table)
+    if job.interval < 1:
+        problems.add("[job]", "'interval' must be 1 second or more")
+
     defaults_table = _check_keys(top.get("defaults", {}), _OPTION_KEYS, "[defaults]", problems)
     defaults = _check_options(defaults_table, "[defaults]", problems)
 
@@ -302,7 +325,7 @@ def _parse(
             "(nothing was read from Vault or written to PostgreSQL)",
             problems.items,
         )
-    return Spec(source=source, postgres=postgres, vault=vault, services=tuple(services))
+    return Spec(source=source, postgres=postgres, vault=vault, services=tuple(services), job=job)
 
 
 def _check_options(table: Mapping[str, Any], where: str, problems: _Problems) -> dict[str, Any]:

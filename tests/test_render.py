@@ -193,6 +193,20 @@ def test_init_task_is_a_poststart_task_that_never_fails_for_good(job_text: str) 
     assert destinations == {"local/pginit.toml", "secrets/pg_admin_password"}
 
 
+def test_watch_option_runs_the_init_task_as_a_watching_sidecar(tmp_path: Path) -> None:
+    path = write_services(
+        tmp_path,
+        '[job]\nwatch = true\ninterval = 15\n\n[[service]]\nname = "gitea"\n',
+    )
+    text = render.Templates(local_dir=None).job(spec.load(path))
+    _, _, tasks = job_parts(text)
+    init = tasks["init-databases"]
+    assert single(init, "lifecycle") == {"hook": "poststart", "sidecar": True}
+    assert single(init, "config")["args"] == ["run", "--watch", "--interval", "15"]
+    # A sidecar that fails is restarted the same way: never for good.
+    assert single(init, "restart")["mode"] == "delay"
+
+
 def test_delivered_services_file_lists_the_same_services(
     job_text: str, committed: spec.Spec
 ) -> None:
