@@ -373,10 +373,14 @@ def plan_leftovers(
     for role, can_login in sorted(cluster.managed_roles.items()):
         if role in users:
             continue
-        state = "can still log in" if can_login else "NOLOGIN"
-        notes.append(f'leftover role "{role}" ({state}): no longer in the services file, kept')
-        if disable and can_login:
+        note = f'leftover role "{role}": no longer in the services file, kept'
+        if not can_login:
+            note += " (NOLOGIN)"
+        elif disable:
             actions.append(DisableRole(role, role))
+        else:
+            note += "; it can still log in: run --disable-removed to set it NOLOGIN"
+        notes.append(note)
     notes.extend(
         f'leftover database "{name}": no longer in the services file, kept'
         for name in sorted(cluster.managed_databases - databases)

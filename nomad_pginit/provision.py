@@ -244,8 +244,7 @@ def _handle_leftovers(
     notes, actions = plan_leftovers(spec.services, cluster, disable=disable_removed)
     result.leftovers = notes
     for note in notes:
-        hint = "" if disable_removed else "; run --disable-removed to set its role NOLOGIN"
-        log.warning("%s%s", note, hint, extra={"event": "leftover"})
+        log.warning("%s", note, extra={"event": "leftover"})
     for action in actions:
         try:
             if result.applied:
