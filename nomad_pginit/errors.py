@@ -26,6 +26,8 @@ class PginitError(Exception):
     """Root of the errors that the tool expects and explains."""
 
     exit_code: ExitCode = ExitCode.SERVICE_FAILED
+    # What the summary line says when this error stops a run before any service.
+    summary: str = "stopped"
 
 
 class ConfigError(PginitError):
@@ -36,6 +38,7 @@ class ConfigError(PginitError):
     """
 
     exit_code = ExitCode.CONFIG
+    summary = "invalid configuration; nothing was read or changed"
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
@@ -53,12 +56,14 @@ class PostgresUnavailable(PginitError):
     """PostgreSQL did not become a writable primary in time, or refused the admin."""
 
     exit_code = ExitCode.POSTGRES
+    summary = "PostgreSQL not available; nothing was changed"
 
 
 class VaultUnavailable(PginitError):
     """Vault cannot be reached, or it rejects the token."""
 
     exit_code = ExitCode.VAULT
+    summary = "Vault not available; nothing was changed"
 
 
 class NomadUnavailable(PginitError):

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Final, TextIO
 
+from nomad_pginit.errors import PginitError
 from nomad_pginit.provision import Outcome, Status
 
 LOG_FORMATS: Final = ("plain", "json")
@@ -95,3 +96,9 @@ def log_summary(outcome: Outcome, logger: logging.Logger) -> None:
     }
     level = logging.ERROR if outcome.failed else logging.INFO
     logger.log(level, "%s", summary_line(outcome), extra=extra)
+
+
+def log_error_summary(err: PginitError, logger: logging.Logger) -> None:
+    """The summary line of a run that an error stopped before any service."""
+    extra = {"event": "summary", "status": "failed", "counts": {}, "failed": []}
+    logger.error("%s failed: %s", SUMMARY_PREFIX, err.summary, extra=extra)

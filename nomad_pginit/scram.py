@@ -47,10 +47,11 @@ def saslprep(password: str) -> bytes:
     raw = password.encode("utf-8")
     if password.isascii():
         return raw
+    # Spaces first, as pg_saslprep does: U+200B is in both tables and becomes a space.
     mapped = "".join(
         " " if stringprep.in_table_c12(ch) else ch
         for ch in password
-        if not stringprep.in_table_b1(ch)
+        if stringprep.in_table_c12(ch) or not stringprep.in_table_b1(ch)
     )
     if not mapped:
         return raw

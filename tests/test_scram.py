@@ -186,7 +186,14 @@ def test_saslprep_maps_non_ascii_space_to_space() -> None:
 
 def test_saslprep_removes_commonly_mapped_to_nothing() -> None:
     assert saslprep("soft\u00adhyphen") == b"softhyphen"
-    assert saslprep("zero\u200bwidth") == b"zerowidth"
+    assert saslprep("word\u2060joiner") == b"wordjoiner"
+
+
+def test_saslprep_maps_zero_width_space_to_a_space_like_postgresql() -> None:
+    # U+200B is both a non-ASCII space (C.1.2) and "mapped to nothing" (B.1):
+    # pg_saslprep tests the space table first, and libpq hashes "zero width".
+    assert saslprep("zero\u200bwidth") == b"zero width"
+    assert saslprep("\u00ad\u200b") == b" "
 
 
 def test_saslprep_nfkc_normalises() -> None:

@@ -64,7 +64,7 @@ def register(
         metavar="SECONDS",
         help="in watch mode, re-check everything this often to repair drift (default: 300)",
     )
-    parser.set_defaults(handler=main)
+    parser.set_defaults(handler=main, summary_on_error=True)
 
 
 def main(args: argparse.Namespace) -> int:
