@@ -20,7 +20,7 @@ from nomad_pginit.commands import (
     snippet,
 )
 from nomad_pginit.errors import ExitCode, PginitError
-from nomad_pginit.report import configure_logging
+from nomad_pginit.report import configure_logging, log_error_summary
 
 log = logging.getLogger("nomad_pginit")
 
@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except PginitError as err:
         log.error("%s", err)
+        if getattr(args, "summary_on_error", False):
+            # The task's log always ends with the line operators grep for.
+            log_error_summary(err, log)
         return int(err.exit_code)
     except KeyboardInterrupt:
         log.error("interrupted")
