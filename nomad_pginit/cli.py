@@ -13,11 +13,15 @@ from collections.abc import Sequence
 
 from nomad_pginit import __version__
 from nomad_pginit.commands import (
+    add_service,
+    check,
+    deploy,
     options,
     plan,
     render,
     run,
     snippet,
+    verify,
 )
 from nomad_pginit.errors import ExitCode, PginitError
 from nomad_pginit.report import configure_logging, log_error_summary
@@ -29,6 +33,10 @@ COMMANDS = (
     plan,
     render,
     snippet,
+    add_service,
+    deploy,
+    verify,
+    check,
 )
 
 

@@ -38,7 +38,7 @@ _TOOL_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>[A-Z]+) (?P
 # The session cluster's log_line_prefix: "%m [%p] app=%a user=%u db=%d ".
 _SERVER_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[\d+\] ", re.MULTILINE)
 _STATEMENT = re.compile(r"\b(?:statement|execute [^:]*): (?P<sql>.*)", re.DOTALL)
-_WRITES = re.compile(r"^\s*(CREATE|ALTER|GRANT|SET\s+LOCAL)\b", re.IGNORECASE)
+_WRITES = re.compile(r"^\s*(CREATE|ALTER|GRANT|REVOKE|COMMENT|DROP|SET\s+LOCAL)\b", re.IGNORECASE)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -536,6 +536,9 @@ HOSTILE = f"{PASSWORD_MARKER}\"'\\ \\\\ $$ $body$ '; DROP TABLE x; -- é 日本\
     [
         pytest.param(f"{HOSTILE}😀 end", id="emoji-saslprep-prohibited"),
         pytest.param(f"{HOSTILE}end", id="saslprep-normalised"),
+        # U+200B is both a non-ASCII space (RFC 3454 C.1.2) and "mapped to nothing"
+        # (B.1); PostgreSQL's pg_saslprep maps it to a space.
+        pytest.param(f"{HOSTILE}zero\u200bwidth", id="zero-width-space"),
     ],
 )
 def test_hostile_password(pg: Cluster, vault: Vault, tmp_path: Path, password: str) -> None:

@@ -1,0 +1,434 @@
+"""``nomad-pginit deploy``: submit the rendered job and follow init-databases to its end.
+
+It replaces ``nomad job run`` followed by finding the allocation by hand: the
+job goes through Nomad's own parser, then the command follows the evaluation
+to the new allocation, shows each state change of the init task, prints its
+log and exits 0 only if the task succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from nomad_pginit import render, spec
+from nomad_pginit.commands import render as render_command
+from nomad_pginit.commands import verify
+from nomad_pginit.errors import ConfigError, ExitCode, PginitError
+from nomad_pginit.nomad import (
+    ALLOC_DONE,
+    EVAL_DONE,
+    INIT_TASK,
+    Allocation,
+    Evaluation,
+    Nomad,
+    TaskState,
+    newest,
+)
+
+log = logging.getLogger("nomad_pginit")
+
+DEFAULT_TIMEOUT: Final = 300.0
+# Polling starts fast (a task that finishes at once is reported at once) and
+# slows down to this, so a long wait does not hammer the Nomad servers.
+FIRST_POLL_SECONDS: Final = 0.2
+MAX_POLL_SECONDS: Final = 2.0
+# Task events that announce a kill someone asked for, not a failure of the task.
+_REQUESTED_KILLS: Final = frozenset({"Restart Signaled", "Killing"})
+
+
+class DeployFailed(PginitError):
+    """The job was submitted, but the init task did not run to a result in time."""
+
+    exit_code = ExitCode.SERVICE_FAILED
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deploy: where, which job, and until when."""
+
+    client: Nomad
+    job_id: str
+    # Watch mode: init-databases keeps running, and each pass logs a summary.
+    sidecar: bool
+    deadline: float
+    timeout: float
+    log_format: str
+
+    def sleep(self, interval: float, waiting_for: str) -> float:
+        """Sleep before the next poll, or raise DeployFailed once the deadline has passed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeployFailed(f"gave up after {self.timeout:g}s (--timeout): {waiting_for}")
+        time.sleep(min(interval, remaining))
+        return min(interval * 1.5, MAX_POLL_SECONDS)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "deploy",
+        parents=[common],
+        help="submit the rendered job to Nomad and wait for init-databases to finish",
+        description=(
+            "Parse the rendered job with Nomad's own parser, register it, follow the "
+            f"evaluation to the new allocation, wait for its {INIT_TASK} task to finish "
+            "(one line per state change), print its log, and exit 0 only if it succeeded "
+            "(in watch mode: until its first pass logs its summary). An unchanged job gets "
+            "no new allocation, so the task does not run again: deploy says so and reports "
+            "the last run; --rerun restarts every task of the running allocation (postgres "
+            "too) to run it again. Reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE, "
+            "NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. Exit codes: 0 the task "
+            "succeeded, 1 it failed or did not finish in time, 2 invalid command line or a "
+            "job file Nomad rejects, 5 Nomad unreachable or the token rejected."
+        ),
+    )
+    verify.add_job_file_option(parser)
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        default=str(DEFAULT_TIMEOUT),
+        help=f"how long to wait for {INIT_TASK} to finish (default: {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help=f"when the job is unchanged, restart every task of the running allocation "
+        f"(as nomad alloc restart -all-tasks does: postgres restarts too) so that {INIT_TASK} "
+        "runs again",
+    )
+    parser.set_defaults(handler=main)
+
+
+def parse_timeout(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"--timeout must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--timeout must be more than zero seconds, not {raw!r}")
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    timeout = parse_timeout(args.timeout)
+    path = verify.job_file(args)
+    hcl = verify.read_job_file(path)
+    _warn_if_stale(args, path, hcl)
+    client = Nomad.from_environ(os.environ)
+
+    parsed = client.parse_job(hcl, str(path))
+    deployment = Deployment(
+        client=client,
+        job_id=parsed.id,
+        sidecar=parsed.init_sidecar,
+        deadline=time.monotonic() + timeout,
+        timeout=timeout,
+        log_format=args.log_format,
+    )
+    before = client.find_job(parsed.id)
+    known = {alloc.id for alloc in client.allocations(parsed.id)} if before else set()
+    registration = client.register_job(parsed)
+    log.info(
+        "job %s submitted to %s: evaluation %s",
+        parsed.id,
+        client.settings.where(),
+        registration.eval_id[:8],
+    )
+    for warning in filter(None, registration.warnings.splitlines()):
+        log.warning("Nomad warns: %s", warning.strip())
+
+    evaluation = _wait_for_evaluation(deployment, registration.eval_id)
+    allocation = _wait_for_new_allocation(deployment, evaluation, known)
+    if allocation is not None:
+        if args.rerun:
+            log.info("a new allocation runs %s anyway: --rerun is not needed", INIT_TASK)
+        return _follow_and_report(deployment, allocation)
+
+    after = client.job(parsed.id)
+    if before is not None and after.job_modify_index == before.job_modify_index:
+        why = f"job {parsed.id} is unchanged (version {after.version})"
+    else:
+        why = f"Nomad updated job {parsed.id} (version {after.version}) in place"
+    running = _running_allocation(client.allocations(parsed.id))
+    if running is None:
+        raise DeployFailed(
+            f"{why} and has no running allocation: Nomad created none for evaluation "
+            f"{evaluation.id[:8]} ({evaluation.status_description or evaluation.status}); "
+            f"look at nomad job status {parsed.id}"
+        )
+    if not args.rerun:
+        return _report_unchanged(deployment, running, why)
+    return _rerun(deployment, running, why)
+
+
+def _warn_if_stale(args: argparse.Namespace, path: Path, hcl: str) -> None:
+    """Say so when the services file changed since the job was rendered from it."""
+    config = render_command.services_file(args, os.environ)
+    if not config.is_file() or path.resolve() != (config.parent / render.JOB_FILE_NAME).resolve():
+        return
+    try:
+        expected = render.Templates(render.LOCAL_TEMPLATES).job(spec.load(config))
+    except ConfigError as err:
+        log.warning("cannot tell whether %s is current: %s", path, err)
+        return
+    if expected != hcl:
+        log.warning(
+            "%s is stale: %s or the templates changed since it was rendered; deploying it as "
+            "it is (run nomad-pginit render, then deploy again, to deploy the change)",
+            path,
+            config,
+        )
+
+
+def _wait_for_evaluation(deployment: Deployment, eval_id: str) -> Evaluation:
+    """Poll the evaluation until the scheduler is done with it."""
+    last_status = ""
+    interval = FIRST_POLL_SECONDS
+    while True:
+        evaluation = deployment.client.evaluation(eval_id)
+        if evaluation.status != last_status:
+            log.info("evaluation %s: %s", eval_id[:8], evaluation.status)
+            last_status = evaluation.status
+        if evaluation.status in ("failed", "canceled"):
+            raise DeployFailed(
+                f"evaluation {eval_id[:8]} {evaluation.status}: "
+                f"{evaluation.status_description or 'no reason given'}; look at "
+                f"nomad eval status {eval_id}"
+            )
+        if evaluation.status in EVAL_DONE:
+            for group, reason in sorted(evaluation.placement_failures.items()):
+                log.warning(
+                    "Nomad could not place task group %s: %s; it waits for capacity%s",
+                    group,
+                    reason,
+                    f" (evaluation {evaluation.blocked_eval[:8]})"
+                    if evaluation.blocked_eval
+                    else "",
+                )
+            return evaluation
+        interval = deployment.sleep(interval, f"evaluation {eval_id[:8]} is {last_status}")
+
+
+def _wait_for_new_allocation(
+    deployment: Deployment, evaluation: Evaluation, known: set[str]
+) -> Allocation | None:
+    """The allocation that this evaluation (or the one it blocked on) created, if any."""
+    evals = {evaluation.id} | ({evaluation.blocked_eval} if evaluation.blocked_eval else set())
+    interval = FIRST_POLL_SECONDS
+    while True:
+        created = [
+            alloc
+            for alloc in deployment.client.allocations(deployment.job_id)
+            if alloc.id not in known and alloc.eval_id in evals
+        ]
+        found = newest(created)
+        if found is not None:
+            log.info("new allocation %s (job version %d)", found.id, found.job_version)
+            return found
+        if not evaluation.placement_failures:
+            return None  # the scheduler is done and placed nothing new
+        reasons = "; ".join(
+            f"{group}: {reason}" for group, reason in sorted(evaluation.placement_failures.items())
+        )
+        interval = deployment.sleep(
+            interval, f"Nomad placed no allocation for job {deployment.job_id} ({reasons})"
+        )
+
+
+def _running_allocation(allocations: list[Allocation]) -> Allocation | None:
+    running = [
+        alloc
+        for alloc in allocations
+        if alloc.desired_status == "run" and alloc.client_status == "running"
+    ]
+    return newest(running)
+
+
+def _report_unchanged(deployment: Deployment, running: Allocation, why: str) -> int:
+    log.info("%s: Nomad created no new allocation, so %s did not run again", why, INIT_TASK)
+    verdict = verify.read_verdict(
+        deployment.client, deployment.job_id, running, sidecar=deployment.sidecar
+    )
+    hint = (
+        f"to run it again: nomad-pginit deploy --rerun (restarts every task of allocation "
+        f"{running.short_id}, postgres too)"
+    )
+    if verdict.ok:
+        log.info(
+            "its last run in allocation %s succeeded: %s; %s",
+            running.short_id,
+            verdict.summary,
+            hint,
+        )
+        return int(ExitCode.OK)
+    log.error(
+        "its last run in allocation %s did not succeed: %s; nomad-pginit verify shows its log; %s",
+        running.short_id,
+        verdict.failures(),
+        hint,
+    )
+    return int(ExitCode.SERVICE_FAILED)
+
+
+def _rerun(deployment: Deployment, running: Allocation, why: str) -> int:
+    client = deployment.client
+    previous = running.task(INIT_TASK)
+    earlier = (
+        client.task_log(running.id, INIT_TASK, "stdout"),
+        client.task_log(running.id, INIT_TASK, "stderr"),
+    )
+    log.info(
+        "%s: restarting every task of allocation %s (postgres too) so that %s runs again",
+        why,
+        running.short_id,
+        INIT_TASK,
+    )
+    client.restart_all_tasks(running.id)
+    return _follow_and_report(deployment, running, previous=previous, earlier=earlier)
+
+
+def _last_exit_time(state: TaskState | None) -> int:
+    if state is None:
+        return 0
+    return max((event.time for event in state.events if event.type == "Terminated"), default=0)
+
+
+def _ran_again(previous: TaskState | None, current: TaskState) -> bool:
+    """Whether ``current`` is a later run than ``previous`` (for --rerun)."""
+    if previous is None:
+        return True
+    later_exit = _last_exit_time(current) > _last_exit_time(previous)
+    return later_exit or current.finished_at != previous.finished_at
+
+
+def _failed_attempt(previous: TaskState | None, current: TaskState) -> bool:
+    """Whether an attempt after ``previous`` exited non-zero by itself.
+
+    The job's restart block (mode "delay") retries a failed init task forever
+    rather than let Nomad kill postgres, so the task may never be dead: the
+    first failed attempt is the answer. An exit after a kill that was asked
+    for (--rerun's restart) is not a failure.
+    """
+    since = _last_exit_time(previous)
+    requested = False
+    for event in current.events:
+        if event.time <= since:
+            continue
+        if event.type in _REQUESTED_KILLS:
+            requested = True
+        elif event.type == "Terminated":
+            if event.exit_code not in (None, 0) and not requested:
+                return True
+            requested = False
+    return False
+
+
+def _progress(allocation: Allocation, task: TaskState | None) -> str:
+    if task is None or task.state == "":
+        state = "not started"
+    else:
+        state = task.state
+        if task.state == "dead":
+            state += ", failed" if task.failed else ""
+            code = task.exit_code
+            state += f", exit code {code}" if code is not None else ""
+        if task.restarts:
+            state += f" (restarts: {task.restarts})"
+    return f"allocation {allocation.short_id}: {allocation.client_status}; {INIT_TASK}: {state}"
+
+
+def _follow_and_report(
+    deployment: Deployment,
+    allocation: Allocation,
+    *,
+    previous: TaskState | None = None,
+    earlier: tuple[str, str] = ("", ""),
+) -> int:
+    finished = _follow(deployment, allocation, previous=previous, earlier_stdout=earlier[0])
+    verdict = verify.read_verdict(
+        deployment.client,
+        deployment.job_id,
+        finished,
+        sidecar=deployment.sidecar,
+        earlier_stdout=earlier[0],
+        earlier_stderr=earlier[1],
+    )
+    verify.show_log("stdout", verdict.stdout, finished, deployment.log_format)
+    verify.show_log("stderr", verdict.stderr, finished, deployment.log_format, always=False)
+    verify.report_checks(verdict)
+    return verify.conclude(verdict, "deploy")
+
+
+def _follow(
+    deployment: Deployment,
+    start: Allocation,
+    *,
+    previous: TaskState | None,
+    earlier_stdout: str,
+) -> Allocation:
+    """Wait until the init task has a result (after ``previous``), one line per state change.
+
+    The result: the task is dead; or it failed and Nomad restarts it; or, in
+    watch mode, it is running and its first pass has logged its summary.
+    """
+    client = deployment.client
+    # On --rerun the state before the restart was already reported.
+    last_line = _progress(start, previous) if previous is not None else ""
+    last_restarts = previous.restarts if previous is not None else 0
+    interval = FIRST_POLL_SECONDS
+    while True:
+        allocation = next(
+            (a for a in client.allocations(deployment.job_id) if a.id == start.id), None
+        )
+        if allocation is None:
+            raise DeployFailed(
+                f"allocation {start.short_id} disappeared from job {deployment.job_id} (stopped "
+                f"and garbage-collected?): look at nomad job status {deployment.job_id}"
+            )
+        task = allocation.task(INIT_TASK)
+        line = _progress(allocation, task)
+        if line != last_line:
+            log.info("%s", line)
+            last_line = line
+        if task is not None and task.state == "dead" and _ran_again(previous, task):
+            return allocation
+        if task is not None and _failed_attempt(previous, task):
+            log.warning(
+                "%s exited with code %s; Nomad retries it as the job's restart block says, "
+                "and this attempt's log tells what to fix",
+                INIT_TASK,
+                task.exit_code,
+            )
+            return allocation
+        if deployment.sidecar and task is not None and task.state == "running":
+            text = client.task_log(allocation.id, INIT_TASK, "stdout")
+            if verify.summary_line(verify.without_prefix(text, earlier_stdout)) is not None:
+                return allocation
+        if task is not None and task.restarts > last_restarts:
+            event = task.last_event
+            log.warning(
+                "%s was restarted by Nomad (restart %d)%s",
+                INIT_TASK,
+                task.restarts,
+                f": {event.type}: {event.message}" if event and event.message else "",
+            )
+            last_restarts = task.restarts
+        if allocation.client_status in ALLOC_DONE and (task is None or task.state != "running"):
+            # Nothing will start the task any more (postgres failed first, for one).
+            return allocation
+        state = task.state if task and task.state else "not started"
+        interval = deployment.sleep(
+            interval,
+            f"{INIT_TASK} did not finish: allocation {allocation.short_id} is "
+            f"{allocation.client_status}, {INIT_TASK} is {state}. It may still finish: "
+            f"nomad-pginit verify shows the result later (or nomad alloc status {allocation.id})",
+        )

@@ -1,0 +1,398 @@
+"""``nomad-pginit verify``: did the newest init-databases run succeed?
+
+It replaces ``nomad job status postgresql | grep running | head -1 | awk`` and
+``nomad alloc logs``: the newest allocation (highest CreateIndex), its
+init-databases task's logs, and three checks: the task is dead and not
+failed, it exited 0, and its log ends with ``summary: ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from nomad_pginit import render
+from nomad_pginit.commands import render as render_command
+from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
+from nomad_pginit.nomad import INIT_TASK, Allocation, Nomad, TaskState, job_label, newest
+from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
+
+log = logging.getLogger("nomad_pginit")
+
+# `... INFO summary: ok: ...`; a service's own lines never say "ok" after its name,
+# and the run's real summary is its last line, so the last match wins.
+_SUMMARY: Final = re.compile(
+    rf"(?:^|\s)({re.escape(SUMMARY_PREFIX)} (?:ok|failed|changes pending)\b.*)$"
+)
+
+
+# --- options shared by verify and deploy -----------------------------------------------
+
+
+def add_job_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job-file",
+        metavar="PATH",
+        help=f"the rendered Nomad job (default: {render.JOB_FILE_NAME} next to the services "
+        f"file, as render writes it: {_default_job_file({})})",
+    )
+
+
+def add_job_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job",
+        metavar="NAME",
+        help='the Nomad job (default: the label of job "..." in the job file, '
+        f"else {render.JOB_NAME})",
+    )
+
+
+def _default_job_file(environ: Mapping[str, str], config: str | None = None) -> Path:
+    services = render_command.services_file(argparse.Namespace(config=config), environ)
+    return services.parent / render.JOB_FILE_NAME
+
+
+def job_file(args: argparse.Namespace) -> Path:
+    """--job-file, else where render writes the job: next to the services file."""
+    if getattr(args, "job_file", None):
+        return Path(args.job_file)
+    return _default_job_file(os.environ, getattr(args, "config", None))
+
+
+def read_job_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"job file {path} does not exist: render it with nomad-pginit render, "
+            "or pass --job-file"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read job file {path}: {err}") from err
+
+
+def job_name(args: argparse.Namespace) -> str:
+    """--job, else the label in the job file, else the default name."""
+    if getattr(args, "job", None):
+        return str(args.job)
+    path = job_file(args)
+    if not path.exists() and not getattr(args, "job_file", None):
+        return render.JOB_NAME
+    label = job_label(read_job_file(path))
+    if label is None:
+        raise ConfigError(f'job file {path} has no job "NAME" {{ block: pass --job NAME')
+    return label
+
+
+# --- the verdict ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One of the three things that must hold for a successful run."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one run of init-databases left behind, and whether it succeeded."""
+
+    job: str
+    allocation: Allocation
+    task: TaskState | None
+    stdout: str
+    stderr: str
+    summary: str | None
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def failures(self) -> str:
+        return "; ".join(f"{check.name}: {check.detail}" for check in self.checks if not check.ok)
+
+    def document(self) -> dict[str, object]:
+        """The verdict as the JSON object that --json prints."""
+        return {
+            "job": self.job,
+            "alloc_id": self.allocation.id,
+            "alloc_client_status": self.allocation.client_status,
+            "task": INIT_TASK,
+            "task_state": self.task.state if self.task else None,
+            "task_failed": self.task.failed if self.task else None,
+            "exit_code": self.task.exit_code if self.task else None,
+            "summary_line": self.summary,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "ok": self.ok,
+            "checks": [
+                {"name": check.name, "ok": check.ok, "detail": check.detail}
+                for check in self.checks
+            ],
+        }
+
+
+def summary_line(text: str) -> str | None:
+    """The last summary line of a `nomad-pginit run` log, plain or JSON."""
+    found: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                message = entry.get("message")
+                if entry.get("event") == "summary" and isinstance(message, str):
+                    found = message
+                continue
+        match = _SUMMARY.search(line)
+        if match:
+            found = match.group(1)
+    return found
+
+
+def judge(
+    job: str, allocation: Allocation, stdout: str, stderr: str, *, sidecar: bool = False
+) -> Verdict:
+    """Check the task's state, its exit code and its summary line. No I/O.
+
+    ``sidecar``: watch mode, where the task keeps running and each pass logs a
+    summary; running is then the good state, and there is no exit code yet.
+    """
+    task = allocation.task(INIT_TASK)
+    summary = summary_line(stdout) or summary_line(stderr)
+    if sidecar and task is not None and task.state == "running":
+        checks = (
+            Check("task state", True, "running (watch mode: a sidecar that keeps running)"),
+            Check("exit code", True, "none yet: the watch-mode sidecar is still running"),
+            _summary_check(summary, stdout, stderr),
+        )
+        return Verdict(job, allocation, task, stdout, stderr, summary, checks)
+    checks = (
+        _state_check(allocation, task, sidecar=sidecar),
+        _exit_check(task),
+        _summary_check(summary, stdout, stderr),
+    )
+    return Verdict(job, allocation, task, stdout, stderr, summary, checks)
+
+
+def _state_check(allocation: Allocation, task: TaskState | None, *, sidecar: bool) -> Check:
+    if task is not None and task.state == "dead" and not task.failed and not sidecar:
+        return Check("task state", True, "dead, not failed")
+    if task is not None and task.state == "dead" and sidecar:
+        detail = f"{INIT_TASK} runs in watch mode but is dead: it should keep running"
+    elif task is None or task.state == "":
+        detail = f"{INIT_TASK} has not started (allocation {allocation.client_status})"
+    elif task.state != "dead":
+        code = task.exit_code
+        if code not in (None, 0):
+            detail = (
+                f"{INIT_TASK} exited with code {code} and Nomad restarts it "
+                f"(restarts so far: {task.restarts}; now {task.state})"
+            )
+        else:
+            detail = f"{INIT_TASK} is still {task.state}, not finished"
+    else:
+        restarts = f" after {task.restarts} restarts" if task.restarts else ""
+        detail = f"{INIT_TASK} failed{restarts}"
+        last = task.last_event
+        if last is not None and last.message:
+            detail += f" ({last.type}: {last.message})"
+    others = [
+        f"{name} {state.state}{', failed' if state.failed else ''}{_event_note(state)}"
+        for name, state in sorted(allocation.task_states.items())
+        if name != INIT_TASK and state.failed
+    ]
+    if allocation.client_status in ("failed", "lost"):
+        detail += f"; the allocation is {allocation.client_status}"
+    if others:
+        detail += "; " + "; ".join(others)
+    return Check("task state", False, detail)
+
+
+def _event_note(state: TaskState) -> str:
+    event = state.last_event
+    return f" ({event.message})" if event is not None and event.message else ""
+
+
+def _exit_check(task: TaskState | None) -> Check:
+    code = task.exit_code if task is not None else None
+    if code is None:
+        return Check("exit code", False, "no exit code recorded: the task has not exited")
+    if code != 0:
+        return Check("exit code", False, f"{code}, not 0")
+    return Check("exit code", True, "0")
+
+
+def _summary_check(summary: str | None, stdout: str, stderr: str) -> Check:
+    if summary is None:
+        if not stdout.strip() and not stderr.strip():
+            return Check(
+                "summary line",
+                False,
+                "the log is empty: no summary line (the task wrote nothing, or Nomad no longer "
+                "has its log)",
+            )
+        return Check(
+            "summary line",
+            False,
+            f"no '{SUMMARY_PREFIX} ok' line in the log: the run did not finish, or the task "
+            "does not run nomad-pginit run",
+        )
+    if summary.startswith(f"{SUMMARY_PREFIX} ok"):
+        return Check("summary line", True, summary)
+    return Check("summary line", False, summary)
+
+
+def read_verdict(
+    client: Nomad,
+    job: str,
+    allocation: Allocation,
+    *,
+    sidecar: bool = False,
+    earlier_stdout: str = "",
+    earlier_stderr: str = "",
+) -> Verdict:
+    """Fetch the task's logs and judge. ``earlier_*``: log text of previous runs to leave out."""
+    stdout = without_prefix(client.task_log(allocation.id, INIT_TASK, "stdout"), earlier_stdout)
+    stderr = without_prefix(client.task_log(allocation.id, INIT_TASK, "stderr"), earlier_stderr)
+    return judge(job, allocation, stdout, stderr, sidecar=sidecar)
+
+
+def without_prefix(text: str, earlier: str) -> str:
+    # A restarted task appends to the same log file.
+    return text[len(earlier) :] if earlier and text.startswith(earlier) else text
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def show_log(
+    stream: str, text: str, allocation: Allocation, log_format: str, *, always: bool = True
+) -> None:
+    """The task's log as it is, between two marker lines; JSON logs get one record per line."""
+    if not text and not always:
+        return
+    title = f"{INIT_TASK} {stream} (allocation {allocation.short_id})"
+    if log_format == "json":
+        for line in text.splitlines() or ["(empty)"]:
+            log.info("%s", line, extra={"event": f"task_{stream}"})
+        return
+    body = (text if text.endswith("\n") else text + "\n") if text else "(empty)\n"
+    sys.stdout.write(f"--- {title} ---\n{body}--- end of {stream} ---\n")
+    sys.stdout.flush()
+
+
+def report_checks(verdict: Verdict) -> None:
+    for check in verdict.checks:
+        level = logging.INFO if check.ok else logging.ERROR
+        log.log(level, "[%s] %s: %s", "ok" if check.ok else "FAILED", check.name, check.detail)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        parents=[common],
+        help="show the newest init-databases run's log and check that it succeeded",
+        description=(
+            "Find the newest allocation of the job (highest CreateIndex), print its "
+            f"{INIT_TASK} task's stdout and stderr, and check that the task is dead and not "
+            f"failed, exited 0, and logged '{SUMMARY_PREFIX} ok'. Reads NOMAD_ADDR, "
+            "NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. "
+            "Exit codes: 0 all three checks pass, 1 a check failed (it says which), "
+            "2 invalid command line or job file, 5 Nomad unreachable, the job unknown, or the "
+            "token rejected."
+        ),
+    )
+    add_job_option(parser)
+    add_job_file_option(parser)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (alloc_id, task_state, exit_code, summary, stdout, stderr, "
+        "ok, checks) on stdout; the log goes to stderr",
+    )
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.json:
+        configure_logging(args.log_format, sys.stderr)
+    name = job_name(args)
+    try:
+        verdict = verify(Nomad.from_environ(os.environ), name)
+    except (NomadUnavailable, ConfigError) as err:
+        if args.json:
+            print(json.dumps({"job": name, "ok": False, "error": str(err)}, ensure_ascii=False))
+        raise
+    if verdict is None:
+        message = (
+            f"job {name} has no allocations: Nomad has not placed it yet (nomad job status "
+            f"{name}), or they were garbage-collected; deploy it with nomad-pginit deploy"
+        )
+        if args.json:
+            print(json.dumps({"job": name, "ok": False, "error": message}, ensure_ascii=False))
+        log.error("%s", message)
+        return int(ExitCode.SERVICE_FAILED)
+    if args.json:
+        print(json.dumps(verdict.document(), indent=2, ensure_ascii=False))
+    else:
+        alloc = verdict.allocation
+        log.info(
+            "job %s: newest allocation %s (job version %d, %s)",
+            name,
+            alloc.id,
+            alloc.job_version,
+            alloc.client_status,
+        )
+        show_log("stdout", verdict.stdout, alloc, args.log_format)
+        show_log("stderr", verdict.stderr, alloc, args.log_format)
+        report_checks(verdict)
+    return conclude(verdict)
+
+
+def verify(client: Nomad, job: str) -> Verdict | None:
+    """The verdict on the newest allocation of ``job``; None when it has none."""
+    found = client.job(job)  # a clear "job not found" rather than an empty list
+    allocation = newest(client.allocations(job))
+    if allocation is None:
+        return None
+    return read_verdict(client, job, allocation, sidecar=found.init_sidecar)
+
+
+def conclude(verdict: Verdict, command: str = "verify") -> int:
+    """Log the one-line conclusion and return the exit code."""
+    alloc = verdict.allocation.short_id
+    if verdict.ok:
+        log.info(
+            "%s: ok: %s succeeded in allocation %s (job %s version %d)",
+            command,
+            INIT_TASK,
+            alloc,
+            verdict.job,
+            verdict.allocation.job_version,
+        )
+        return int(ExitCode.OK)
+    failed = ", ".join(check.name for check in verdict.checks if not check.ok)
+    log.error("%s: failed: %s in allocation %s: %s", command, INIT_TASK, alloc, failed)
+    return int(ExitCode.SERVICE_FAILED)

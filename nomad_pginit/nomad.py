@@ -1,0 +1,532 @@
+"""Nomad's HTTP API: the only module that imports python-nomad.
+
+python-nomad returns untyped JSON; this module turns it into frozen dataclasses
+and translates ``nomad.api.exceptions`` into the project's errors, with a
+message that says what to do. It never puts the ACL token in a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlsplit
+
+import nomad
+import nomad.api.exceptions
+import requests
+
+from nomad_pginit.errors import ConfigError, NomadUnavailable
+from nomad_pginit.secret import Secret
+
+DEFAULT_ADDR: Final = "http://127.0.0.1:4646"  # the nomad CLI's own default
+TIMEOUT_SECONDS: Final = 10
+# The poststart task that runs `nomad-pginit run` in the postgresql job.
+INIT_TASK: Final = "init-databases"
+
+# Evaluation statuses after which the scheduler will not place anything more for it.
+EVAL_DONE: Final = frozenset({"complete", "failed", "canceled"})
+# Allocation client statuses from which no task will run again.
+ALLOC_DONE: Final = frozenset({"complete", "failed", "lost"})
+
+# `job "postgresql" {` at the start of a line: the label `nomad job run` uses as the ID.
+_JOB_LABEL: Final = re.compile(r'^\s*job\s+"((?:[^"\\]|\\.)+)"\s*\{', re.MULTILINE)
+# Error bodies can be long (HCL diagnostics); one readable line is enough.
+_BODY_LIMIT: Final = 400
+
+LogStream = Literal["stdout", "stderr"]
+
+
+# --- what the API returns, typed ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One entry of a task's event history (Nomad keeps the last 10)."""
+
+    type: str
+    time: int  # unix nanoseconds
+    exit_code: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One task of an allocation: pending, running or dead."""
+
+    state: str
+    failed: bool
+    restarts: int
+    started_at: str | None
+    finished_at: str | None
+    events: tuple[TaskEvent, ...] = ()
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code of the last Terminated event, or None when it never exited."""
+        for event in reversed(self.events):
+            if event.type == "Terminated":
+                return event.exit_code
+        return None
+
+    @property
+    def last_event(self) -> TaskEvent | None:
+        return self.events[-1] if self.events else None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """An allocation stub, as GET /v1/job/:id/allocations lists it."""
+
+    id: str
+    eval_id: str
+    name: str
+    job_version: int
+    client_status: str
+    desired_status: str
+    create_index: int
+    modify_index: int
+    task_states: Mapping[str, TaskState] = field(default_factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def task(self, name: str) -> TaskState | None:
+        return self.task_states.get(name)
+
+
+@dataclass(frozen=True)
+class Job:
+    """The parts of a registered job that deploy and verify need."""
+
+    id: str
+    version: int
+    job_modify_index: int
+    status: str
+    stop: bool
+    # In watch mode ([job] watch = true) init-databases is a sidecar that keeps running.
+    init_sidecar: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedJob:
+    """What Nomad's own parser made of a jobspec: ready for register_job."""
+
+    id: str
+    body: Mapping[str, Any]
+
+    @property
+    def init_sidecar(self) -> bool:
+        return init_is_sidecar(self.body)
+
+
+def init_is_sidecar(job: Mapping[str, Any]) -> bool:
+    """Whether the job runs init-databases as a poststart sidecar (watch mode)."""
+    for group in job.get("TaskGroups") or []:
+        for raw in _mapping(group).get("Tasks") or []:
+            task = _mapping(raw)
+            if task.get("Name") == INIT_TASK:
+                return bool(_mapping(task.get("Lifecycle")).get("Sidecar"))
+    return False
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The answer to POST /v1/jobs."""
+
+    eval_id: str
+    job_modify_index: int
+    warnings: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The scheduler's work item for one registration."""
+
+    id: str
+    status: str
+    status_description: str
+    blocked_eval: str
+    # Task group -> why it could not be placed.
+    placement_failures: Mapping[str, str] = field(default_factory=dict)
+
+
+def newest(allocations: Sequence[Allocation]) -> Allocation | None:
+    """The most recently created allocation: the highest CreateIndex."""
+    return max(allocations, key=lambda alloc: alloc.create_index, default=None)
+
+
+def job_label(hcl: str) -> str | None:
+    """The label of the `job "..."` block of a jobspec, without evaluating anything."""
+    match = _JOB_LABEL.search(hcl)
+    if match is None:
+        return None
+    return match.group(1).replace('\\"', '"').replace("\\\\", "\\")
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to reach Nomad, from the variables the nomad CLI reads."""
+
+    address: str
+    token: Secret | None
+    namespace: str | None
+    region: str | None
+    verify: bool | str
+    cert: tuple[str, str] | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        # python-nomad turns a trailing slash into `//` in every URL.
+        address = (environ.get("NOMAD_ADDR") or DEFAULT_ADDR).strip().rstrip("/")
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"NOMAD_ADDR={address!r} is not an http(s) URL: set it like {DEFAULT_ADDR}"
+            )
+        # python-nomad ignores NOMAD_CACERT and does not verify TLS unless told to.
+        verify: bool | str = (
+            False
+            if _truthy(environ.get("NOMAD_SKIP_VERIFY"))
+            else environ.get("NOMAD_CACERT") or environ.get("NOMAD_CAPATH") or True
+        )
+        client_cert, client_key = environ.get("NOMAD_CLIENT_CERT"), environ.get("NOMAD_CLIENT_KEY")
+        token = (environ.get("NOMAD_TOKEN") or "").strip()
+        return cls(
+            address=address,
+            token=Secret(token) if token else None,
+            namespace=environ.get("NOMAD_NAMESPACE") or None,
+            region=environ.get("NOMAD_REGION") or None,
+            verify=verify,
+            cert=(client_cert, client_key) if client_cert and client_key else None,
+        )
+
+    def where(self) -> str:
+        """Nomad at ADDR (namespace N), for messages."""
+        namespace = f" (namespace {self.namespace})" if self.namespace else ""
+        return f"Nomad at {self.address}{namespace}"
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class Nomad:
+    """The calls the operator commands make, with typed answers and translated errors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._api = nomad.Nomad(
+            address=settings.address,
+            token=settings.token.reveal() if settings.token else None,
+            namespace=settings.namespace,
+            region=settings.region,
+            timeout=TIMEOUT_SECONDS,
+            verify=settings.verify,
+            cert=settings.cert or (),
+        )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Nomad:
+        """A client for NOMAD_ADDR with NOMAD_TOKEN; nothing is sent until the first call."""
+        return cls(Settings.from_environ(environ))
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def parse_job(self, hcl: str, source: str) -> ParsedJob:
+        """Parse a jobspec with Nomad's own HCL2 evaluation (POST /v1/jobs/parse)."""
+        with self._translate(f"parse {source}", capability="parse-job", bad_request_is_config=True):
+            body = self._api.jobs.parse(hcl, canonicalize=False)
+        if not isinstance(body, dict) or not isinstance(body.get("ID"), str):
+            raise NomadUnavailable(
+                f"{self.settings.where()} answered the parse of {source} without a job ID: "
+                "is NOMAD_ADDR a Nomad agent?"
+            )
+        return ParsedJob(id=body["ID"], body=body)
+
+    def register_job(self, job: ParsedJob) -> Registration:
+        """Submit a parsed job (POST /v1/jobs), as `nomad job run` does."""
+        with self._translate(
+            f"register job {job.id}", capability="submit-job", bad_request_is_config=True
+        ):
+            body = self._api.jobs.register_job({"Job": dict(job.body)})
+        answer = _mapping(body)
+        return Registration(
+            eval_id=_str(answer, "EvalID"),
+            job_modify_index=_int(answer, "JobModifyIndex"),
+            warnings=_str(answer, "Warnings"),
+        )
+
+    def find_job(self, job_id: str) -> Job | None:
+        """The registered job, or None when Nomad does not know it."""
+        try:
+            with self._translate(f"read job {job_id}", capability="read-job", not_found=""):
+                body = self._api.job.get_job(quote(job_id, safe=""))
+        except _NotFound:
+            return None
+        answer = _mapping(body)
+        return Job(
+            id=_str(answer, "ID") or job_id,
+            version=_int(answer, "Version"),
+            job_modify_index=_int(answer, "JobModifyIndex"),
+            status=_str(answer, "Status"),
+            stop=bool(answer.get("Stop")),
+            init_sidecar=init_is_sidecar(answer),
+        )
+
+    def job(self, job_id: str) -> Job:
+        """The registered job, or NomadUnavailable saying it is unknown (exit 5)."""
+        found = self.find_job(job_id)
+        if found is None:
+            raise NomadUnavailable(
+                f"job {job_id!r} not found in {self.settings.where()}: deploy it with "
+                "nomad-pginit deploy, or name the right job with --job (and NOMAD_NAMESPACE)"
+            )
+        return found
+
+    def evaluation(self, eval_id: str) -> Evaluation:
+        with self._translate(f"read evaluation {eval_id}", capability="read-job"):
+            body = self._api.evaluation.get_evaluation(eval_id)
+        answer = _mapping(body)
+        failures = {
+            str(group): _describe_placement_failure(_mapping(metrics))
+            for group, metrics in _mapping(answer.get("FailedTGAllocs")).items()
+        }
+        return Evaluation(
+            id=_str(answer, "ID") or eval_id,
+            status=_str(answer, "Status"),
+            status_description=_str(answer, "StatusDescription"),
+            blocked_eval=_str(answer, "BlockedEval"),
+            placement_failures=failures,
+        )
+
+    def allocations(self, job_id: str) -> list[Allocation]:
+        """Every allocation of the job that Nomad still remembers."""
+        with self._translate(f"list the allocations of job {job_id}", capability="read-job"):
+            body = self._api.job.get_allocations(quote(job_id, safe=""))
+        if not isinstance(body, list):
+            raise NomadUnavailable(
+                f"{self.settings.where()} answered the allocation list of job {job_id} with "
+                "something that is not a list: is NOMAD_ADDR a Nomad agent?"
+            )
+        return [_allocation(_mapping(item)) for item in body]
+
+    def task_log(self, alloc_id: str, task: str, stream: LogStream) -> str:
+        """A task's whole stdout or stderr, as `nomad alloc logs` prints it; "" when none."""
+        try:
+            with self._translate(
+                f"read the {stream} of task {task} in allocation {alloc_id[:8]}",
+                capability="read-logs",
+                not_found="",
+            ):
+                # stream_logs.stream() returns response.text, which requests decodes as
+                # ISO-8859-1 when Nomad sends no charset; the log is UTF-8, so decode here.
+                response = self._api.client.stream_logs.request(
+                    alloc_id,
+                    method="get",
+                    params={
+                        "task": task,
+                        "type": stream,
+                        "follow": False,
+                        "offset": 0,
+                        "origin": "start",
+                        "plain": True,
+                    },
+                )
+        except _NotFound:
+            return ""  # the task never started, so it has no log file yet
+        content: bytes = response.content
+        return content.decode("utf-8", errors="replace")
+
+    def restart_all_tasks(self, alloc_id: str) -> None:
+        """Restart every task of an allocation, as `nomad alloc restart -all-tasks` does.
+
+        This is what re-runs a dead poststart task without a new allocation.
+        """
+        # restart_allocation() sends no body, so it cannot ask for AllTasks.
+        with self._translate(
+            f"restart allocation {alloc_id[:8]}",
+            capability="alloc-lifecycle",
+            not_found=f"allocation {alloc_id} not found in {self.settings.where()}: "
+            "it may have been stopped or garbage-collected; run nomad-pginit verify",
+        ):
+            self._api.client.allocation.request(
+                alloc_id, "restart", method="put", json={"TaskName": "", "AllTasks": True}
+            )
+
+    @contextmanager
+    def _translate(
+        self,
+        what: str,
+        *,
+        capability: str,
+        not_found: str | None = None,
+        bad_request_is_config: bool = False,
+    ) -> Iterator[None]:
+        """Turn python-nomad's and requests' errors into the project's.
+
+        ``not_found=""`` makes a 404 raise _NotFound for the caller to handle; a
+        non-empty ``not_found`` is the message for it.
+        """
+        where = self.settings.where()
+        try:
+            yield
+        except nomad.api.exceptions.URLNotAuthorizedNomadException as err:
+            if self.settings.token is None:
+                hint = f"set NOMAD_TOKEN to an ACL token with the {capability} capability"
+            else:
+                hint = (
+                    f"the token in NOMAD_TOKEN is unknown, expired, or lacks the {capability} "
+                    "capability in this namespace"
+                )
+            raise NomadUnavailable(
+                f"{where} denied the request to {what} (403 {_body(err)}): {hint}"
+            ) from err
+        except nomad.api.exceptions.URLNotFoundNomadException as err:
+            if not_found == "":
+                raise _NotFound from err
+            raise NomadUnavailable(
+                not_found or f"{where} could not {what}: not found (404 {_body(err)})"
+            ) from err
+        except nomad.api.exceptions.BadRequestNomadException as err:
+            message = f"{where} rejected the request to {what}: {_body(err)}"
+            if bad_request_is_config:
+                raise ConfigError(f"{message}; fix the job file (nothing was submitted)") from err
+            raise NomadUnavailable(message) from err
+        except nomad.api.exceptions.BaseNomadException as err:
+            raise NomadUnavailable(f"cannot {what}: {_reason(err, where)}") from err
+        except (requests.RequestException, ValueError) as err:
+            # ValueError: .json() on something that is not JSON (a proxy's HTML page).
+            raise NomadUnavailable(
+                f"{where} answered the request to {what} with something unexpected "
+                f"({type(err).__name__}): is NOMAD_ADDR the address of a Nomad agent?"
+            ) from err
+
+
+class _NotFound(Exception):
+    """A 404 that the caller expects and handles."""
+
+
+# --- JSON helpers -----------------------------------------------------------------------------
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    # Go's zero time means "never".
+    if not isinstance(value, str) or value == "" or value.startswith("0001-01-01"):
+        return None
+    return value
+
+
+def _task_state(data: Mapping[str, Any]) -> TaskState:
+    events = []
+    for raw in data.get("Events") or []:
+        event = _mapping(raw)
+        exit_code = event.get("ExitCode")
+        events.append(
+            TaskEvent(
+                type=_str(event, "Type"),
+                time=_int(event, "Time"),
+                exit_code=exit_code if isinstance(exit_code, int) else None,
+                message=_str(event, "DisplayMessage") or _str(event, "Message"),
+            )
+        )
+    return TaskState(
+        state=_str(data, "State"),
+        failed=bool(data.get("Failed")),
+        restarts=_int(data, "Restarts"),
+        started_at=_optional_str(data, "StartedAt"),
+        finished_at=_optional_str(data, "FinishedAt"),
+        events=tuple(events),
+    )
+
+
+def _allocation(data: Mapping[str, Any]) -> Allocation:
+    return Allocation(
+        id=_str(data, "ID"),
+        eval_id=_str(data, "EvalID"),
+        name=_str(data, "Name"),
+        job_version=_int(data, "JobVersion"),
+        client_status=_str(data, "ClientStatus"),
+        desired_status=_str(data, "DesiredStatus"),
+        create_index=_int(data, "CreateIndex"),
+        modify_index=_int(data, "ModifyIndex"),
+        task_states={
+            str(name): _task_state(_mapping(state))
+            for name, state in _mapping(data.get("TaskStates")).items()
+        },
+    )
+
+
+def _describe_placement_failure(metrics: Mapping[str, Any]) -> str:
+    """What `nomad job run` says under "failed to place": nodes filtered and exhausted."""
+    parts = [f"{_int(metrics, 'NodesEvaluated')} nodes evaluated"]
+    for key, label in (
+        ("ConstraintFiltered", "filtered by"),
+        ("DimensionExhausted", "exhausted"),
+        ("ClassExhausted", "class exhausted"),
+    ):
+        counts = _mapping(metrics.get(key))
+        if counts:
+            parts.append(f"{label} " + ", ".join(f"{name} ({n})" for name, n in counts.items()))
+    available = _mapping(metrics.get("NodesAvailable"))  # datacenter -> ready nodes
+    if "NodesAvailable" in metrics and not any(available.values()):
+        parts.append("no ready node in the job's datacenters")
+    return "; ".join(parts)
+
+
+def _body(err: nomad.api.exceptions.BaseNomadException) -> str:
+    """The first line of Nomad's error body: plain text such as `job not found`."""
+    response = getattr(err, "nomad_resp", None)
+    if isinstance(response, requests.Response):
+        text = " ".join(response.text.split())
+        if len(text) > _BODY_LIMIT:
+            text = text[:_BODY_LIMIT] + "..."
+        return text or response.reason or str(response.status_code)
+    return type(response).__name__
+
+
+def _reason(err: nomad.api.exceptions.BaseNomadException, where: str) -> str:
+    """Why a call failed, without the URL noise requests adds."""
+    cause = getattr(err, "nomad_resp", None)
+    # SSLError is a ConnectionError: test it first.
+    if isinstance(cause, requests.exceptions.SSLError):
+        return (
+            f"TLS verification of {where} failed: set NOMAD_CACERT to your CA bundle "
+            "(or NOMAD_SKIP_VERIFY=1 for a test cluster)"
+        )
+    if isinstance(cause, requests.Timeout):
+        return f"{where} did not answer within {TIMEOUT_SECONDS}s; check NOMAD_ADDR"
+    if isinstance(cause, requests.ConnectionError):
+        return (
+            f"{where} is unreachable (connection refused or host unreachable): check NOMAD_ADDR "
+            "and that the Nomad agent is up"
+        )
+    if isinstance(cause, requests.Response):
+        return f"{where} answered HTTP {cause.status_code}: {_body(err)}"
+    return f"{where}: {type(cause).__name__}"
