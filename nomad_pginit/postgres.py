@@ -185,8 +185,9 @@ class Readiness:
         return cls(timeout=max(0, count - 1) * interval, probe_interval=interval)
 
 
-def wait_until_writable(target: Target, readiness: Readiness) -> Admin:
-    """Wait like pg_isready until the server accepts the admin on a writable primary.
+def wait_until_ready(target: Target, readiness: Readiness, *, writable: bool = True) -> Admin:
+    """Wait like pg_isready until the server accepts the admin (on a writable primary,
+    unless ``writable`` is False: read-only checks may run on a standby).
 
     Raises PostgresUnavailable when the deadline passes or the admin cannot log in.
     """
@@ -195,7 +196,7 @@ def wait_until_writable(target: Target, readiness: Readiness) -> Admin:
     last_reason = ""
     last_report = 0.0
     while True:
-        attempt = _probe(target)
+        attempt = _probe(target, writable=writable)
         if isinstance(attempt, Admin):
             waited = time.monotonic() - started
             if last_reason:
@@ -220,7 +221,7 @@ def wait_until_writable(target: Target, readiness: Readiness) -> Admin:
         time.sleep(min(readiness.probe_interval, max(0.0, deadline - now)))
 
 
-def _probe(target: Target) -> Admin | str:
+def _probe(target: Target, *, writable: bool) -> Admin | str:
     """A connected Admin when ready, else why not."""
     status = pq.PGconn.ping(target.conninfo.encode())
     if status == pq.Ping.NO_ATTEMPT:
@@ -243,6 +244,8 @@ def _probe(target: Target) -> Admin | str:
                 "and the user in [postgres] dsn"
             ) from err
         return f"not accepting the admin yet: {_last_line(message)}"
+    if not writable:
+        return Admin(conn, target)
     in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     if in_recovery is None or in_recovery[0]:
         conn.close()

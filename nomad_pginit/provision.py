@@ -132,7 +132,7 @@ def reconcile(
     passwords, versions = _read_passwords(spec, env, outcomes)
 
     with ExitStack() as stack:
-        admin = stack.enter_context(postgres.wait_until_writable(target, readiness))
+        admin = stack.enter_context(postgres.wait_until_ready(target, readiness))
         if apply:
             # Another run holds the lock for as long as it takes to finish.
             stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))

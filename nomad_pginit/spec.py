@@ -170,9 +170,15 @@ def _check_keys(
 
 
 def name_problem(name: str) -> str | None:
-    """Why PostgreSQL cannot hold ``name`` as a role or database exactly, or None."""
+    """Why ``name`` cannot be a service, role or database name, or None.
+
+    PostgreSQL must hold it exactly, and as a service name it becomes one
+    segment of a Vault path: "../admin" must not reach another secret.
+    """
     if name == "":
         return "must not be empty"
+    if "/" in name or name in (".", ".."):
+        return "must not contain '/' or be '.' or '..': it is part of the service's Vault path"
     if "\x00" in name:
         return "must not contain a NUL character"
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):

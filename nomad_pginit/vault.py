@@ -139,7 +139,8 @@ class Vault:
         except hvac.exceptions.InvalidPath as err:
             raise SecretUnavailable(
                 f"no secret at {cli_path} in Vault: create it with "
-                f'vault kv put {cli_path} {key}="$(openssl rand -base64 32)"'
+                f'vault kv put {cli_path} {key}="$(openssl rand -base64 32)" '
+                f"(or nomad-pginit add-service {service})"
             ) from err
         except hvac.exceptions.Forbidden as err:
             raise SecretUnavailable(

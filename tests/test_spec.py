@@ -310,11 +310,20 @@ def test_property_name_problem(name: str) -> None:
             len(name.encode("utf-8")) <= 63
             and name.lower() not in spec.RESERVED_NAMES
             and not name.lower().startswith("pg_")
+            and "/" not in name
+            and name not in (".", "..")
         )
     )
 )
 def test_property_acceptable_names_have_no_problem(name: str) -> None:
     assert spec.name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["../admin", "a/b", ".", "..", "/"])
+def test_names_that_would_escape_the_vault_path_are_refused(name: str) -> None:
+    problem = spec.name_problem(name)
+    assert problem is not None
+    assert "Vault path" in problem
 
 
 # --- loading ------------------------------------------------------------------------

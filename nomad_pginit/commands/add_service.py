@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from nomad_pginit import render, spec
-from nomad_pginit.commands import render as render_command
+from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, SecretUnavailable
 from nomad_pginit.secret import Secret
 from nomad_pginit.vault import Vault
@@ -65,7 +65,7 @@ def register(
 def main(args: argparse.Namespace) -> int:
     environ = os.environ
     service = _requested_service(args)
-    path = render_command.services_file(args, environ)
+    path = repository.services_file(args, environ)
     current = spec.load(path)
     text = path.read_text(encoding="utf-8")
 

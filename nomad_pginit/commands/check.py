@@ -20,8 +20,7 @@ from enum import StrEnum
 from typing import Final
 
 from nomad_pginit import postgres, spec
-from nomad_pginit.commands import options
-from nomad_pginit.commands import render as render_command
+from nomad_pginit.commands import options, repository
 from nomad_pginit.errors import ExitCode, ServiceError
 from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
 from nomad_pginit.secret import Secret
@@ -138,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         services.source,
         target.description,
     )
-    with postgres.wait_until_writable(target, readiness) as admin:
+    with postgres.wait_until_ready(target, readiness, writable=False) as admin:
         cluster = admin.observe(services.services)
     results = [
         check_service(
@@ -178,7 +177,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Spec:
-    return spec.load(render_command.services_file(args, environ))
+    return spec.load(repository.services_file(args, environ))
 
 
 def _readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> postgres.Readiness:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from nomad_pginit import render, spec
-from nomad_pginit.commands import render as render_command
-from nomad_pginit.commands import verify
+from nomad_pginit.commands import repository, verify
 from nomad_pginit.errors import ConfigError, ExitCode, PginitError
 from nomad_pginit.nomad import (
     ALLOC_DONE,
@@ -91,7 +90,7 @@ def register(
             "job file Nomad rejects, 5 Nomad unreachable or the token rejected."
         ),
     )
-    verify.add_job_file_option(parser)
+    repository.add_job_file_option(parser)
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -120,8 +119,8 @@ def parse_timeout(raw: str) -> float:
 
 def main(args: argparse.Namespace) -> int:
     timeout = parse_timeout(args.timeout)
-    path = verify.job_file(args)
-    hcl = verify.read_job_file(path)
+    path = repository.job_file(args)
+    hcl = repository.read_job_file(path)
     _warn_if_stale(args, path, hcl)
     client = Nomad.from_environ(os.environ)
 
@@ -172,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _warn_if_stale(args: argparse.Namespace, path: Path, hcl: str) -> None:
     """Say so when the services file changed since the job was rendered from it."""
-    config = render_command.services_file(args, os.environ)
+    config = repository.services_file(args, os.environ)
     if not config.is_file() or path.resolve() != (config.parent / render.JOB_FILE_NAME).resolve():
         return
     try:

@@ -6,11 +6,11 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 from nomad_pginit import render, spec
+from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError
 
 log = logging.getLogger("nomad_pginit")
@@ -55,13 +55,8 @@ def register(
     parser.set_defaults(handler=main)
 
 
-def services_file(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
-    """--config, else $PGINIT_CONFIG, else the services file of the committed job."""
-    return Path(args.config or environ.get(spec.ENV_CONFIG) or render.DEFAULT_SERVICES_FILE)
-
-
 def main(args: argparse.Namespace) -> int:
-    config = services_file(args, os.environ)
+    config = repository.services_file(args, os.environ)
     services = spec.load(config)
     templates = render.Templates(render.LOCAL_TEMPLATES)
     for override in templates.overrides():

@@ -7,7 +7,7 @@ import os
 import sys
 
 from nomad_pginit import render, spec
-from nomad_pginit.commands.render import services_file
+from nomad_pginit.commands import repository
 
 
 def register(
@@ -35,7 +35,7 @@ def register(
 
 
 def main(args: argparse.Namespace) -> int:
-    services = spec.load(services_file(args, os.environ))
+    services = spec.load(repository.services_file(args, os.environ))
     text = render.Templates(render.LOCAL_TEMPLATES).snippet(
         services, args.service, consul=args.consul
     )

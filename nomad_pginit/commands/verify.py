@@ -14,15 +14,12 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
-from nomad_pginit import render
-from nomad_pginit.commands import render as render_command
+from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
-from nomad_pginit.nomad import INIT_TASK, Allocation, Nomad, TaskState, job_label, newest
+from nomad_pginit.nomad import INIT_TASK, Allocation, Nomad, TaskState, newest
 from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
 
 log = logging.getLogger("nomad_pginit")
@@ -32,64 +29,6 @@ log = logging.getLogger("nomad_pginit")
 _SUMMARY: Final = re.compile(
     rf"(?:^|\s)({re.escape(SUMMARY_PREFIX)} (?:ok|failed|changes pending)\b.*)$"
 )
-
-
-# --- options shared by verify and deploy -----------------------------------------------
-
-
-def add_job_file_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--job-file",
-        metavar="PATH",
-        help=f"the rendered Nomad job (default: {render.JOB_FILE_NAME} next to the services "
-        f"file, as render writes it: {_default_job_file({})})",
-    )
-
-
-def add_job_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--job",
-        metavar="NAME",
-        help='the Nomad job (default: the label of job "..." in the job file, '
-        f"else {render.JOB_NAME})",
-    )
-
-
-def _default_job_file(environ: Mapping[str, str], config: str | None = None) -> Path:
-    services = render_command.services_file(argparse.Namespace(config=config), environ)
-    return services.parent / render.JOB_FILE_NAME
-
-
-def job_file(args: argparse.Namespace) -> Path:
-    """--job-file, else where render writes the job: next to the services file."""
-    if getattr(args, "job_file", None):
-        return Path(args.job_file)
-    return _default_job_file(os.environ, getattr(args, "config", None))
-
-
-def read_job_file(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError(
-            f"job file {path} does not exist: render it with nomad-pginit render, "
-            "or pass --job-file"
-        ) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read job file {path}: {err}") from err
-
-
-def job_name(args: argparse.Namespace) -> str:
-    """--job, else the label in the job file, else the default name."""
-    if getattr(args, "job", None):
-        return str(args.job)
-    path = job_file(args)
-    if not path.exists() and not getattr(args, "job_file", None):
-        return render.JOB_NAME
-    label = job_label(read_job_file(path))
-    if label is None:
-        raise ConfigError(f'job file {path} has no job "NAME" {{ block: pass --job NAME')
-    return label
 
 
 # --- the verdict ---------------------------------------------------------------------------
@@ -324,8 +263,8 @@ def register(
             "token rejected."
         ),
     )
-    add_job_option(parser)
-    add_job_file_option(parser)
+    repository.add_job_option(parser)
+    repository.add_job_file_option(parser)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -338,7 +277,7 @@ def register(
 def main(args: argparse.Namespace) -> int:
     if args.json:
         configure_logging(args.log_format, sys.stderr)
-    name = job_name(args)
+    name = repository.job_name(args)
     try:
         verdict = verify(Nomad.from_environ(os.environ), name)
     except (NomadUnavailable, ConfigError) as err:

@@ -1,0 +1,76 @@
+"""Where the operator commands find things in an infrastructure repository.
+
+The services file, and the rendered job next to it, by the paths `render`
+uses; `--config`, `--job-file` and `--job` override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from nomad_pginit import render, spec
+from nomad_pginit.errors import ConfigError
+from nomad_pginit.nomad import job_label
+
+
+def services_file(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    """--config, else $PGINIT_CONFIG, else the services file of the committed job."""
+    return Path(args.config or environ.get(spec.ENV_CONFIG) or render.DEFAULT_SERVICES_FILE)
+
+
+def add_job_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job-file",
+        metavar="PATH",
+        help=f"the rendered Nomad job (default: {render.JOB_FILE_NAME} next to the services "
+        f"file, as render writes it: {_default_job_file({})})",
+    )
+
+
+def add_job_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job",
+        metavar="NAME",
+        help='the Nomad job (default: the label of job "..." in the job file, '
+        f"else {render.JOB_NAME})",
+    )
+
+
+def _default_job_file(environ: Mapping[str, str], config: str | None = None) -> Path:
+    services = services_file(argparse.Namespace(config=config), environ)
+    return services.parent / render.JOB_FILE_NAME
+
+
+def job_file(args: argparse.Namespace) -> Path:
+    """--job-file, else where render writes the job: next to the services file."""
+    if getattr(args, "job_file", None):
+        return Path(args.job_file)
+    return _default_job_file(os.environ, getattr(args, "config", None))
+
+
+def read_job_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"job file {path} does not exist: render it with nomad-pginit render, "
+            "or pass --job-file"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read job file {path}: {err}") from err
+
+
+def job_name(args: argparse.Namespace) -> str:
+    """--job, else the label in the job file, else the default name."""
+    if getattr(args, "job", None):
+        return str(args.job)
+    path = job_file(args)
+    if not path.exists() and not getattr(args, "job_file", None):
+        return render.JOB_NAME
+    label = job_label(read_job_file(path))
+    if label is None:
+        raise ConfigError(f'job file {path} has no job "NAME" {{ block: pass --job NAME')
+    return label
