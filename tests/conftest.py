@@ -232,11 +232,14 @@ def tool_env(vault: Vault | None = None, **overrides: str) -> dict[str, str]:
     return env
 
 
-def run_tool(args: Sequence[str], env: Mapping[str, str], timeout: float = 120) -> Result:
+def run_tool(
+    args: Sequence[str], env: Mapping[str, str], timeout: float = 120, cwd: Path | None = None
+) -> Result:
     """Run nomad-pginit as a real process, as Nomad would."""
     completed = subprocess.run(
         [sys.executable, "-m", "nomad_pginit", *args],
         env=dict(env),
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
