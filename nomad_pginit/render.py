@@ -13,7 +13,9 @@ full of ``{{ ... }}``. So that this text stays literal, Jinja2 expressions use
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -372,3 +374,67 @@ _FILTERS: Final[dict[str, Callable[..., str]]] = {
     "go_string": go_string,
     "markdown_cell": markdown_cell,
 }
+
+
+def job_files(
+    templates: Templates, services: Spec, job_path: Path, readme: Path | None
+) -> list[tuple[Path, str]]:
+    """What `render` writes: the job, and README's services table when ``readme`` has one.
+
+    Raises ConfigError when ``readme`` does not exist; a README without the
+    markers is left out (the caller decides whether that is an error).
+    """
+    files = [(job_path, templates.job(services))]
+    if readme is not None:
+        try:
+            current = readme.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read {readme}: {err}") from err
+        updated = templates.update_readme(current, services, readme)
+        if updated is not None:
+            files.append((readme, updated))
+    return files
+
+
+def read_if_exists(path: Path) -> str | None:
+    """The file's text, or None when it does not exist yet."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+
+
+def write_changed(files: Sequence[tuple[Path, str]]) -> list[Path]:
+    """Write each file whose text differs, atomically; return the ones written."""
+    written = []
+    for path, text in files:
+        if read_if_exists(path) != text:
+            write_atomically(path, text)
+            written.append(path)
+    return written
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as handle:
+        temporary = Path(handle.name)
+        try:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    try:
+        if mode is not None:
+            temporary.chmod(mode)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import secrets
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     _ensure_password(updated, service, environ)
 
     if new_text != text:
-        write_atomically(path, new_text)
+        render.write_atomically(path, new_text)
         log.info("%s: added to %s", service.name, path)
     else:
         log.info("%s: already in %s: left as it is", service.name, path)
@@ -203,39 +202,11 @@ def _ensure_password(
 def _render(services: spec.Spec, path: Path) -> None:
     """Render the job (and README's services table) as `nomad-pginit render` does."""
     templates = render.Templates(render.LOCAL_TEMPLATES)
-    files = [(path.parent / render.JOB_FILE_NAME, templates.job(services))]
-    if README.is_file():
-        readme = README.read_text(encoding="utf-8")
-        table = templates.update_readme(readme, services, README)
-        if table is not None:
-            files.append((README, table))
-    for target, text in files:
-        if target.is_file() and target.read_text(encoding="utf-8") == text:
+    readme = README if README.is_file() else None
+    files = render.job_files(templates, services, path.parent / render.JOB_FILE_NAME, readme)
+    written = render.write_changed(files)
+    for target, _ in files:
+        if target in written:
+            log.info("rendered %s (%d services)", target, len(services.services))
+        else:
             log.info("%s is up to date", target)
-            continue
-        write_atomically(target, text)
-        log.info("rendered %s (%d services)", target, len(services.services))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as handle:
-        temporary = Path(handle.name)
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    try:
-        if mode is not None:
-            temporary.chmod(mode)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

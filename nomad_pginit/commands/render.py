@@ -71,39 +71,37 @@ def main(args: argparse.Namespace) -> int:
         )
 
     output = Path(args.output) if args.output else config.parent / render.JOB_FILE_NAME
-    files = [(output, templates.job(services))]
-    readme = _readme(args)
-    if readme is not None:
-        readme_text = _read(readme)
-        if readme_text is None:
+    readme: Path | None = None
+    if args.readme:
+        readme = Path(args.readme)
+        if not readme.is_file():
             raise ConfigError(f"{readme} does not exist: check --readme")
-        updated = templates.update_readme(readme_text, services, readme)
-        if updated is not None:
-            files.append((readme, updated))
-        elif args.readme:
+    elif README.is_file():
+        readme = README
+    files = render.job_files(templates, services, output, readme)
+    if readme is not None and len(files) == 1:
+        if args.readme:
             raise ConfigError(
                 f"{readme} has no services table: add a line {render.TABLE_BEGIN} and a line "
                 f"{render.TABLE_END} where it belongs"
             )
-        else:
-            log.info("%s has no %s line: services table not updated", readme, render.TABLE_BEGIN)
+        log.info("%s has no %s line: services table not updated", readme, render.TABLE_BEGIN)
 
     if args.check:
         return _check(files)
-    for path, text in files:
-        if _read(path) == text:
+    written = render.write_changed(files)
+    for path, _ in files:
+        if path in written:
+            log.info("wrote %s (%d services)", path, len(services.services))
+        else:
             log.info("%s is up to date", path)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        log.info("wrote %s (%d services)", path, len(services.services))
     return 0
 
 
 def _check(files: list[tuple[Path, str]]) -> int:
     stale = []
     for path, text in files:
-        current = _read(path)
+        current = render.read_if_exists(path)
         if current != text:
             sys.stdout.write(render.unified_diff(current or "", text, path))
             stale.append(str(path))
@@ -113,19 +111,3 @@ def _check(files: list[tuple[Path, str]]) -> int:
         return EXIT_STALE
     log.info("up to date: %s", ", ".join(str(path) for path, _ in files))
     return 0
-
-
-def _readme(args: argparse.Namespace) -> Path | None:
-    if args.readme:
-        return Path(args.readme)
-    return README if README.is_file() else None
-
-
-def _read(path: Path) -> str | None:
-    """The file's text, or None when it does not exist yet."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from err
