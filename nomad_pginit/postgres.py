@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,7 +22,7 @@ import psycopg.errors
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from nomad_pginit.errors import ConfigError, PostgresUnavailable, ServiceError
+from nomad_pginit.errors import ConfigError, PginitError, PostgresUnavailable, ServiceError
 from nomad_pginit.plan import (
     Action,
     ChangeDatabaseOwner,
@@ -254,9 +254,15 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
 
 
 def _last_line(message: str) -> str:
-    """libpq prefixes 'connection failed: ...'; the server's reason is the last line."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("FATAL:").strip() if lines else message
+    """libpq's message on one line: 'connection failed: ... FATAL: reason', or
+    'server closed the connection unexpectedly This probably means ...'."""
+    lines = [" ".join(line.split()) for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return message
+    if len(lines) > 1 and "FATAL:" in lines[-1]:
+        # Connection failures end with the server's own reason.
+        return lines[-1].split("FATAL:", 1)[1].strip()
+    return " ".join(lines)
 
 
 # --- observe and apply ------------------------------------------------------------
@@ -301,8 +307,12 @@ class Admin:
         try:
             yield
         finally:
-            if not self._conn.closed:
-                self._execute(sql.SQL("SELECT pg_advisory_unlock(%s)"), (ADVISORY_LOCK_KEY,))
+            # A lost connection has released the lock already: nothing to report.
+            with suppress(psycopg.Error):
+                if not self._conn.closed:
+                    self._conn.execute(
+                        sql.SQL("SELECT pg_advisory_unlock(%s)"), (ADVISORY_LOCK_KEY,)
+                    )
 
     def observe(self, services: Sequence[Service]) -> ClusterState:
         """Read everything the planner needs about these services, in a few bulk queries."""
@@ -465,13 +475,23 @@ class Admin:
         try:
             conn = psycopg.connect(self._target.connect_kwargs(dbname=name), autocommit=True)
         except psycopg.OperationalError as err:
+            if not self._alive():
+                raise _connection_lost(self._target, err) from err
             raise ServiceError(
                 f'cannot connect to database "{name}" as the admin: {_last_line(str(err))}'
             ) from err
         try:
-            yield DatabaseSession(conn, name)
+            yield DatabaseSession(conn, name, self)
         finally:
             conn.close()
+
+    def _alive(self) -> bool:
+        """Whether the admin's own connection still works: is the server still there?"""
+        try:
+            self._conn.execute(sql.SQL("SELECT 1"))
+        except psycopg.Error:
+            return False
+        return True
 
     def apply(self, action: Action) -> bool:
         """Run one cluster-level action. False when someone else had already done it."""
@@ -617,27 +637,41 @@ def _comment_on_database(database: str) -> sql.Composed:
 class DatabaseSession:
     """The admin connected to one service's database, for schema-level work."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[tuple[object, ...]], name: str, admin: Admin
+    ) -> None:
         self._conn = conn
         self.name = name
+        self._admin = admin
+
+    def _error(self, doing: str, err: psycopg.Error) -> PginitError:
+        """This database's trouble fails its service; a server gone fails the run."""
+        if isinstance(err, psycopg.OperationalError) and not self._admin._alive():
+            return _connection_lost(self._admin._target, err)
+        reason = err.diag.message_primary or _last_line(str(err))
+        return ServiceError(f'cannot {doing} in database "{self.name}": {reason}')
 
     def observe_schema(self, role: str | None) -> SchemaState:
         """Schema public in this database, and what ``role`` holds on it (None: no role yet)."""
         if role is None:
             # has_schema_privilege() fails for a role that does not exist; PUBLIC holds nothing.
             role = "public"
-        row = self._conn.execute(
-            sql.SQL(
-                "SELECT has_schema_privilege(%s, n.oid, 'USAGE'), "
-                "has_schema_privilege(%s, n.oid, 'CREATE'), "
-                "n.nspowner = 'pg_database_owner'::regrole "
-                "FROM pg_namespace n WHERE n.nspname = 'public'"
-            ),
-            (role, role),
-        ).fetchone()
-        extensions = frozenset(
-            str(ext[0]) for ext in self._conn.execute(sql.SQL("SELECT extname FROM pg_extension"))
-        )
+        try:
+            row = self._conn.execute(
+                sql.SQL(
+                    "SELECT has_schema_privilege(%s, n.oid, 'USAGE'), "
+                    "has_schema_privilege(%s, n.oid, 'CREATE'), "
+                    "n.nspowner = 'pg_database_owner'::regrole "
+                    "FROM pg_namespace n WHERE n.nspname = 'public'"
+                ),
+                (role, role),
+            ).fetchone()
+            extensions = frozenset(
+                str(ext[0])
+                for ext in self._conn.execute(sql.SQL("SELECT extname FROM pg_extension"))
+            )
+        except psycopg.Error as err:
+            raise self._error("read schema public and the extensions", err) from err
         if row is None:
             return SchemaState(
                 database=self.name, exists=False, privileges=frozenset(), extensions=extensions
@@ -664,8 +698,10 @@ class DatabaseSession:
                 raise TypeError(f"not a database-level action: {action!r}")
         try:
             self._conn.execute(statement)
-        except psycopg.Error as err:
+        except psycopg.errors.InsufficientPrivilege as err:
             raise _service_error(action, err, self._conn) from err
+        except psycopg.Error as err:
+            raise self._error(action.describe(), err) from err
         return True
 
 

@@ -193,7 +193,10 @@ def reconcile(
         for outcome in result.services:
             _report(outcome)
         if result.fatal is None:
-            _handle_leftovers(admin, spec, cluster, result, disable_removed)
+            try:
+                _handle_leftovers(admin, spec, cluster, result, disable_removed)
+            except PostgresUnavailable as err:
+                result.fatal = err
     return result
 
 

@@ -178,11 +178,14 @@ def name_problem(name: str) -> str | None:
     if name == "":
         return "must not be empty"
     if "/" in name or name in (".", ".."):
-        return "must not contain '/' or be '.' or '..': it is part of the service's Vault path"
+        return "must not contain '/' or be '.' or '..': a service's name is part of its Vault path"
     if "\x00" in name:
         return "must not contain a NUL character"
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
         return "must not contain control characters"
+    if not name.isprintable():
+        # Vault refuses such paths, and a log line could hide them.
+        return "must be printable: no control, format or non-ASCII space characters"
     size = len(name.encode("utf-8"))
     if size > MAX_NAME_BYTES:
         return (

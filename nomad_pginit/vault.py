@@ -229,6 +229,9 @@ def _reason(err: BaseException) -> str:
         return f"no answer within {TIMEOUT_SECONDS:g}s"
     if isinstance(err, requests.ConnectionError):
         return "connection refused or host unreachable"
-    if isinstance(err, hvac.exceptions.VaultError) and err.args:
-        return str(err.args[0])
+    if isinstance(err, hvac.exceptions.VaultError):
+        if err.args and err.args[0]:
+            return str(err.args[0])
+        # OpenBao answers some paths it will not accept with an empty error list.
+        return f"{type(err).__name__} with no message: Vault may not accept this path"
     return type(err).__name__

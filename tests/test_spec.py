@@ -312,6 +312,7 @@ def test_property_name_problem(name: str) -> None:
             and not name.lower().startswith("pg_")
             and "/" not in name
             and name not in (".", "..")
+            and name.isprintable()
         )
     )
 )
