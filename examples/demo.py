@@ -1,8 +1,10 @@
 """`make demo`: the init-databases task, played the way a Nomad allocation plays it.
 
 Starts a throwaway PostgreSQL cluster and an OpenBao dev server (Vault's API),
-writes a password for each of today's seven services into Vault, then runs
-`nomad-pginit run` twice with the environment Nomad gives a poststart task:
+writes a password for each service of the committed services file (today's
+seven) into Vault, renders the task's services file as the job's template
+block does, then runs `nomad-pginit run` twice with the environment Nomad
+gives a poststart task:
 the first run provisions everything, the second finds nothing to do. Finally
 it logs in as one service to prove it, and stops everything it started.
 """
@@ -11,22 +13,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import hvac
 import psycopg
 
+from nomad_pginit import render
+from nomad_pginit import spec as specs
 from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_FILE = ROOT / "jobs/services/databases/postgresql/pginit.toml"
-FALLBACK_SERVICES = (
-    "authelia", "freshrss", "gitea", "grafana", "speedtest", "uptimekuma", "vaultwarden",
-)  # fmt: skip
 
 
 def step(text: str) -> None:
@@ -34,24 +35,16 @@ def step(text: str) -> None:
     print(f"\n{bold}==> {text}{plain}", flush=True)
 
 
-def service_names() -> list[str]:
-    if SERVICES_FILE.exists():
-        document = tomllib.loads(SERVICES_FILE.read_text(encoding="utf-8"))
-        return [entry["name"] for entry in document.get("service", [])]
-    return list(FALLBACK_SERVICES)
+def task_services_file(port: int, secrets_dir: Path) -> tuple[str, list[str]]:
+    """The services file as the job's template block renders it into the task's local/.
 
-
-def task_services_file(port: int, names: list[str]) -> str:
-    """The services file as Nomad's template block renders it into the task's local/."""
-    lines = [
-        "[postgres]",
-        f'dsn = "postgresql://postgres@127.0.0.1:{port}/postgres"',
-        'password_file = "${NOMAD_SECRETS_DIR}/pg_admin_password"',
-        "",
-    ]
-    for name in names:
-        lines += ["[[service]]", f'name = "{name}"', ""]
-    return "\n".join(lines)
+    In the job, postgres is 127.0.0.1:5432 in the group's network namespace and
+    secrets/ is /secrets; here the cluster has its own port and directory.
+    """
+    spec = specs.load(SERVICES_FILE)
+    text = render.Templates(local_dir=None).services_file(spec)
+    text = text.replace(":5432/", f":{port}/").replace('"/secrets/', f'"{secrets_dir}/')
+    return text, [service.name for service in spec.services]
 
 
 def run_task(env: dict[str, str], label: str) -> int:
@@ -62,11 +55,14 @@ def run_task(env: dict[str, str], label: str) -> int:
 
 
 def main() -> int:
-    names = service_names()
     step("starting a throwaway PostgreSQL cluster and an OpenBao dev server")
     with ThrowawayPostgres() as pg, ThrowawayVault() as vault:
         print(f"PostgreSQL on 127.0.0.1:{pg.port}, OpenBao (Vault API) on {vault.addr}")
 
+        alloc = Path(tempfile.mkdtemp(prefix="pginit-alloc-"))
+        task_dir = alloc / "init-databases" / "local"
+        secrets_dir = alloc / "init-databases" / "secrets"
+        services_text, names = task_services_file(pg.port, secrets_dir)
         step(f"vault kv put secret/postgres/<service> for {len(names)} services")
         client = hvac.Client(url=vault.addr, token=vault.token)
         passwords = {}
@@ -79,36 +75,31 @@ def main() -> int:
             )
             print(f"  secret/postgres/{name}: password written (not shown)")
 
-        with tempfile.TemporaryDirectory(prefix="pginit-alloc-") as alloc:
-            # The allocation's directories, as Nomad lays them out for the task.
-            task_dir = Path(alloc) / "init-databases" / "local"
-            secrets_dir = Path(alloc) / "init-databases" / "secrets"
-            task_dir.mkdir(parents=True)
-            secrets_dir.mkdir(mode=0o700)
-            (secrets_dir / "vault_token").write_text(vault.token, encoding="utf-8")
-            (secrets_dir / "pg_admin_password").write_text(pg.password + "\n", encoding="utf-8")
-            (task_dir / "pginit.toml").write_text(
-                task_services_file(pg.port, names), encoding="utf-8"
-            )
-            env = {
-                key: value
-                for key, value in os.environ.items()
-                if not key.startswith(("PG", "VAULT_", "NOMAD_"))
-            }
-            env |= {
-                "NOMAD_ALLOC_ID": "5a1b2c3d-0000-4000-8000-00000000demo",
-                "NOMAD_SHORT_ALLOC_ID": "5a1b2c3d",
-                "NOMAD_JOB_NAME": "postgresql",
-                "NOMAD_GROUP_NAME": "postgresql",
-                "NOMAD_TASK_NAME": "init-databases",
-                "NOMAD_ALLOC_DIR": str(Path(alloc) / "alloc"),
-                "NOMAD_TASK_DIR": str(task_dir),
-                "NOMAD_SECRETS_DIR": str(secrets_dir),
-                "VAULT_ADDR": vault.addr,  # the token comes from secrets/vault_token
-                "PGINIT_CONFIG": str(task_dir / "pginit.toml"),
-            }
-            first = run_task(env, "first deployment: everything is created")
-            second = run_task(env, "redeploy: nothing to do")
+        # The allocation's directories, as Nomad lays them out for the task.
+        task_dir.mkdir(parents=True)
+        secrets_dir.mkdir(mode=0o700)
+        (secrets_dir / "vault_token").write_text(vault.token, encoding="utf-8")
+        (secrets_dir / "pg_admin_password").write_text(pg.password + "\n", encoding="utf-8")
+        (task_dir / "pginit.toml").write_text(services_text, encoding="utf-8")
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PG", "VAULT_", "NOMAD_"))
+        }
+        env |= {
+            "NOMAD_ALLOC_ID": "5a1b2c3d-0000-4000-8000-00000000demo",
+            "NOMAD_SHORT_ALLOC_ID": "5a1b2c3d",
+            "NOMAD_JOB_NAME": "postgresql",
+            "NOMAD_GROUP_NAME": "postgresql",
+            "NOMAD_TASK_NAME": "init-databases",
+            "NOMAD_ALLOC_DIR": str(alloc / "alloc"),
+            "NOMAD_TASK_DIR": str(task_dir),
+            "NOMAD_SECRETS_DIR": str(secrets_dir),
+            "VAULT_ADDR": vault.addr,  # the token comes from secrets/vault_token
+            "PGINIT_CONFIG": str(task_dir / "pginit.toml"),
+        }
+        first = run_task(env, "first deployment: everything is created")
+        second = run_task(env, "redeploy: nothing to do")
 
         service = "gitea" if "gitea" in passwords else names[0]
         step(f"logging in as {service} with its password from Vault")
@@ -119,6 +110,7 @@ def main() -> int:
             print(f"  connected as {row[0] if row else '?'} to database {row[1] if row else '?'}")
             print("  created table public.hello")
         step("stopping PostgreSQL and OpenBao")
+        shutil.rmtree(alloc)
     ok = first == 0 and second == 0
     print("\ndemo " + ("succeeded" if ok else "FAILED"))
     return 0 if ok else 1
