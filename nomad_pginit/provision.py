@@ -129,10 +129,15 @@ def reconcile(
         service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
         for service in spec.services
     }
-    passwords, versions = _read_passwords(spec, env, outcomes)
+    vault = _connect_vault(spec, env)  # before waiting: a bad token is exit 4 at once
 
     with ExitStack() as stack:
+        # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
+        # accepts connections, whatever the number of secrets.
+        reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="secrets"))
+        reading = reader.submit(_read_passwords, spec, vault, outcomes)
         admin = stack.enter_context(postgres.wait_until_ready(target, readiness))
+        passwords, versions = reading.result()
         if apply:
             # Another run holds the lock for as long as it takes to finish.
             stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))
@@ -277,8 +282,15 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
+def _connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
+    """A logged-in Vault client, or None when every password is inline."""
+    if all(service.password is not None for service in spec.services):
+        return None
+    return Vault.connect(spec.vault, environ)
+
+
 def _read_passwords(
-    spec: Spec, environ: Mapping[str, str], outcomes: dict[str, ServiceOutcome]
+    spec: Spec, vault: Vault | None, outcomes: dict[str, ServiceOutcome]
 ) -> tuple[dict[str, Secret], dict[str, int]]:
     """Each service's password, and the Vault version it came from.
 
@@ -289,9 +301,8 @@ def _read_passwords(
     }
     versions: dict[str, int] = {}
     from_vault = [service for service in spec.services if service.password is None]
-    if not from_vault:
+    if vault is None or not from_vault:
         return passwords, versions
-    vault = Vault.connect(spec.vault, environ)
     log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
     with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
         futures = {
@@ -306,18 +317,6 @@ def _read_passwords(
                 continue
             passwords[service.name] = secret.password
             versions[service.name] = secret.version
-    return passwords, versions
-    vault = Vault.connect(spec.vault, environ)
-    log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
-    for service in from_vault:
-        try:
-            secret = vault.read_password(service.name)
-        except ServiceError as err:
-            outcomes[service.name].error = str(err)
-            log.error("%s: failed: %s", service.name, err, extra={"service": service.name})
-            continue
-        passwords[service.name] = secret.password
-        versions[service.name] = secret.version
     return passwords, versions
 
 
