@@ -485,6 +485,16 @@ class Admin:
         finally:
             conn.close()
 
+    def template_contents(self) -> SchemaState | None:
+        """What every new database starts with: template1's schema public, as its owner
+        holds it (through pg_database_owner), and its extensions. None if unreadable."""
+        try:
+            with self.database("template1") as session:
+                return session.observe_schema("pg_database_owner")
+        except ServiceError as err:
+            log.info("cannot look into template1 (%s): checking each new database instead", err)
+            return None
+
     def _alive(self) -> bool:
         """Whether the admin's own connection still works: is the server still there?"""
         try:

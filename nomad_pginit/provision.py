@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from nomad_pginit import postgres
@@ -19,6 +19,7 @@ from nomad_pginit.errors import ExitCode, PginitError, PostgresUnavailable, Serv
 from nomad_pginit.plan import (
     Action,
     ChangeDatabaseOwner,
+    CreateDatabase,
     Refusal,
     plan_cluster,
     plan_leftovers,
@@ -147,7 +148,7 @@ def reconcile(
         result = Outcome([], applied=apply, secret_versions=versions)
 
         # Roles and databases, one service after the other on the admin's connection.
-        started: list[tuple[Service, bool]] = []
+        started: list[tuple[Service, list[Action]]] = []
         for index, service in enumerate(ready):
             if should_stop():
                 log.info("stopping: %d services left for the next run", len(ready) - index)
@@ -156,7 +157,7 @@ def reconcile(
                 break
             outcome = outcomes[service.name]
             try:
-                owner_changes = _reconcile_cluster_level(
+                cluster_actions = _reconcile_cluster_level(
                     admin, service, passwords[service.name], cluster, outcome, verified=verified
                 )
             except (Refusal, ServiceError) as err:
@@ -169,10 +170,21 @@ def reconcile(
                 result.fatal = err
                 break
             else:
-                started.append((service, owner_changes))
+                started.append((service, cluster_actions))
 
         # Inside each database: one connection per database, several at a time.
         if result.fatal is None:
+            creates = any(
+                isinstance(action, CreateDatabase) for _, actions in started for action in actions
+            )
+            try:
+                template = admin.template_contents() if creates else None
+            except PostgresUnavailable as err:
+                result.fatal = err
+                started = []
+                for service in ready:
+                    if service.name in outcomes and outcomes[service.name].error is None:
+                        outcomes[service.name].error = f"not finished: {err}"
             with ThreadPoolExecutor(DATABASE_WORKERS, thread_name_prefix="database") as pool:
                 futures = {
                     pool.submit(
@@ -181,9 +193,10 @@ def reconcile(
                         service,
                         cluster,
                         outcomes[service.name],
-                        owner_changes,
+                        cluster_actions=cluster_actions,
+                        template=template,
                     ): service
-                    for service, owner_changes in started
+                    for service, cluster_actions in started
                 }
                 for future in as_completed(futures):
                     outcome = outcomes[futures[future].name]
@@ -328,12 +341,12 @@ def _reconcile_cluster_level(
     outcome: ServiceOutcome,
     *,
     verified: Mapping[str, bool | None],
-) -> bool:
-    """The role and the database. Returns whether the database changes owner."""
+) -> list[Action]:
+    """The role and the database: the actions taken (or, in a plan, to take)."""
     actions = plan_cluster(service, password, cluster, password_verified=verified.get(service.name))
     for action in actions:
         _record(outcome, action, admin.apply(action) if outcome.applied else True)
-    return any(isinstance(action, ChangeDatabaseOwner) for action in actions)
+    return actions
 
 
 def _reconcile_database_level(
@@ -341,12 +354,28 @@ def _reconcile_database_level(
     service: Service,
     cluster: ClusterState,
     outcome: ServiceOutcome,
-    owner_changes: bool,
+    *,
+    cluster_actions: list[Action],
+    template: SchemaState | None,
 ) -> None:
-    """Schema public and the extensions, connected to the service's own database."""
-    if not outcome.applied and service.database not in cluster.databases:
-        # A dry run cannot look inside a database that does not exist yet: a new
-        # database's public schema belongs to its owner, and it has no extensions.
+    """Schema public and the extensions, connected to the service's own database.
+
+    A database created from ``template`` in this run is what the template is:
+    when that needs nothing, no connection is opened (one per new database
+    would cost as much as creating it).
+    """
+    created = any(isinstance(action, CreateDatabase) for action in cluster_actions)
+    owner_changes = any(isinstance(action, ChangeDatabaseOwner) for action in cluster_actions)
+    if created and template is not None:
+        # The owner of a new database holds what pg_database_owner holds in the template.
+        predicted = replace(template, database=service.database)
+        planned = plan_schema(service, predicted, owner_changes=False)
+        if not planned or not outcome.applied:
+            for action in planned:
+                _record(outcome, action, True)
+            return
+    elif not outcome.applied and created:
+        # The template could not be read: PostgreSQL's defaults.
         predicted = SchemaState(
             database=service.database,
             exists=True,
