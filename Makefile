@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help prerequisites venv demo test lint typecheck clean
+.PHONY: help prerequisites venv demo test lint typecheck bench clean
 
 help:
 	@echo "make demo    run the init task against a throwaway PostgreSQL and OpenBao"
 	@echo "make test    lint, type-check and run the whole test suite"
+	@echo "make bench   the benchmark: BENCH_ARGS='--n 1000' (see README, Performance)"
 	@echo "make clean   remove the virtualenv and caches"
 
 prerequisites:
@@ -47,6 +48,10 @@ typecheck: venv
 
 test: prerequisites lint typecheck
 	$(BIN)/pytest
+
+# Not part of `make test`: timings belong to the benchmark, never to the tests.
+bench: prerequisites venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
