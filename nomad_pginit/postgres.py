@@ -509,12 +509,12 @@ class Admin:
         match action:
             case CreateRole(role=role, password=password):
                 template = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
-                created = self._run_with_password(action, template, role, password, admin)
-                self._run(action, _comment_on_role(role))
-                return created
+                return self._run_with_password(
+                    action, template, role, password, admin=admin, then=_comment_on_role(role)
+                )
             case SetPassword(role=role, password=password):
                 template = sql.SQL("ALTER ROLE {} PASSWORD {}")
-                return self._run_with_password(action, template, role, password, admin)
+                return self._run_with_password(action, template, role, password, admin=admin)
             case RestoreLogin(role=role):
                 return self._run(
                     action, sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role))
@@ -577,23 +577,34 @@ class Admin:
         statement: sql.SQL,
         role: str,
         password: Secret,
+        *,
         admin: AdminState,
+        then: Query | None = None,
     ) -> bool:
+        """Run ``statement`` with the role's verifier, statement logging off, and ``then``
+        in the same transaction."""
         # libpq hashes the password here: the server only ever sees the verifier.
         verifier = self._conn.pgconn.encrypt_password(
             password.reveal().encode("utf-8"), role.encode("utf-8"), b"scram-sha-256"
         ).decode("ascii")
         composed = statement.format(sql.Identifier(role), sql.Literal(verifier))
+        # set_config(..., true) is SET LOCAL: it ends with the transaction. All of
+        # them in one statement: one round trip, before the password's statement.
+        silence = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, true)").format(
+                    sql.Literal(name), sql.Literal(_STATEMENT_LOG_SETTINGS[name])
+                )
+                for name in sorted(admin.silenceable_settings)
+            )
+        )
         try:
             with self._conn.transaction():
-                # SET LOCAL ends with the transaction, so nothing else is affected.
-                for setting in sorted(admin.silenceable_settings):
-                    self._conn.execute(
-                        sql.SQL("SET LOCAL {} = {}").format(
-                            sql.Identifier(setting), sql.Literal(_STATEMENT_LOG_SETTINGS[setting])
-                        )
-                    )
+                if admin.silenceable_settings:
+                    self._conn.execute(silence)
                 self._conn.execute(composed)
+                if then is not None:
+                    self._conn.execute(then)
         except _ALREADY_EXISTS:
             return False
         except psycopg.Error as err:
