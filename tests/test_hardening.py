@@ -34,6 +34,7 @@ from conftest import (
     write_services_file,
 )
 from psycopg import sql
+from server_log import tool_statements, writes
 
 from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, free_port
 
@@ -41,13 +42,6 @@ from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, free_port
 
 # "2026-11-21T22:50:01Z INFO gitea: role "gitea" created"
 _TOOL_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>[A-Z]+) (?P<message>.*)$")
-# The session cluster's log_line_prefix: "%m [%p] app=%a user=%u db=%d ".
-_SERVER_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[\d+\] ", re.MULTILINE)
-_STATEMENT = re.compile(r"\b(?:statement|execute [^:]*): (?P<sql>.*)", re.DOTALL)
-_WRITES = re.compile(
-    r"^\s*(CREATE|ALTER|GRANT|REVOKE|COMMENT|DROP|SET\s+LOCAL|SELECT\s+set_config)\b",
-    re.IGNORECASE,
-)
 
 
 def texts(output: str) -> list[str]:
@@ -63,24 +57,6 @@ def summary(output: str) -> str:
     lines = [message for message in texts(output) if message.startswith("summary: ")]
     assert lines, f"no summary line in:\n{output}"
     return lines[-1]
-
-
-def tool_statements(server_log: str) -> list[str]:
-    """Every SQL statement that a nomad-pginit connection sent, as the server logged it."""
-    statements: list[str] = []
-    starts = [match.start() for match in _SERVER_ENTRY.finditer(server_log)]
-    for begin, end in zip(starts, [*starts[1:], len(server_log)], strict=True):
-        entry = server_log[begin:end]
-        if "app=nomad-pginit" not in entry.split("\n", 1)[0]:
-            continue
-        match = _STATEMENT.search(entry)
-        if match:
-            statements.append(match["sql"].strip())
-    return statements
-
-
-def writes(statements: Sequence[str]) -> list[str]:
-    return [statement for statement in statements if _WRITES.match(statement)]
 
 
 # --- running the tool --------------------------------------------------------------------

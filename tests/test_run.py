@@ -27,6 +27,7 @@ from conftest import (
     tool_env,
     write_services_file,
 )
+from server_log import tool_statements, writes
 
 from nomad_pginit import __version__
 from nomad_pginit.sandbox import ThrowawayPostgres, free_port
@@ -35,14 +36,6 @@ THREE = ("gitea", "uptime-kuma", "MixedCase")
 
 # "2026-11-21T22:50:01Z INFO gitea: role "gitea" created"
 _TOOL_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>[A-Z]+) (?P<message>.*)$")
-# The session cluster's log_line_prefix: "%m [%p] app=%a user=%u db=%d ".
-_SERVER_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[\d+\] ", re.MULTILINE)
-_STATEMENT = re.compile(r"\b(?:statement|execute [^:]*): (?P<sql>.*)", re.DOTALL)
-# Statement logging is switched off with set_config(..., true), the SET LOCAL of a SELECT.
-_WRITES = re.compile(
-    r"^\s*(CREATE|ALTER|GRANT|REVOKE|COMMENT|DROP|SET\s+LOCAL|SELECT\s+set_config)\b",
-    re.IGNORECASE,
-)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -97,24 +90,6 @@ def assert_created(lines: Sequence[str], name: str) -> None:
         assert line != f"{name}: unchanged", lines
         assert not line.startswith(f"{name}: failed"), lines
         assert not line.endswith("(another run did it first)"), lines
-
-
-def tool_statements(server_log: str) -> list[str]:
-    """Every SQL statement that nomad-pginit sent, as the server logged it."""
-    statements: list[str] = []
-    starts = [match.start() for match in _SERVER_ENTRY.finditer(server_log)]
-    for begin, end in zip(starts, [*starts[1:], len(server_log)], strict=True):
-        entry = server_log[begin:end]
-        if "app=nomad-pginit " not in entry.split("\n", 1)[0]:
-            continue
-        match = _STATEMENT.search(entry)
-        if match:
-            statements.append(match["sql"].strip())
-    return statements
-
-
-def writes(statements: Sequence[str]) -> list[str]:
-    return [statement for statement in statements if _WRITES.match(statement)]
 
 
 def scalar(pg: Cluster, query: LiteralString, *params: object) -> object:
