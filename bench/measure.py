@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
 
 from bench import reference
 from bench.lab import (
@@ -321,14 +320,7 @@ def _wait_for_tool_output(tool: RunningTool, text: str) -> None:
 
 def _poll_until_accepting(cluster: ThrowawayPostgres) -> float:
     """The wall-clock time of the first PQping that says the server accepts connections."""
-    info = make_conninfo(
-        "",
-        host=cluster.host,
-        port=str(cluster.port),
-        dbname="postgres",
-        user=cluster.superuser,
-        connect_timeout="2",
-    ).encode()
+    info = cluster.ping_conninfo()
     deadline = time.monotonic() + _READINESS_TIMEOUT_SECONDS
     while pq.PGconn.ping(info) != pq.Ping.OK:
         if time.monotonic() > deadline:

@@ -377,11 +377,9 @@ class ThrowawayPostgres:
                 self.stop("immediate")
             raise
 
-    def _wait_until_ready(self, timeout: float) -> None:
-        # pg_ctl only watched the pid file, while clients need the TCP listener.
-        # No password: a ping succeeds as soon as the server accepts connections,
-        # authentication is not attempted.
-        ping_info = make_conninfo(
+    def ping_conninfo(self) -> bytes:
+        """What PQping needs to ask this server whether it accepts connections."""
+        return make_conninfo(
             "",
             host=self.host,
             port=str(self.port),
@@ -389,6 +387,12 @@ class ThrowawayPostgres:
             user=self.superuser,
             connect_timeout="2",
         ).encode()
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        # pg_ctl only watched the pid file, while clients need the TCP listener.
+        # No password: a ping succeeds as soon as the server accepts connections,
+        # authentication is not attempted.
+        ping_info = self.ping_conninfo()
         deadline = time.monotonic() + timeout
         while True:
             pid = self._postmaster_pid()

@@ -22,6 +22,7 @@ import hvac
 import psycopg
 import psycopg.errors
 import pytest
+from catalog import database_exists, database_owner, role_exists, scalar
 from conftest import (
     LOGGED_SETTINGS,
     PASSWORD_MARKER,
@@ -127,24 +128,6 @@ def assert_in_sync(
 
 def connect(server: ThrowawayPostgres, dbname: str = "postgres") -> psycopg.Connection[Any]:
     return psycopg.connect(server.conninfo(dbname=dbname), autocommit=True)
-
-
-def scalar(pg: Cluster, query: LiteralString, *params: object) -> object:
-    with pg.connect() as conn:
-        row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
-
-
-def role_exists(pg: Cluster, name: str) -> bool:
-    return scalar(pg, "SELECT count(*) FROM pg_roles WHERE rolname = %s", name) == 1
-
-
-def database_exists(pg: Cluster, name: str) -> bool:
-    return scalar(pg, "SELECT count(*) FROM pg_database WHERE datname = %s", name) == 1
-
-
-def database_owner(pg: Cluster, name: str) -> object:
-    return scalar(pg, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", name)
 
 
 def public_database_privileges(pg: Cluster, name: str) -> set[str]:

@@ -13,10 +13,10 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import LiteralString
 
 import psycopg
 import pytest
+from catalog import database_exists, database_owner, role_exists, scalar
 from conftest import (
     PASSWORD_MARKER,
     Cluster,
@@ -90,24 +90,6 @@ def assert_created(lines: Sequence[str], name: str) -> None:
         assert line != f"{name}: unchanged", lines
         assert not line.startswith(f"{name}: failed"), lines
         assert not line.endswith("(another run did it first)"), lines
-
-
-def scalar(pg: Cluster, query: LiteralString, *params: object) -> object:
-    with pg.connect() as conn:
-        row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
-
-
-def role_exists(pg: Cluster, name: str) -> bool:
-    return scalar(pg, "SELECT count(*) FROM pg_roles WHERE rolname = %s", name) == 1
-
-
-def database_exists(pg: Cluster, name: str) -> bool:
-    return scalar(pg, "SELECT count(*) FROM pg_database WHERE datname = %s", name) == 1
-
-
-def database_owner(pg: Cluster, name: str) -> object:
-    return scalar(pg, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", name)
 
 
 def rolpassword(pg: Cluster, name: str) -> object:
