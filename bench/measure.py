@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,8 @@ from bench.lab import (
     take_schema_away,
 )
 from nomad_pginit import spec as spec_file
-from nomad_pginit.provision import ServiceOutcome, _connect_vault, _read_passwords
+from nomad_pginit.errors import ServiceError
+from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, _connect_vault
 from nomad_pginit.sandbox import ThrowawayPostgres
 
 COLD, WARM, ROTATE = "cold", "warm", "rotate"
@@ -242,19 +244,26 @@ def _measure_reference(lab: Lab, psql: Path, results: Results, tag: str) -> None
 def measure_vault(lab: Lab) -> float:
     """Reading every service's password through the tool's own code path, in-process.
 
-    ``provision._connect_vault`` and ``provision._read_passwords`` are what ``run``
-    calls (log in, then read each service's secret): when they change, this figure
-    follows, and when their signatures change, mypy says so here.
+    ``provision._connect_vault`` and ``provision.PasswordReads`` are what ``run``
+    uses (log in, then read each service's secret on a pool of threads): when they
+    change, this figure follows, and when their signatures change, mypy says so here.
     """
     services = spec_file.load(lab.services_file(None, "vault"))
-    outcomes = {service.name: ServiceOutcome(service) for service in services.services}
+    failed: list[str] = []
     started = time.perf_counter()
     vault = _connect_vault(services, lab.tool_env())
-    passwords, _ = _read_passwords(services, vault, outcomes)
+    with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
+        reads = PasswordReads.start(services, vault, pool)
+        for service in services.services:
+            try:
+                reads.wait(service)
+            except ServiceError as err:
+                failed.append(str(err))
     seconds = time.perf_counter() - started
-    if len(passwords) != lab.n:
-        failed = [o.error for o in outcomes.values() if o.error is not None]
-        raise BenchError(f"read {len(passwords)} of {lab.n} passwords from Vault: {failed[:3]}")
+    if failed:
+        raise BenchError(
+            f"read {lab.n - len(failed)} of {lab.n} passwords from Vault: {failed[:3]}"
+        )
     return seconds
 
 

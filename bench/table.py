@@ -257,8 +257,9 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
         ),
         (
             "Vault",
-            "the tool's own code path (provision._connect_vault, then _read_passwords: "
-            "read_password for each service, as the tool does it), in-process, against an "
+            "the tool's own code path (provision._connect_vault, then PasswordReads: "
+            "read_password for each service on the tool's pool, as run does it), in-process, "
+            "against an "
             "OpenBao dev server.",
         ),
         (

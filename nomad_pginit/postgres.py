@@ -9,11 +9,13 @@ switch it off.
 
 from __future__ import annotations
 
+import base64
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +42,7 @@ from nomad_pginit.plan import (
     SetConnectionLimit,
     SetPassword,
 )
+from nomad_pginit.scram import ScramKeys, derive_keys
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings, Service
 from nomad_pginit.state import (
@@ -102,6 +105,8 @@ class Target:
     conninfo: str
     password: Secret | None
     description: str
+    # The admin's SCRAM keys, when known: libpq then skips PBKDF2 on every login.
+    scram_keys: ScramKeys | None = None
 
     def connect_kwargs(self, dbname: str | None = None) -> str:
         """The full conninfo, password included: for psycopg only, never for logs."""
@@ -111,9 +116,28 @@ class Target:
         }
         if self.password is not None:
             extra["password"] = self.password.reveal()
+        if self.scram_keys is not None:
+            extra["scram_client_key"] = base64.b64encode(self.scram_keys.client_key).decode()
+            extra["scram_server_key"] = base64.b64encode(self.scram_keys.server_key).decode()
         if dbname is not None:
             extra["dbname"] = dbname
         return make_conninfo(self.conninfo, **extra)
+
+
+def _libpq_takes_scram_keys() -> bool:
+    """libpq 18 added scram_client_key and scram_server_key; older ones refuse them."""
+    return any(option.keyword == b"scram_client_key" for option in pq.Conninfo.get_defaults())
+
+
+def _connect(target: Target, dbname: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the admin; with the keys first, with the password if they fail."""
+    try:
+        return psycopg.connect(target.connect_kwargs(dbname), autocommit=True)
+    except psycopg.OperationalError as err:
+        # The keys go stale when the admin's password changes during the run.
+        if target.scram_keys is None or "authentication failed" not in str(err):
+            raise
+    return psycopg.connect(replace(target, scram_keys=None).connect_kwargs(dbname), autocommit=True)
 
 
 def target(settings: PostgresSettings) -> Target:
@@ -234,7 +258,7 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
     if status == pq.Ping.REJECT:
         return "rejecting connections (starting up, shutting down, or recovering)"
     try:
-        conn = psycopg.connect(target.connect_kwargs(), autocommit=True)
+        conn = _connect(target)
     except psycopg.OperationalError as err:
         message = str(err)
         if any(marker in message for marker in _LOGIN_FAILURES):
@@ -271,10 +295,15 @@ def _last_line(message: str) -> str:
 class Admin:
     """The admin's connection: observes the catalogs and applies actions."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], target: Target) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        target: Target,
+        state: AdminState | None = None,
+    ) -> None:
         self._conn = conn
         self._target = target
-        self._admin: AdminState | None = None
+        self._admin = state
 
     def close(self) -> None:
         self._conn.close()
@@ -288,6 +317,11 @@ class Admin:
     @property
     def server_version(self) -> int:
         return self._conn.info.server_version
+
+    @property
+    def state(self) -> AdminState:
+        """Who the admin is and what it may do (read once per run)."""
+        return self._observe_admin()
 
     @contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
@@ -470,10 +504,35 @@ class Admin:
         return self._admin
 
     @contextmanager
+    def workers(self) -> Iterator[AdminPool]:
+        """Admin connections for worker threads, closed on the way out.
+
+        Where the admin may read its own verifier and libpq takes SCRAM keys,
+        they log in with the keys: a login then costs the client no PBKDF2,
+        which is most of what one connection per database costs us.
+        """
+        target = self._target
+        admin = self._observe_admin()
+        if admin.can_read_verifiers and target.password is not None and _libpq_takes_scram_keys():
+            verifier = self._scalar(
+                sql.SQL("SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+            )
+            keys = derive_keys(
+                str(verifier) if verifier is not None else None, target.password.reveal()
+            )
+            if keys is not None:
+                target = replace(target, scram_keys=keys)
+        pool = AdminPool(target, admin)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+    @contextmanager
     def database(self, name: str) -> Iterator[DatabaseSession]:
         """A connection to one service's database, as the admin."""
         try:
-            conn = psycopg.connect(self._target.connect_kwargs(dbname=name), autocommit=True)
+            conn = _connect(self._target, name)
         except psycopg.OperationalError as err:
             if not self._alive():
                 raise _connection_lost(self._target, err) from err
@@ -643,6 +702,54 @@ class Admin:
             raise _connection_lost(self._target, err) from err
 
 
+class AdminPool:
+    """One more admin connection per worker thread, opened when the thread first asks.
+
+    Services are independent of each other: on their own connections, one
+    service's CREATE DATABASE runs while another's role is created.
+    """
+
+    def __init__(self, target: Target, state: AdminState) -> None:
+        self._target = target
+        self._state = state
+        self._local = threading.local()
+        self._opened: list[Admin] = []
+        self._lock = threading.Lock()
+
+    @property
+    def target(self) -> Target:
+        return self._target
+
+    @property
+    def logs_in_with_keys(self) -> bool:
+        return self._target.scram_keys is not None
+
+    def admin(self) -> Admin:
+        """This thread's admin connection. Raises PostgresUnavailable if none can be had."""
+        admin: Admin | None = getattr(self._local, "admin", None)
+        if admin is not None:
+            return admin
+        try:
+            conn = _connect(self._target)
+        except psycopg.OperationalError as err:
+            raise PostgresUnavailable(
+                f"cannot open another connection to PostgreSQL at {self._target.description}: "
+                f"{_last_line(str(err))}; run again once the server is back (nomad-pginit "
+                "needs a few connections at once, see max_connections)"
+            ) from err
+        admin = Admin(conn, self._target, self._state)
+        self._local.admin = admin
+        with self._lock:
+            self._opened.append(admin)
+        return admin
+
+    def close(self) -> None:
+        with self._lock:
+            for admin in self._opened:
+                admin.close()
+            self._opened.clear()
+
+
 def _comment_on_role(role: str) -> sql.Composed:
     return sql.SQL("COMMENT ON ROLE {} IS {}").format(
         sql.Identifier(role), sql.Literal(MANAGED_COMMENT)
@@ -678,31 +785,36 @@ class DatabaseSession:
             # has_schema_privilege() fails for a role that does not exist; PUBLIC holds nothing.
             role = "public"
         try:
+            # One round trip: the LEFT JOIN keeps the row when schema public is gone.
             row = self._conn.execute(
                 sql.SQL(
-                    "SELECT has_schema_privilege(%s, n.oid, 'USAGE'), "
+                    "SELECT n.oid IS NOT NULL, "
+                    "has_schema_privilege(%s, n.oid, 'USAGE'), "
                     "has_schema_privilege(%s, n.oid, 'CREATE'), "
-                    "n.nspowner = 'pg_database_owner'::regrole "
-                    "FROM pg_namespace n WHERE n.nspname = 'public'"
+                    "n.nspowner = 'pg_database_owner'::regrole, "
+                    "ARRAY(SELECT extname::text FROM pg_extension) "
+                    "FROM (VALUES (1)) AS one (x) "
+                    "LEFT JOIN pg_namespace n ON n.nspname = 'public'"
                 ),
                 (role, role),
             ).fetchone()
-            extensions = frozenset(
-                str(ext[0])
-                for ext in self._conn.execute(sql.SQL("SELECT extname FROM pg_extension"))
-            )
         except psycopg.Error as err:
             raise self._error("read schema public and the extensions", err) from err
-        if row is None:
+        # The query always returns its one row.
+        exists, usage, create, owned_by_database_owner, installed = row or (False,) + (None,) * 4
+        extensions = frozenset(
+            str(name) for name in (installed if isinstance(installed, list) else ())
+        )
+        if not exists:
             return SchemaState(
                 database=self.name, exists=False, privileges=frozenset(), extensions=extensions
             )
-        held = {name for name, has in (("USAGE", row[0]), ("CREATE", row[1])) if has}
+        held = {name for name, has in (("USAGE", usage), ("CREATE", create)) if has}
         return SchemaState(
             database=self.name,
             exists=True,
             privileges=frozenset(held),
-            owned_by_database_owner=bool(row[2]),
+            owned_by_database_owner=bool(owned_by_database_owner),
             extensions=extensions,
         )
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -29,14 +30,15 @@ from nomad_pginit.scram import verifier_matches
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
 from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
-from nomad_pginit.vault import Vault
+from nomad_pginit.vault import Vault, VaultSecret
 
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_SECONDS = 120.0
-# Connections open at once for work inside the services' databases, and Vault
-# reads in flight: enough to hide round trips, few enough for a small server.
-DATABASE_WORKERS = 4
+# Services worked on at once, each on its own admin connection (plus one to its
+# database when needed), and Vault reads in flight: enough to keep a small server's
+# cores busy and hide round trips, few enough to leave it connections to spare.
+SERVICE_WORKERS = 4
 VAULT_WORKERS = 8
 
 
@@ -121,8 +123,8 @@ def reconcile(
 
     Raises ConfigError, VaultUnavailable or PostgresUnavailable when nothing can
     be done at all; one service's failure is recorded in its outcome instead.
-    ``should_stop`` is asked before each service (SIGTERM lets the current one
-    finish); ``quiet`` leaves out the "unchanged" lines, for watch mode.
+    ``should_stop`` is asked before each service (SIGTERM lets the ones under
+    way finish); ``quiet`` leaves out the "unchanged" lines, for watch mode.
     """
     env = os.environ if environ is None else environ
     target = postgres.target(spec.postgres)
@@ -134,79 +136,62 @@ def reconcile(
 
     with ExitStack() as stack:
         # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
-        # accepts connections, whatever the number of secrets.
-        reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="secrets"))
-        reading = reader.submit(_read_passwords, spec, vault, outcomes)
+        # accepts connections, whatever the number of secrets, and each service's
+        # work starts as soon as its own password is in.
+        reader = stack.enter_context(ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault"))
+        passwords = PasswordReads.start(spec, vault, reader)
         admin = stack.enter_context(postgres.wait_until_ready(target, readiness))
-        passwords, versions = reading.result()
         if apply:
             # Another run holds the lock for as long as it takes to finish.
             stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))
-        ready = [service for service in spec.services if service.name in passwords]
-        cluster = admin.observe(ready)
-        verified = _check_passwords(target, ready, passwords, cluster)
-        result = Outcome([], applied=apply, secret_versions=versions)
+        cluster = admin.observe(spec.services)
+        # Read before any CREATE DATABASE: PostgreSQL refuses to copy a template that
+        # someone is connected to.
+        creates = any(service.database not in cluster.databases for service in spec.services)
+        template = admin.template_contents() if creates else None
+        workers = stack.enter_context(admin.workers())
+        result = Outcome([], applied=apply)
+        halted = threading.Event()  # PostgreSQL went away: start no more services
 
-        # Roles and databases, one service after the other on the admin's connection.
-        started: list[tuple[Service, list[Action]]] = []
-        for index, service in enumerate(ready):
+        def work(service: Service) -> None:
+            if halted.is_set():
+                raise _NotFinished(result.fatal)
             if should_stop():
-                log.info("stopping: %d services left for the next run", len(ready) - index)
-                for skipped in ready[index:]:
-                    del outcomes[skipped.name]
-                break
-            outcome = outcomes[service.name]
-            try:
-                cluster_actions = _reconcile_cluster_level(
-                    admin, service, passwords[service.name], cluster, outcome, verified=verified
-                )
-            except (Refusal, ServiceError) as err:
-                _fail(outcome, err)
-            except PostgresUnavailable as err:
-                # Nothing more can be done on this connection: say so for every
-                # service not finished, and let the next run pick up from here.
-                for pending in ready[index:]:
-                    outcomes[pending.name].error = f"not finished: {err}"
-                result.fatal = err
-                break
-            else:
-                started.append((service, cluster_actions))
-
-        # Inside each database: one connection per database, several at a time.
-        if result.fatal is None:
-            creates = any(
-                isinstance(action, CreateDatabase) for _, actions in started for action in actions
+                raise _Skipped
+            _reconcile_service(
+                service,
+                passwords=passwords,
+                workers=workers,
+                target=target,
+                cluster=cluster,
+                template=template,
+                outcome=outcomes[service.name],
             )
-            try:
-                template = admin.template_contents() if creates else None
-            except PostgresUnavailable as err:
-                result.fatal = err
-                started = []
-                for service in ready:
-                    if service.name in outcomes and outcomes[service.name].error is None:
-                        outcomes[service.name].error = f"not finished: {err}"
-            with ThreadPoolExecutor(DATABASE_WORKERS, thread_name_prefix="database") as pool:
-                futures = {
-                    pool.submit(
-                        _reconcile_database_level,
-                        admin,
-                        service,
-                        cluster,
-                        outcomes[service.name],
-                        cluster_actions=cluster_actions,
-                        template=template,
-                    ): service
-                    for service, cluster_actions in started
-                }
-                for future in as_completed(futures):
-                    outcome = outcomes[futures[future].name]
-                    try:
-                        future.result()
-                    except (Refusal, ServiceError) as err:
-                        _fail(outcome, err)
-                    except PostgresUnavailable as err:
-                        outcome.error = f"not finished: {err}"
+
+        skipped = 0
+        with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
+            futures = {pool.submit(work, service): service for service in spec.services}
+            for future in as_completed(futures):
+                outcome = outcomes[futures[future].name]
+                try:
+                    future.result()
+                except _Skipped:
+                    del outcomes[outcome.service.name]
+                    skipped += 1
+                except _NotFinished as err:
+                    outcome.error = f"not finished: {err.reason}"
+                except (Refusal, ServiceError) as err:
+                    _fail(outcome, err)
+                except PostgresUnavailable as err:
+                    # Nothing more can be done: say so for every service not finished,
+                    # and let the next run pick up from here.
+                    outcome.error = f"not finished: {err}"
+                    if result.fatal is None:
                         result.fatal = err
+                    halted.set()
+        if skipped:
+            log.info("stopping: %s left for the next run", _count(skipped, "service"))
+        result.secret_versions = passwords.versions()
         result.services = list(outcomes.values())
         for outcome in result.services:
             _report(outcome)
@@ -218,41 +203,62 @@ def reconcile(
     return result
 
 
+class _Skipped(Exception):
+    """The run was asked to stop before this service started."""
+
+
+class _NotFinished(Exception):
+    """PostgreSQL went away before this service started."""
+
+    def __init__(self, reason: PginitError | None) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
 def _fail(outcome: ServiceOutcome, err: Exception) -> None:
     outcome.error = str(err)
     name = outcome.service.name
     log.error("%s: failed: %s", name, err, extra={"service": name})
 
 
-def _check_passwords(
+def _reconcile_service(
+    service: Service,
+    *,
+    passwords: PasswordReads,
+    workers: postgres.AdminPool,
     target: postgres.Target,
-    services: list[Service],
-    passwords: Mapping[str, Secret],
     cluster: ClusterState,
-) -> dict[str, bool | None]:
-    """Does each existing role's password equal Vault's? True, False, or None (unknown).
+    template: SchemaState | None,
+    outcome: ServiceOutcome,
+) -> None:
+    """One service, start to end, on this worker's own admin connection."""
+    password = passwords.wait(service)  # SecretUnavailable fails this service alone
+    verified = _password_verified(target, service, password, cluster)
+    admin = workers.admin()
+    cluster_actions = plan_cluster(service, password, cluster, password_verified=verified)
+    for action in cluster_actions:
+        _record(outcome, action, admin.apply(action) if outcome.applied else True)
+    _reconcile_database_level(
+        admin, service, cluster, outcome, cluster_actions=cluster_actions, template=template
+    )
+
+
+def _password_verified(
+    target: postgres.Target, service: Service, password: Secret, cluster: ClusterState
+) -> bool | None:
+    """Does the existing role's password equal Vault's? True, False, or None (unknown).
 
     With pg_authid readable, the stored SCRAM verifier is recomputed from its
-    salt (CPU-bound, in C: threads run it in parallel). Without it, logging in
-    as the role answers without changing anything, so that a run with nothing
-    to do stays a run that changes nothing.
+    salt. Without it, logging in as the role answers without changing anything,
+    so that a run with nothing to do stays a run that changes nothing.
     """
-    existing = [
-        service
-        for service in services
-        if service.user in cluster.roles and cluster.roles[service.user].can_login
-    ]
-
-    def check(service: Service) -> bool | None:
-        password = passwords[service.name]
-        if cluster.admin.can_read_verifiers:
-            return verifier_matches(cluster.roles[service.user].verifier, password.reveal())
-        database = service.database if service.database in cluster.databases else "postgres"
-        return postgres.password_works(target, service.user, database, password)
-
-    with ThreadPoolExecutor(DATABASE_WORKERS, thread_name_prefix="password") as pool:
-        results = pool.map(check, existing)
-        return {service.name: result for service, result in zip(existing, results, strict=True)}
+    role = cluster.roles.get(service.user)
+    if role is None or not role.can_login:
+        return None
+    if cluster.admin.can_read_verifiers:
+        return verifier_matches(role.verifier, password.reveal())
+    database = service.database if service.database in cluster.databases else "postgres"
+    return postgres.password_works(target, service.user, database, password)
 
 
 def _handle_leftovers(
@@ -302,51 +308,54 @@ def _connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
     return Vault.connect(spec.vault, environ)
 
 
-def _read_passwords(
-    spec: Spec, vault: Vault | None, outcomes: dict[str, ServiceOutcome]
-) -> tuple[dict[str, Secret], dict[str, int]]:
-    """Each service's password, and the Vault version it came from.
+class PasswordReads:
+    """Each service's password: inline, or read from Vault by a pool of threads.
 
-    A service whose secret cannot be read is left out, and so left alone.
+    The reads start at once (``start``); each service's work waits for its own
+    (``wait``), so provisioning overlaps the reads instead of following them.
     """
-    passwords = {
-        service.name: service.password for service in spec.services if service.password is not None
-    }
-    versions: dict[str, int] = {}
-    from_vault = [service for service in spec.services if service.password is None]
-    if vault is None or not from_vault:
-        return passwords, versions
-    log.info("reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address)
-    with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
-        futures = {
-            pool.submit(vault.read_password, service.name): service for service in from_vault
+
+    def __init__(
+        self,
+        inline: Mapping[str, Secret],
+        reads: Mapping[str, Future[VaultSecret]],
+    ) -> None:
+        self._inline = inline
+        self._reads = reads
+
+    @classmethod
+    def start(cls, spec: Spec, vault: Vault | None, pool: ThreadPoolExecutor) -> PasswordReads:
+        inline = {
+            service.name: service.password
+            for service in spec.services
+            if service.password is not None
         }
-        for future in as_completed(futures):
-            service = futures[future]
-            try:
-                secret = future.result()
-            except ServiceError as err:
-                _fail(outcomes[service.name], err)
-                continue
-            passwords[service.name] = secret.password
-            versions[service.name] = secret.version
-    return passwords, versions
+        from_vault = [service for service in spec.services if service.password is None]
+        reads: dict[str, Future[VaultSecret]] = {}
+        if vault is not None and from_vault:
+            log.info(
+                "reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address
+            )
+            # Submitted in the file's order, which is the order services are worked on.
+            reads = {
+                service.name: pool.submit(vault.read_password, service.name)
+                for service in from_vault
+            }
+        return cls(inline, reads)
 
+    def wait(self, service: Service) -> Secret:
+        """The service's password. Raises SecretUnavailable when Vault has none to give."""
+        if service.name in self._inline:
+            return self._inline[service.name]
+        return self._reads[service.name].result().password
 
-def _reconcile_cluster_level(
-    admin: postgres.Admin,
-    service: Service,
-    password: Secret,
-    cluster: ClusterState,
-    outcome: ServiceOutcome,
-    *,
-    verified: Mapping[str, bool | None],
-) -> list[Action]:
-    """The role and the database: the actions taken (or, in a plan, to take)."""
-    actions = plan_cluster(service, password, cluster, password_verified=verified.get(service.name))
-    for action in actions:
-        _record(outcome, action, admin.apply(action) if outcome.applied else True)
-    return actions
+    def versions(self) -> dict[str, int]:
+        """The Vault version of each password read so far, for watch mode."""
+        return {
+            name: read.result().version
+            for name, read in self._reads.items()
+            if read.done() and read.exception() is None
+        }
 
 
 def _reconcile_database_level(

@@ -8,6 +8,11 @@ that a run with nothing to do really issues no ALTER ROLE.
 The password is first prepared the way PostgreSQL's ``pg_saslprep`` does it
 (src/common/saslprep.c), quirks included, so that our answer agrees with the
 server's.
+
+The same computation gives the client and server keys of a verifier: libpq 18
+accepts them (``scram_client_key``, ``scram_server_key``) instead of the
+password, and then skips the 4096 rounds of PBKDF2 that every SCRAM login
+otherwise costs the client.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import hmac
 import stringprep
 import unicodedata
+from dataclasses import dataclass
 
 _PREFIX = "SCRAM-SHA-256$"
 MAX_ITERATIONS = 10_000_000
@@ -67,11 +73,27 @@ def saslprep(password: str) -> bytes:
     return unicodedata.normalize("NFKC", mapped).encode("utf-8")
 
 
-def verifier_matches(verifier: str | None, password: str) -> bool:
-    """True when ``verifier`` (from pg_authid.rolpassword) was made from ``password``."""
+@dataclass(frozen=True)
+class ScramKeys:
+    """The keys a SCRAM client derives from a password and the server's salt.
+
+    Holding them is as good as holding the password for that verifier: they are
+    only ever handed to libpq, never printed.
+    """
+
+    client_key: bytes
+    server_key: bytes
+
+    def __repr__(self) -> str:
+        return "ScramKeys(***)"
+
+
+def derive_keys(verifier: str | None, password: str) -> ScramKeys | None:
+    """The keys for ``password`` with the salt and iteration count stored in ``verifier``
+    (pg_authid.rolpassword), or None when the verifier was not made from this password."""
     if not verifier or not verifier.startswith(_PREFIX):
         # NULL, md5 or plain: not what we would store, so not "unchanged".
-        return False
+        return None
     try:
         params, keys = verifier[len(_PREFIX) :].split("$", 1)
         iterations_text, salt_b64 = params.split(":", 1)
@@ -79,16 +101,24 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
         iterations = int(iterations_text)
         # The server stores whatever it is given: never let a bad count crash or stall us.
         if not 1 <= iterations <= MAX_ITERATIONS:
-            return False
+            return None
         salt = base64.b64decode(salt_b64, validate=True)
         stored_key = base64.b64decode(stored_key_b64, validate=True)
         server_key = base64.b64decode(server_key_b64, validate=True)
     except (ValueError, binascii.Error):
-        return False
+        return None
+    # hashlib releases the GIL here: threads check passwords in parallel.
     salted = hashlib.pbkdf2_hmac("sha256", saslprep(password), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     expected_stored = hashlib.sha256(client_key).digest()
     expected_server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(
+    if hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(
         expected_server, server_key
-    )
+    ):
+        return ScramKeys(client_key=client_key, server_key=expected_server)
+    return None
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    """True when ``verifier`` (from pg_authid.rolpassword) was made from ``password``."""
+    return derive_keys(verifier, password) is not None

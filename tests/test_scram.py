@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nomad_pginit.scram import saslprep, verifier_matches
+from nomad_pginit.scram import derive_keys, saslprep, verifier_matches
 
 SALT = b"0123456789abcdef"
 
@@ -62,6 +62,30 @@ def test_rfc7677_verifier_matches_pencil() -> None:
     verifier = scram_verifier(b"pencil", RFC_SALT, 4096)
     assert verifier_matches(verifier, "pencil") is True
     assert verifier_matches(verifier, "Pencil") is False
+
+
+def test_derive_keys_gives_rfc7677_client_key_and_server_key() -> None:
+    verifier = scram_verifier(b"pencil", RFC_SALT, 4096)
+    keys = derive_keys(verifier, "pencil")
+    assert keys is not None
+    # The RFC's ClientProof is ClientKey XOR ClientSignature: these keys must give it.
+    stored_key = hashlib.sha256(keys.client_key).digest()
+    signature = hmac.new(stored_key, RFC_AUTH_MESSAGE, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(keys.client_key, signature, strict=True))
+    assert base64.b64encode(proof) == b"dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    server_signature = hmac.new(keys.server_key, RFC_AUTH_MESSAGE, hashlib.sha256).digest()
+    assert base64.b64encode(server_signature) == b"6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+def test_derive_keys_refuses_another_password_and_never_shows_the_keys() -> None:
+    verifier = scram_verifier(b"pencil", RFC_SALT, 4096)
+    assert derive_keys(verifier, "Pencil") is None
+    assert derive_keys(None, "pencil") is None
+    keys = derive_keys(verifier, "pencil")
+    assert keys is not None
+    shown = repr(keys) + str(keys)
+    assert keys.client_key.hex() not in shown
+    assert base64.b64encode(keys.client_key).decode() not in shown
 
 
 # --- verifier_matches ---------------------------------------------------------------
