@@ -10,6 +10,7 @@ switch it off.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import threading
 import time
@@ -108,8 +109,13 @@ class Target:
     # The admin's SCRAM keys, when known: libpq then skips PBKDF2 on every login.
     scram_keys: ScramKeys | None = None
 
-    def connect_kwargs(self, dbname: str | None = None) -> str:
-        """The full conninfo, password included: for psycopg only, never for logs."""
+    @functools.cached_property
+    def secret_conninfo(self) -> str:
+        """The full conninfo, password and keys included: for psycopg only, never for logs.
+
+        Built once: parsing a conninfo is pure Python, and a run connects once per
+        database.
+        """
         extra: dict[str, str | int] = {
             "application_name": APPLICATION_NAME,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -119,8 +125,6 @@ class Target:
         if self.scram_keys is not None:
             extra["scram_client_key"] = base64.b64encode(self.scram_keys.client_key).decode()
             extra["scram_server_key"] = base64.b64encode(self.scram_keys.server_key).decode()
-        if dbname is not None:
-            extra["dbname"] = dbname
         return make_conninfo(self.conninfo, **extra)
 
 
@@ -132,12 +136,18 @@ def _libpq_takes_scram_keys() -> bool:
 def _connect(target: Target, dbname: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
     """A connection as the admin; with the keys first, with the password if they fail."""
     try:
-        return psycopg.connect(target.connect_kwargs(dbname), autocommit=True)
+        return _open(target, dbname)
     except psycopg.OperationalError as err:
         # The keys go stale when the admin's password changes during the run.
         if target.scram_keys is None or "authentication failed" not in str(err):
             raise
-    return psycopg.connect(replace(target, scram_keys=None).connect_kwargs(dbname), autocommit=True)
+    return _open(replace(target, scram_keys=None), dbname)
+
+
+def _open(target: Target, dbname: str | None) -> psycopg.Connection[tuple[object, ...]]:
+    if dbname is None:
+        return psycopg.connect(target.secret_conninfo, autocommit=True)
+    return psycopg.connect(target.secret_conninfo, autocommit=True, dbname=dbname)
 
 
 def target(settings: PostgresSettings) -> Target:
@@ -779,35 +789,49 @@ class DatabaseSession:
         reason = err.diag.message_primary or _last_line(str(err))
         return ServiceError(f'cannot {doing} in database "{self.name}": {reason}')
 
-    def observe_schema(self, role: str | None) -> SchemaState:
-        """Schema public in this database, and what ``role`` holds on it (None: no role yet)."""
+    def observe_schema(
+        self, role: str | None, *, extensions: bool = True, owner: bool = True
+    ) -> SchemaState:
+        """Schema public in this database, and what ``role`` holds on it (None: no role yet).
+
+        The installed extensions and public's owner are read only when asked for:
+        this runs once per database on a brand-new backend, where every catalog
+        the query touches for the first time costs a lookup, and a query with no
+        FROM clause costs no planning. The privilege functions alone are what a
+        run with nothing to do needs.
+        """
         if role is None:
             # has_schema_privilege() fails for a role that does not exist; PUBLIC holds nothing.
             role = "public"
+        # to_regnamespace() is NULL when public is gone, and so are the functions given it.
+        columns = [
+            sql.SQL("to_regnamespace('public') IS NOT NULL"),
+            sql.SQL("has_schema_privilege(%(role)s, to_regnamespace('public'), 'USAGE')"),
+            sql.SQL("has_schema_privilege(%(role)s, to_regnamespace('public'), 'CREATE')"),
+            sql.SQL(
+                "(SELECT nspowner = 'pg_database_owner'::regrole "
+                "FROM pg_namespace WHERE nspname = 'public')"
+                if owner
+                else "NULL"
+            ),
+            sql.SQL("ARRAY(SELECT extname::text FROM pg_extension)" if extensions else "NULL"),
+        ]
         try:
-            # One round trip: the LEFT JOIN keeps the row when schema public is gone.
-            row = self._conn.execute(
-                sql.SQL(
-                    "SELECT n.oid IS NOT NULL, "
-                    "has_schema_privilege(%s, n.oid, 'USAGE'), "
-                    "has_schema_privilege(%s, n.oid, 'CREATE'), "
-                    "n.nspowner = 'pg_database_owner'::regrole, "
-                    "ARRAY(SELECT extname::text FROM pg_extension) "
-                    "FROM (VALUES (1)) AS one (x) "
-                    "LEFT JOIN pg_namespace n ON n.nspname = 'public'"
-                ),
-                (role, role),
-            ).fetchone()
+            query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
+            found = self._conn.execute(query, {"role": role}).fetchone()
         except psycopg.Error as err:
             raise self._error("read schema public and the extensions", err) from err
         # The query always returns its one row.
-        exists, usage, create, owned_by_database_owner, installed = row or (False,) + (None,) * 4
-        extensions = frozenset(
+        exists, usage, create, owned_by_database_owner, installed = found or (False,) + (None,) * 4
+        installed_names = frozenset(
             str(name) for name in (installed if isinstance(installed, list) else ())
         )
         if not exists:
             return SchemaState(
-                database=self.name, exists=False, privileges=frozenset(), extensions=extensions
+                database=self.name,
+                exists=False,
+                privileges=frozenset(),
+                extensions=installed_names,
             )
         held = {name for name, has in (("USAGE", usage), ("CREATE", create)) if has}
         return SchemaState(
@@ -815,7 +839,7 @@ class DatabaseSession:
             exists=True,
             privileges=frozenset(held),
             owned_by_database_owner=bool(owned_by_database_owner),
-            extensions=extensions,
+            extensions=installed_names,
         )
 
     def apply(self, action: Action) -> bool:

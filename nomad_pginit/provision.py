@@ -396,7 +396,11 @@ def _reconcile_database_level(
         return
     role_exists = outcome.applied or service.user in cluster.roles
     with admin.database(service.database) as session:
-        schema = session.observe_schema(service.user if role_exists else None)
+        schema = session.observe_schema(
+            service.user if role_exists else None,
+            extensions=bool(service.extensions),
+            owner=owner_changes,
+        )
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)
 

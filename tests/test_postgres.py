@@ -42,7 +42,7 @@ def test_workers_log_in_with_the_superusers_scram_keys(pg: Cluster, tmp_path: Pa
         assert workers.logs_in_with_keys
         # The keys alone are enough: libpq never needs the password.
         keyed = replace(workers.target, password=Secret("not the password"))
-        with psycopg.connect(keyed.connect_kwargs(), autocommit=True) as conn:
+        with psycopg.connect(keyed.secret_conninfo, autocommit=True) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (pg.server.superuser,)
         assert workers.admin() is workers.admin()  # one connection per thread
         assert backend_count(pg) == 2
