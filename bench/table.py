@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from bench.machine import Machine
-from bench.measure import COLD, READINESS_MODES, ROTATE, SCENARIOS, TOGETHER, WAITING, WARM, Results
+from bench.measure import COLD, ROTATE, SCENARIOS, TOGETHER, WAITING, WARM, Results
 
 # The targets.
 TARGET_N = 1000  # where the warm, Vault and memory targets are defined
@@ -140,13 +140,15 @@ def targets(results: Results, figures: Figures) -> dict[str, Target]:
             at_n,
         ),
     }
-    for mode in READINESS_MODES:
-        found[f"readiness {mode}"] = Target(
-            f"readiness {mode}",
-            f"<= {READINESS_MS:g} ms",
-            f"{figures.readiness_ms[mode]:.0f} ms",
-            figures.readiness_ms[mode] <= READINESS_MS,
-        )
+    # "Noticed within 100 ms of accepting" is the waiting loop's figure. Started
+    # together, a server that accepts before the tool has started measures the
+    # tool's start-up instead: shown, with no target of its own.
+    found["readiness"] = Target(
+        "readiness",
+        f"<= {READINESS_MS:g} ms",
+        f"{figures.readiness_ms[WAITING]:.0f} ms",
+        figures.readiness_ms[WAITING] <= READINESS_MS,
+    )
     return found
 
 
@@ -176,11 +178,31 @@ def _rows(results: Results, figures: Figures, goals: dict[str, Target]) -> list[
     rows.append(
         (f"Vault: {results.n} reads", vault_figure, "", "", "", "", vault.goal, vault.result)
     )
-    for mode in READINESS_MODES:
-        goal = goals[f"readiness {mode}"]
-        rows.append(
-            (_READINESS_LABELS[mode], goal.measured, "", "", "", "", goal.goal, goal.result)
+    readiness = goals["readiness"]
+    rows.append(
+        (
+            _READINESS_LABELS[TOGETHER],
+            f"{figures.readiness_ms[TOGETHER]:.0f} ms",
+            "",
+            "",
+            "",
+            "",
+            "start-up, see notes",
+            "",
         )
+    )
+    rows.append(
+        (
+            _READINESS_LABELS[WAITING],
+            readiness.measured,
+            "",
+            "",
+            "",
+            "",
+            readiness.goal,
+            readiness.result,
+        )
+    )
     memory = goals["memory"]
     rows.append(("peak memory (RSS)", memory.measured, "", "", "", "", memory.goal, memory.result))
     return rows
@@ -276,9 +298,11 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
             "launched, then at once the server (pg_ctl start, no wait), as Nomad starts a "
             "poststart task; the server accepted "
             f"{figures.tool_start_to_accepting_ms[TOGETHER]:.0f} ms after the tool was "
-            "launched, so this includes whatever the tool does before its first probe (Python "
-            "start-up, and so on). Tool waiting: the server is started only once "
-            "the tool logs 'waiting for PostgreSQL', which isolates the waiting loop.",
+            "launched, so this is mostly the tool's own start-up (the Python interpreter and "
+            "importing psycopg, some 0.15 s on a 2-core machine, before any probe can be "
+            "made): a figure to watch, with no target. Tool waiting: the server is started "
+            "only once the tool logs 'waiting for PostgreSQL', which isolates the waiting "
+            "loop: that is what the 100 ms target ('readiness noticed') is about.",
         ),
         (
             "memory",
