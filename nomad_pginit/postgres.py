@@ -621,19 +621,17 @@ class Admin:
             case MarkDatabase(database=database):
                 return self._run(action, _comment_on_database(database))
             case IsolateDatabase(database=database, role=role):
-                with self._conn.transaction():
-                    self._run(
-                        action,
+                return self._run_together(
+                    action,
+                    [
                         sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
                             sql.Identifier(database)
                         ),
-                    )
-                    return self._run(
-                        action,
                         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                             sql.Identifier(database), sql.Identifier(role)
                         ),
-                    )
+                    ],
+                )
             case DisableRole(role=role):
                 return self._run(
                     action, sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role))
@@ -667,16 +665,25 @@ class Admin:
                 for name in sorted(admin.silenceable_settings)
             )
         )
+        # The server runs them in order: the password's statement is parsed, run and
+        # (not) logged only after the settings are in force.
+        statements: list[Query] = [silence] if admin.silenceable_settings else []
+        statements.append(composed)
+        if then is not None:
+            statements.append(then)
+        return self._run_together(action, statements)
+
+    def _run_together(self, action: Action, statements: Sequence[Query]) -> bool:
+        """Run ``statements`` in one transaction, sent at once (libpq's pipeline mode):
+        one round trip instead of one per statement, BEGIN and COMMIT included."""
         try:
-            with self._conn.transaction():
-                if admin.silenceable_settings:
-                    self._conn.execute(silence)
-                self._conn.execute(composed)
-                if then is not None:
-                    self._conn.execute(then)
+            with self._conn.pipeline(), self._conn.transaction():
+                for statement in statements:
+                    self._conn.execute(statement)
         except _ALREADY_EXISTS:
             return False
         except psycopg.Error as err:
+            # Not chained: nothing of a password statement may travel with the error.
             raise _service_error(action, err, self._conn) from None
         return True
 
