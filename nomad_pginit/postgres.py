@@ -67,6 +67,8 @@ CONNECT_TIMEOUT_SECONDS: Final = 5
 PROBE_INTERVAL_SECONDS: Final = 0.05
 # While waiting, say again why every so often so the log shows the task is alive.
 WAIT_REPORT_SECONDS: Final = 10.0
+# What CREATE DATABASE copies, and so what nobody may be connected to meanwhile.
+TEMPLATE_DATABASE: Final = "template1"
 # Serializes concurrent runs (two allocations during a redeploy): any constant
 # bigint works, this one spells "pginit".
 ADVISORY_LOCK_KEY: Final = 0x7067696E6974
@@ -111,7 +113,8 @@ class Target:
 
     @functools.cached_property
     def secret_conninfo(self) -> str:
-        """The full conninfo, password and keys included: for psycopg only, never for logs.
+        """The full conninfo, password and keys included: for psycopg only, never for logs
+        (nor is a connection's ``info.dsn``: psycopg hides the password there, not the keys).
 
         Built once: parsing a conninfo is pure Python, and a run connects once per
         database.
@@ -128,23 +131,18 @@ class Target:
         return make_conninfo(self.conninfo, **extra)
 
 
+def _authentication_failed(err: psycopg.OperationalError) -> bool:
+    # A failed connection carries no SQLSTATE; the server's message is all there is.
+    return err.sqlstate == "28P01" or "password authentication failed" in str(err)
+
+
 def _libpq_takes_scram_keys() -> bool:
     """libpq 18 added scram_client_key and scram_server_key; older ones refuse them."""
     return any(option.keyword == b"scram_client_key" for option in pq.Conninfo.get_defaults())
 
 
 def _connect(target: Target, dbname: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
-    """A connection as the admin; with the keys first, with the password if they fail."""
-    try:
-        return _open(target, dbname)
-    except psycopg.OperationalError as err:
-        # The keys go stale when the admin's password changes during the run.
-        if target.scram_keys is None or "authentication failed" not in str(err):
-            raise
-    return _open(replace(target, scram_keys=None), dbname)
-
-
-def _open(target: Target, dbname: str | None) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the admin (to ``dbname``, else the DSN's database)."""
     if dbname is None:
         return psycopg.connect(target.secret_conninfo, autocommit=True)
     return psycopg.connect(target.secret_conninfo, autocommit=True, dbname=dbname)
@@ -280,10 +278,18 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
         return f"not accepting the admin yet: {_last_line(message)}"
     if not writable:
         return Admin(conn, target)
-    in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-    if in_recovery is None or in_recovery[0]:
+    row = conn.execute("SELECT pg_is_in_recovery(), current_database()").fetchone()
+    if row is None or row[0]:
         conn.close()
         return "in recovery (a standby, or a primary still replaying WAL): not writable"
+    if row[1] == TEMPLATE_DATABASE:
+        conn.close()
+        # Our own workers would be "other users" of the template every new database copies.
+        raise ConfigError(
+            f"the admin connects to database {TEMPLATE_DATABASE} ([postgres] dsn or "
+            f"PGDATABASE): CREATE DATABASE copies {TEMPLATE_DATABASE} and fails while anyone "
+            "is connected to it; connect to postgres instead"
+        )
     return Admin(conn, target)
 
 
@@ -310,10 +316,14 @@ class Admin:
         conn: psycopg.Connection[tuple[object, ...]],
         target: Target,
         state: AdminState | None = None,
+        *,
+        pool: AdminPool | None = None,
     ) -> None:
         self._conn = conn
         self._target = target
         self._admin = state
+        # A worker's connection: the pool connects to the databases too, keys and all.
+        self._pool = pool
 
     def close(self) -> None:
         self._conn.close()
@@ -336,6 +346,10 @@ class Admin:
     @contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
         """Hold the advisory lock that serializes runs against this cluster."""
+        if self.server_version >= 140000:
+            # The lock lives as long as this connection, which idles while workers
+            # run: a server-side idle timeout must not end it (and the lock) early.
+            self._execute(sql.SQL("SET idle_session_timeout = 0"))
         locked = self._scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
         if not locked:
             log.info("another nomad-pginit run holds the lock on this cluster: waiting for it")
@@ -542,7 +556,7 @@ class Admin:
     def database(self, name: str) -> Iterator[DatabaseSession]:
         """A connection to one service's database, as the admin."""
         try:
-            conn = _connect(self._target, name)
+            conn = self._pool.connect(name) if self._pool else _connect(self._target, name)
         except psycopg.OperationalError as err:
             if not self._alive():
                 raise _connection_lost(self._target, err) from err
@@ -674,15 +688,24 @@ class Admin:
         return self._run_together(action, statements)
 
     def _run_together(self, action: Action, statements: Sequence[Query]) -> bool:
-        """Run ``statements`` in one transaction, sent at once (libpq's pipeline mode):
-        one round trip instead of one per statement, BEGIN and COMMIT included."""
+        """Run ``statements`` in one transaction, sent at once with a single sync
+        (libpq's pipeline mode): one round trip, BEGIN and COMMIT included.
+
+        The server still runs them one after the other; after an error it skips
+        the rest up to the sync, leaving the transaction failed for us to end.
+        """
         try:
-            with self._conn.pipeline(), self._conn.transaction():
+            with self._conn.pipeline():
+                self._conn.execute(sql.SQL("BEGIN"))
                 for statement in statements:
                     self._conn.execute(statement)
-        except _ALREADY_EXISTS:
-            return False
+                self._conn.execute(sql.SQL("COMMIT"))
         except psycopg.Error as err:
+            if self._conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                with suppress(psycopg.Error):
+                    self._conn.execute(sql.SQL("ROLLBACK"))
+            if isinstance(err, _ALREADY_EXISTS):
+                return False
             # Not chained: nothing of a password statement may travel with the error.
             raise _service_error(action, err, self._conn) from None
         return True
@@ -741,20 +764,36 @@ class AdminPool:
     def logs_in_with_keys(self) -> bool:
         return self._target.scram_keys is not None
 
+    def connect(self, dbname: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
+        """A connection as the admin: with the keys, or the password once they fail."""
+        target = self._target
+        try:
+            return _connect(target, dbname)
+        except psycopg.OperationalError as err:
+            if target.scram_keys is None or not _authentication_failed(err):
+                raise
+        # The keys went stale: the admin's password was set again during the run.
+        # The password from now on, so that the server logs one failed login, not one
+        # per database.
+        log.info("the admin's SCRAM keys no longer log in: using its password")
+        with self._lock:
+            self._target = replace(self._target, scram_keys=None)
+        return _connect(self._target, dbname)
+
     def admin(self) -> Admin:
         """This thread's admin connection. Raises PostgresUnavailable if none can be had."""
         admin: Admin | None = getattr(self._local, "admin", None)
         if admin is not None:
             return admin
         try:
-            conn = _connect(self._target)
+            conn = self.connect()
         except psycopg.OperationalError as err:
             raise PostgresUnavailable(
                 f"cannot open another connection to PostgreSQL at {self._target.description}: "
                 f"{_last_line(str(err))}; run again once the server is back (nomad-pginit "
                 "needs a few connections at once, see max_connections)"
             ) from err
-        admin = Admin(conn, self._target, self._state)
+        admin = Admin(conn, self._target, self._state, pool=self)
         self._local.admin = admin
         with self._lock:
             self._opened.append(admin)

@@ -138,7 +138,9 @@ def reconcile(
         # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
         # accepts connections, whatever the number of secrets, and each service's
         # work starts as soon as its own password is in.
-        reader = stack.enter_context(ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault"))
+        reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
+        # On the way out (stopped, or failed), reads not yet started are not needed.
+        stack.callback(reader.shutdown, wait=True, cancel_futures=True)
         passwords = PasswordReads.start(spec, vault, reader)
         admin = stack.enter_context(postgres.wait_until_ready(target, readiness))
         if apply:
@@ -151,7 +153,7 @@ def reconcile(
         template = admin.template_contents() if creates else None
         workers = stack.enter_context(admin.workers())
         result = Outcome([], applied=apply)
-        halted = threading.Event()  # PostgreSQL went away: start no more services
+        halted = threading.Event()  # start no more services: PostgreSQL went away, or worse
 
         def work(service: Service) -> None:
             if halted.is_set():
@@ -171,24 +173,29 @@ def reconcile(
         skipped = 0
         with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
             futures = {pool.submit(work, service): service for service in spec.services}
-            for future in as_completed(futures):
-                outcome = outcomes[futures[future].name]
-                try:
-                    future.result()
-                except _Skipped:
-                    del outcomes[outcome.service.name]
-                    skipped += 1
-                except _NotFinished as err:
-                    outcome.error = f"not finished: {err.reason}"
-                except (Refusal, ServiceError) as err:
-                    _fail(outcome, err)
-                except PostgresUnavailable as err:
-                    # Nothing more can be done: say so for every service not finished,
-                    # and let the next run pick up from here.
-                    outcome.error = f"not finished: {err}"
-                    if result.fatal is None:
-                        result.fatal = err
-                    halted.set()
+            try:
+                for future in as_completed(futures):
+                    outcome = outcomes[futures[future].name]
+                    try:
+                        future.result()
+                    except _Skipped:
+                        del outcomes[outcome.service.name]
+                        skipped += 1
+                    except _NotFinished as err:
+                        outcome.error = f"not finished: {err.reason}"
+                    except (Refusal, ServiceError) as err:
+                        _fail(outcome, err)
+                    except PostgresUnavailable as err:
+                        # Nothing more can be done: say so for every service not
+                        # finished, and let the next run pick up from here.
+                        outcome.error = f"not finished: {err}"
+                        if result.fatal is None:
+                            result.fatal = err
+                        halted.set()
+            except BaseException:
+                # A bug, or Ctrl-C: the services under way finish, no other one starts.
+                halted.set()
+                raise
         if skipped:
             log.info("stopping: %s left for the next run", _count(skipped, "service"))
         result.secret_versions = passwords.versions()

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import table
 from bench.machine import Machine
 from bench.measure import COLD, ROTATE, TOGETHER, WAITING, WARM, ReadinessSample, Results
@@ -88,6 +90,7 @@ def test_table_shows_start_up_without_a_verdict() -> None:
     assert waiting.split()[-1] == "PASS"
 
 
+@pytest.mark.slow
 def test_quick_run_measures_everything(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     finished = subprocess.run(

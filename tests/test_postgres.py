@@ -3,26 +3,30 @@ worker connections and the SCRAM keys they log in with."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 from conftest import Cluster
-from psycopg import sql
+from psycopg import pq, sql
 
 from nomad_pginit import postgres
-from nomad_pginit.errors import PostgresUnavailable
+from nomad_pginit.errors import ConfigError, PostgresUnavailable
+from nomad_pginit.plan import CreateRole
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings
 
 READY_NOW = postgres.Readiness(timeout=5)
 
 
-def admin_target(pg: Cluster, tmp_path: Path, user: str, password: str) -> postgres.Target:
+def admin_target(
+    pg: Cluster, tmp_path: Path, user: str, password: str, dbname: str = "postgres"
+) -> postgres.Target:
     password_file = tmp_path / f"{user}.password"
     password_file.write_text(password + "\n", encoding="utf-8")
-    dsn = f"postgresql://{user}@{pg.server.host}:{pg.port}/postgres"
+    dsn = f"postgresql://{user}@{pg.server.host}:{pg.port}/{dbname}"
     return postgres.target(PostgresSettings(dsn=dsn, password_file=password_file))
 
 
@@ -36,6 +40,16 @@ def backend_count(pg: Cluster) -> int:
     return int(str(row[0]))
 
 
+def eventually_no_backends(pg: Cluster) -> bool:
+    """Backends exit a moment after their connection closes."""
+    deadline = time.monotonic() + 10
+    while backend_count(pg) != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_workers_log_in_with_the_superusers_scram_keys(pg: Cluster, tmp_path: Path) -> None:
     target = admin_target(pg, tmp_path, pg.server.superuser, pg.server.password)
     with postgres.wait_until_ready(target, READY_NOW) as admin, admin.workers() as workers:
@@ -46,7 +60,7 @@ def test_workers_log_in_with_the_superusers_scram_keys(pg: Cluster, tmp_path: Pa
             assert conn.execute("SELECT current_user").fetchone() == (pg.server.superuser,)
         assert workers.admin() is workers.admin()  # one connection per thread
         assert backend_count(pg) == 2
-    assert backend_count(pg) == 0
+    assert eventually_no_backends(pg)
 
 
 def test_stale_keys_fall_back_to_the_password(pg: Cluster, tmp_path: Path) -> None:
@@ -62,6 +76,8 @@ def test_stale_keys_fall_back_to_the_password(pg: Cluster, tmp_path: Path) -> No
             )
         with workers.admin().database("template1") as session:
             assert session.name == "template1"
+        # Once is enough: the next logins go with the password, not another failure.
+        assert not workers.logs_in_with_keys
 
 
 def test_admin_without_pg_authid_logs_in_with_its_password(pg: Cluster, tmp_path: Path) -> None:
@@ -81,3 +97,35 @@ def test_no_worker_connection_when_the_server_is_gone(pg: Cluster, tmp_path: Pat
         with pytest.raises(PostgresUnavailable, match="cannot open another connection"):
             broken.admin()
         assert workers.admin() is not None
+
+
+def test_a_password_and_its_transaction_go_in_one_round_trip(pg: Cluster, tmp_path: Path) -> None:
+    target = admin_target(pg, tmp_path, pg.server.superuser, pg.server.password)
+    trace = tmp_path / "protocol.trace"
+    with postgres.wait_until_ready(target, READY_NOW) as admin, trace.open("w") as handle:
+        assert admin.state.superuser  # read before tracing: only the transaction is traced
+        # libpq's own protocol trace of the admin's connection: what went over the wire.
+        pgconn = admin._conn.pgconn
+        pgconn.trace(handle.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        assert admin.apply(CreateRole("svc", "svc", Secret("pw-marker-one-trip")))
+        assert not admin.apply(CreateRole("svc", "svc", Secret("pw-marker-one-trip")))
+        pgconn.untrace()
+        assert admin._conn.info.transaction_status == pq.TransactionStatus.IDLE
+    sent = [line.split("\t") for line in trace.read_text(encoding="utf-8").splitlines()]
+    messages = [fields[2].split(" ")[0] for fields in sent if len(fields) > 2 and fields[0] == "F"]
+    # Each attempt: BEGIN, the settings, CREATE ROLE, COMMENT, COMMIT, then one Sync
+    # (one round trip); the failed one adds a ROLLBACK of its own.
+    assert messages.count("Sync") == 2
+    assert messages.count("Query") == 1  # the ROLLBACK that ends the failed one
+    with pg.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'svc'").fetchone() == (
+            1,
+        )
+
+
+def test_admin_connected_to_template1_is_refused(pg: Cluster, tmp_path: Path) -> None:
+    target = admin_target(pg, tmp_path, pg.server.superuser, pg.server.password, "template1")
+    with pytest.raises(ConfigError, match="connect to postgres instead"):
+        postgres.wait_until_ready(target, READY_NOW)
+    assert eventually_no_backends(pg)

@@ -47,8 +47,8 @@ def register(
         action="store_true",
         default=None,
         help="keep running: re-apply when the services file changes or a password gets a new "
-        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it after the "
-        "current service",
+        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it once the "
+        "services under way are done",
     )
     parser.add_argument(
         "--interval",
@@ -70,8 +70,8 @@ def register(
 def main(args: argparse.Namespace) -> int:
     environ = os.environ
     stop = threading.Event()
-    # SIGTERM (nomad alloc stop, docker stop, a pod's end) lets the current service
-    # finish, then the command exits cleanly.
+    # SIGTERM (nomad alloc stop, docker stop, a pod's end) lets the services under
+    # way finish (at most four), starts no other, then the command exits cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: _request_stop(stop))
     if _watch_mode(args, environ):
@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _request_stop(stop: threading.Event) -> None:
     if not stop.is_set():
-        log.info("stop requested: finishing the current service")
+        log.info("stop requested: finishing the services under way")
     stop.set()
 
 
