@@ -361,7 +361,7 @@ class PasswordReads:
         return {
             name: read.result().version
             for name, read in self._reads.items()
-            if read.done() and read.exception() is None
+            if read.done() and not read.cancelled() and read.exception() is None
         }
 
 
