@@ -1105,9 +1105,10 @@ INTERRUPTIONS = {
     "creating-roles-and-databases": Interruption(
         40, (), lambda names: f'{names[3]}: database "{names[3]}" created'
     ),
-    # Every role and database made; the work inside the databases (extensions) under way.
+    # A few services in, with work inside their databases (extensions) under way while
+    # the next ones' roles and databases are made (four services at a time).
     "inside-the-databases": Interruption(
-        20, ("pg_trgm",), lambda names: f'{names[-1]}: database "{names[-1]}" isolated'
+        40, ("pg_trgm",), lambda names: f'{names[3]}: extension "pg_trgm" created in database'
     ),
 }
 
