@@ -256,3 +256,25 @@ def start_tool(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def communicate(proc: subprocess.Popen[str], head: str = "", timeout: float = 120) -> Result:
+    """Wait for a started tool; ``head`` is the stdout already read from it."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"nomad-pginit did not exit within {timeout}s:\n{head}{stdout}{stderr}")
+    return Result(proc.returncode, head + stdout, stderr)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Tool processes a test started: killed if the test failed before they exited."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

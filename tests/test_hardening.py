@@ -29,6 +29,7 @@ from conftest import (
     Cluster,
     Result,
     Vault,
+    communicate,
     run_tool,
     start_tool,
     tool_env,
@@ -183,27 +184,6 @@ def extensions_in(pg: Cluster, dbname: str) -> set[str]:
 def execute(pg: Cluster, statement: sql.SQL | sql.Composed, dbname: str = "postgres") -> None:
     with pg.connect(dbname) as conn:
         conn.execute(statement)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Tool processes a test started: killed if the test failed before they exited."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def communicate(proc: subprocess.Popen[str], head: str = "", timeout: float = 120) -> Result:
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"nomad-pginit did not exit within {timeout}s:\n{head}{stdout}{stderr}")
-    return Result(proc.returncode, head + stdout, stderr)
 
 
 def read_until(proc: subprocess.Popen[str], needle: str) -> str:

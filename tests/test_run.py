@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psycopg
@@ -22,6 +22,7 @@ from conftest import (
     Cluster,
     Result,
     Vault,
+    communicate,
     run_tool,
     start_tool,
     tool_env,
@@ -116,27 +117,6 @@ def with_port(config: Path, old: int, new: int) -> None:
     text = config.read_text(encoding="utf-8")
     assert f"@127.0.0.1:{old}/" in text
     config.write_text(text.replace(f"@127.0.0.1:{old}/", f"@127.0.0.1:{new}/"), encoding="utf-8")
-
-
-def communicate(proc: subprocess.Popen[str], timeout: float = 90) -> Result:
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"nomad-pginit did not exit within {timeout}s:\n{stdout}{stderr}")
-    return Result(proc.returncode, stdout, stderr)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Tool processes a test started: killed if the test failed before they exited."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 # --- 1, 2, 3: first run, second run, rotation ------------------------------------------

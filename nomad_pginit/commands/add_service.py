@@ -29,7 +29,6 @@ log = logging.getLogger("nomad_pginit")
 # 32 random bytes, URL-safe base64: 43 characters that need no quoting anywhere
 # (shell, URL, TOML, libpq conninfo).
 PASSWORD_BYTES: Final = 32
-README: Final = Path("README.md")
 
 
 def register(
@@ -202,11 +201,6 @@ def _ensure_password(
 def _render(services: spec.Spec, path: Path) -> None:
     """Render the job (and README's services table) as `nomad-pginit render` does."""
     templates = render.Templates(render.LOCAL_TEMPLATES)
-    readme = README if README.is_file() else None
-    files = render.job_files(templates, services, path.parent / render.JOB_FILE_NAME, readme)
-    written = render.write_changed(files)
-    for target, _ in files:
-        if target in written:
-            log.info("rendered %s (%d services)", target, len(services.services))
-        else:
-            log.info("%s is up to date", target)
+    job_file = path.parent / render.JOB_FILE_NAME
+    files = render.job_files(templates, services, job_file, repository.readme_if_present())
+    repository.write_rendered(files, services, verb="rendered")

@@ -17,7 +17,6 @@ log = logging.getLogger("nomad_pginit")
 
 # `render --check` found a stale file: like `diff`, 1 means "they differ".
 EXIT_STALE: Final = 1
-README: Final = Path("README.md")
 
 
 def register(
@@ -45,7 +44,8 @@ def register(
     parser.add_argument(
         "--readme",
         metavar="PATH",
-        help=f"the README whose services table to update (default: ./{README} if it exists)",
+        help="the README whose services table to update "
+        f"(default: ./{repository.README} if it exists)",
     )
     parser.add_argument(
         "--check",
@@ -76,8 +76,8 @@ def main(args: argparse.Namespace) -> int:
         readme = Path(args.readme)
         if not readme.is_file():
             raise ConfigError(f"{readme} does not exist: check --readme")
-    elif README.is_file():
-        readme = README
+    else:
+        readme = repository.readme_if_present()
     files = render.job_files(templates, services, output, readme)
     if readme is not None and len(files) == 1:
         if args.readme:
@@ -89,12 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.check:
         return _check(files)
-    written = render.write_changed(files)
-    for path, _ in files:
-        if path in written:
-            log.info("wrote %s (%d services)", path, len(services.services))
-        else:
-            log.info("%s is up to date", path)
+    repository.write_rendered(files, services)
     return 0
 
 

@@ -7,13 +7,37 @@ uses; `--config`, `--job-file` and `--job` override them.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.nomad import job_label
+
+log = logging.getLogger("nomad_pginit")
+
+# The README whose services table `render` and `add-service` keep current, when it exists.
+README: Final = Path("README.md")
+
+
+def readme_if_present() -> Path | None:
+    """./README.md when there is one: the repository's services table lives there."""
+    return README if README.is_file() else None
+
+
+def write_rendered(
+    files: Sequence[tuple[Path, str]], services: spec.Spec, *, verb: str = "wrote"
+) -> None:
+    """Write the rendered files that changed, and say for each what became of it."""
+    written = render.write_changed(files)
+    for path, _ in files:
+        if path in written:
+            log.info("%s %s (%d services)", verb, path, len(services.services))
+        else:
+            log.info("%s is up to date", path)
 
 
 def services_file(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
