@@ -35,7 +35,7 @@ from bench.lab import (
 )
 from nomad_pginit import spec as spec_file
 from nomad_pginit.errors import ServiceError
-from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, _connect_vault
+from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, connect_vault
 from nomad_pginit.sandbox import ThrowawayPostgres
 
 COLD, WARM, ROTATE = "cold", "warm", "rotate"
@@ -244,14 +244,14 @@ def _measure_reference(lab: Lab, psql: Path, results: Results, tag: str) -> None
 def measure_vault(lab: Lab) -> float:
     """Reading every service's password through the tool's own code path, in-process.
 
-    ``provision._connect_vault`` and ``provision.PasswordReads`` are what ``run``
+    ``provision.connect_vault`` and ``provision.PasswordReads`` are what ``run``
     uses (log in, then read each service's secret on a pool of threads): when they
     change, this figure follows, and when their signatures change, mypy says so here.
     """
     services = spec_file.load(lab.services_file(None, "vault"))
     failed: list[str] = []
     started = time.perf_counter()
-    vault = _connect_vault(services, lab.tool_env())
+    vault = connect_vault(services, lab.tool_env())
     with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
         reads = PasswordReads.start(services, vault, pool)
         for service in services.services:

@@ -2,9 +2,12 @@
 
 Starts a throwaway PostgreSQL cluster and an OpenBao dev server (Vault's API),
 writes a password for each service of the committed services file (today's
-seven) into Vault, renders the task's services file as the job's template
-block does, then runs `nomad-pginit run` twice with the environment Nomad
-gives a poststart task:
+seven) and the superuser's into Vault, sets up Vault's JWT auth method as the
+README says (trusting a key that plays the Nomad agents' part), renders the
+task's services file as the job's template block does, writes the JWT that
+Nomad writes for the task's identity block, then runs `nomad-pginit run` twice
+with the environment Nomad gives a poststart task (no Vault token: the task
+logs in with its JWT):
 the first run provisions everything, the second finds nothing to do. Finally
 it logs in as one service to prove it, and stops everything it started.
 """
@@ -24,7 +27,7 @@ import psycopg
 
 from nomad_pginit import render
 from nomad_pginit import spec as specs
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault
+from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, WorkloadIdentities
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_FILE = ROOT / "jobs/services/databases/postgresql/pginit.toml"
@@ -35,15 +38,15 @@ def step(text: str) -> None:
     print(f"\n{bold}==> {text}{plain}", flush=True)
 
 
-def task_services_file(port: int, secrets_dir: Path) -> tuple[str, list[str]]:
+def task_services_file(port: int) -> tuple[str, list[str]]:
     """The services file as the job's template block renders it into the task's local/.
 
-    In the job, postgres is 127.0.0.1:5432 in the group's network namespace and
-    secrets/ is /secrets; here the cluster has its own port and directory.
+    In the job, postgres is 127.0.0.1:5432 in the group's network namespace;
+    here the cluster has its own port.
     """
     spec = specs.load(SERVICES_FILE)
     text = render.Templates(local_dir=None).services_file(spec)
-    text = text.replace(":5432/", f":{port}/").replace('"/secrets/', f'"{secrets_dir}/')
+    text = text.replace(":5432/", f":{port}/")
     return text, [service.name for service in spec.services]
 
 
@@ -62,9 +65,13 @@ def main() -> int:
         alloc = Path(tempfile.mkdtemp(prefix="pginit-alloc-"))
         task_dir = alloc / "init-databases" / "local"
         secrets_dir = alloc / "init-databases" / "secrets"
-        services_text, names = task_services_file(pg.port, secrets_dir)
-        step(f"vault kv put secret/postgres/<service> for {len(names)} services")
+        services_text, names = task_services_file(pg.port)
+        step(f"vault kv put secret/postgres/<service> for {len(names)} services and the admin")
         client = hvac.Client(url=vault.addr, token=vault.token)
+        client.secrets.kv.v2.create_or_update_secret(
+            path=render.ADMIN_VAULT_PATH, secret={"password": pg.password}, mount_point="secret"
+        )
+        print(f"  secret/{render.ADMIN_VAULT_PATH}: the superuser's password (not shown)")
         passwords = {}
         for name in names:
             passwords[name] = secrets.token_urlsafe(32)
@@ -75,11 +82,17 @@ def main() -> int:
             )
             print(f"  secret/postgres/{name}: password written (not shown)")
 
-        # The allocation's directories, as Nomad lays them out for the task.
+        step("vault auth enable -path=jwt-nomad jwt; the postgresql policy and role")
+        identities = WorkloadIdentities()
+        identities.configure(client)
+        print("  auth/jwt-nomad trusts the key that signs the task's identity here")
+
+        # The allocation's directories, as Nomad lays them out for the task: the
+        # identity block's JWT in secrets/, the services file in local/.
         task_dir.mkdir(parents=True)
         secrets_dir.mkdir(mode=0o700)
-        (secrets_dir / "vault_token").write_text(vault.token, encoding="utf-8")
-        (secrets_dir / "pg_admin_password").write_text(pg.password + "\n", encoding="utf-8")
+        jwt_file = secrets_dir / f"nomad_{specs.IDENTITY_NAME}.jwt"
+        jwt_file.write_text(identities.sign(), encoding="utf-8")
         (task_dir / "pginit.toml").write_text(services_text, encoding="utf-8")
         env = {
             key: value
@@ -95,7 +108,7 @@ def main() -> int:
             "NOMAD_ALLOC_DIR": str(alloc / "alloc"),
             "NOMAD_TASK_DIR": str(task_dir),
             "NOMAD_SECRETS_DIR": str(secrets_dir),
-            "VAULT_ADDR": vault.addr,  # the token comes from secrets/vault_token
+            "VAULT_ADDR": vault.addr,  # no token: the task logs in with its JWT
             "PGINIT_CONFIG": str(task_dir / "pginit.toml"),
         }
         first = run_task(env, "first deployment: everything is created")

@@ -130,6 +130,10 @@ class Target:
             extra["scram_server_key"] = base64.b64encode(self.scram_keys.server_key).decode()
         return make_conninfo(self.conninfo, **extra)
 
+    def with_password(self, password: Secret) -> Target:
+        """The same target, logging in with ``password`` (the admin's, read from Vault)."""
+        return replace(self, password=password, scram_keys=None)
+
 
 def _authentication_failed(err: psycopg.OperationalError) -> bool:
     # A failed connection carries no SQLSTATE; the server's message is all there is.
@@ -272,8 +276,8 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
         if any(marker in message for marker in _LOGIN_FAILURES):
             raise PostgresUnavailable(
                 f"the admin cannot log in to PostgreSQL at {target.description}: "
-                f"{_last_line(message)}; check [postgres] password_file (or PGPASSWORD) "
-                "and the user in [postgres] dsn"
+                f"{_last_line(message)}; check the admin's password ([postgres] password_secret "
+                "in Vault, password_file, or PGPASSWORD) and the user in [postgres] dsn"
             ) from err
         return f"not accepting the admin yet: {_last_line(message)}"
     if not writable:

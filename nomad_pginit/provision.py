@@ -118,21 +118,27 @@ def reconcile(
     environ: Mapping[str, str] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     quiet: bool = False,
+    vault: Vault | None = None,
 ) -> Outcome:
     """Bring every service in ``spec`` in line (or, with apply=False, say what that takes).
 
     Raises ConfigError, VaultUnavailable or PostgresUnavailable when nothing can
     be done at all; one service's failure is recorded in its outcome instead.
     ``should_stop`` is asked before each service (SIGTERM lets the ones under
-    way finish); ``quiet`` leaves out the "unchanged" lines, for watch mode.
+    way finish); ``quiet`` leaves out the "unchanged" lines, for watch mode, which
+    also passes the ``vault`` client it keeps logged in between passes.
     """
     env = os.environ if environ is None else environ
-    target = postgres.target(spec.postgres)
+    target = postgres.target(spec.postgres)  # a bad DSN is exit 2 before Vault is asked
     outcomes = {
         service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
         for service in spec.services
     }
-    vault = _connect_vault(spec, env)  # before waiting: a bad token is exit 4 at once
+    if vault is None:
+        vault = connect_vault(spec, env)  # before waiting: a bad token is exit 4 at once
+    if spec.postgres.password_secret:
+        assert vault is not None  # connect_vault connects when the admin's secret is in Vault
+        target = target.with_password(vault.read_admin_password(spec.postgres.password_secret))
 
     with ExitStack() as stack:
         # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
@@ -308,9 +314,11 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def _connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
-    """A logged-in Vault client, or None when every password is inline."""
-    if all(service.password is not None for service in spec.services):
+def connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
+    """A logged-in Vault client, or None when no password is in Vault (all inline)."""
+    if not spec.postgres.password_secret and all(
+        service.password is not None for service in spec.services
+    ):
         return None
     return Vault.connect(spec.vault, environ)
 
@@ -341,7 +349,10 @@ class PasswordReads:
         reads: dict[str, Future[VaultSecret]] = {}
         if vault is not None and from_vault:
             log.info(
-                "reading %s from Vault at %s", _count(len(from_vault), "password"), vault.address
+                "reading %s from Vault at %s (with %s)",
+                _count(len(from_vault), "password"),
+                vault.address,
+                vault.source.description,
             )
             # Submitted in the file's order, which is the order services are worked on.
             reads = {

@@ -18,7 +18,7 @@ import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -28,7 +28,7 @@ import jinja2
 from nomad_pginit import __version__
 from nomad_pginit import spec as spec_module
 from nomad_pginit.errors import ConfigError
-from nomad_pginit.spec import PostgresSettings, Service, Spec, VaultSettings
+from nomad_pginit.spec import IDENTITY_NAME, PostgresSettings, Service, Spec, VaultSettings
 
 JOB_NAME: Final = "postgresql"
 DEFAULT_SERVICES_FILE: Final = Path("jobs/services/databases/postgresql/pginit.toml")
@@ -40,17 +40,18 @@ SERVICES_FILE_TEMPLATE: Final = "pginit.toml.j2"
 SNIPPET_TEMPLATE: Final = "snippet.nomad.hcl.j2"
 TABLE_TEMPLATE: Final = "services-table.md.j2"
 
-# What the init-databases task sees, fixed by the job: the group's bridge network
-# puts postgres on 127.0.0.1, and a template block writes the admin password there.
-TASK_POSTGRES: Final = PostgresSettings(
-    dsn="postgresql://postgres@127.0.0.1:5432/postgres",
-    password_file=Path("/secrets/pg_admin_password"),
-)
+# What the init-databases task sees: the group's bridge network puts postgres on
+# 127.0.0.1, and the task reads the admin's password from Vault itself.
+TASK_DSN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
 TASK_SERVICES_FILE: Final = "/local/pginit.toml"
-# The superuser's password, relative to the [vault] mount; the job's admin_secret
-# variable defaults to its KV v2 API path.
+# The superuser's password, relative to the [vault] mount, when [postgres]
+# password_secret does not name it; and the Vault role of both tasks when
+# [vault] jwt_role does not name it.
 ADMIN_VAULT_PATH: Final = "postgres/admin"
-ADMIN_VAULT_KEY: Final = "password"
+ADMIN_VAULT_KEY: Final = spec_module.ADMIN_SECRET_KEY
+DEFAULT_VAULT_ROLE: Final = "postgresql"
+# Where the postgres task's template writes the superuser's password for the image.
+ADMIN_PASSWORD_FILE: Final = "/secrets/pg_admin_password"  # noqa: S105 (a path)
 
 TABLE_BEGIN: Final = "<!-- services:begin -->"
 TABLE_END: Final = "<!-- services:end -->"
@@ -61,6 +62,19 @@ _GO_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def kv_api_path(vault: VaultSettings, relative: str) -> str:
     """A KV v2 secret as template blocks and policies name it: ``secret/data/postgres/gitea``."""
     return f"{vault.mount}/data/{relative}"
+
+
+def task_postgres(spec: Spec) -> PostgresSettings:
+    """[postgres] as the init task sees it: the admin's password read from Vault."""
+    return PostgresSettings(
+        dsn=TASK_DSN, password_secret=spec.postgres.password_secret or ADMIN_VAULT_PATH
+    )
+
+
+def task_vault(spec: Spec) -> VaultSettings:
+    """[vault] as the init task sees it: a JWT login with its workload identity, whose
+    file Nomad writes where nomad-pginit looks by default."""
+    return replace(spec.vault, jwt_role=spec.vault.jwt_role or DEFAULT_VAULT_ROLE, jwt_file="")
 
 
 def find_service(spec: Spec, name: str) -> Service:
@@ -124,6 +138,7 @@ class Templates:
         _check_renderable(
             spec, (("services file line", line) for line in services_file.splitlines())
         )
+        vault = task_vault(spec)
         return self._render(
             JOB_TEMPLATE,
             job_name=JOB_NAME,
@@ -131,9 +146,11 @@ class Templates:
             version=__version__,
             services_file=services_file,
             services_file_path=TASK_SERVICES_FILE,
-            admin_password_file=str(TASK_POSTGRES.password_file),
-            admin_secret=kv_api_path(spec.vault, ADMIN_VAULT_PATH),
+            admin_password_file=ADMIN_PASSWORD_FILE,
+            admin_secret=kv_api_path(spec.vault, task_postgres(spec).password_secret),
             admin_secret_key=ADMIN_VAULT_KEY,
+            vault_role=vault.jwt_role,
+            identity_name=IDENTITY_NAME,
             job=spec.job,
         )
 
@@ -142,8 +159,9 @@ class Templates:
         text = self._render(
             SERVICES_FILE_TEMPLATE,
             source=spec.source.name,
-            postgres=TASK_POSTGRES,
-            vault=spec.vault,
+            postgres=task_postgres(spec),
+            vault=task_vault(spec),
+            default_jwt_path=spec_module.DEFAULT_JWT_PATH,
             services=[_ServiceEntry(service) for service in spec.services],
         )
         _check_round_trip(spec, text)
@@ -262,10 +280,10 @@ def _check_renderable(spec: Spec, texts: Iterable[tuple[str, str]]) -> None:
     ]
     problems.extend(
         f"[[service]] {service.name!r}: its Vault secret {spec.vault.cli_path(service.name)} "
-        "is the PostgreSQL superuser's password (the job's admin_secret): rename the service "
-        "or change [vault] path"
+        "is the PostgreSQL superuser's password ([postgres] password_secret): rename the "
+        "service or change [vault] path"
         for service in spec.services
-        if spec.vault.secret_path(service.name) == ADMIN_VAULT_PATH
+        if spec.vault.secret_path(service.name) == task_postgres(spec).password_secret
     )
     if problems:
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
@@ -283,8 +301,8 @@ def _check_round_trip(spec: Spec, text: str) -> None:
     differences = [
         label
         for label, ours, theirs in (
-            ("[postgres]", TASK_POSTGRES, delivered.postgres),
-            ("[vault]", spec.vault, delivered.vault),
+            ("[postgres]", task_postgres(spec), delivered.postgres),
+            ("[vault]", task_vault(spec), delivered.vault),
             ("[[service]] entries", spec.services, delivered.services),
         )
         if ours != theirs

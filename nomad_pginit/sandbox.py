@@ -1,6 +1,10 @@
 """Throwaway PostgreSQL clusters and OpenBao dev servers for the demo, the tests and the benchmark.
 
-Not used by the tool itself.
+Not used by the tool itself. ``WorkloadIdentities`` plays the part of the Nomad
+agents that sign each task's workload identity: no Nomad agent runs here, so
+a key made for the session signs JWTs with Nomad's claims, and the JWT auth
+method of the OpenBao server trusts that key (``jwt_validation_pubkeys``)
+where a real one would fetch the agents' JWKS.
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Final, Self
 
+import hvac
+import hvac.exceptions
+import jwt
 import psycopg.pq
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg.conninfo import make_conninfo
 
 __all__ = [
@@ -31,6 +42,7 @@ __all__ = [
     "SandboxError",
     "ThrowawayPostgres",
     "ThrowawayVault",
+    "WorkloadIdentities",
     "find_bao",
     "find_pg_bindir",
     "free_port",
@@ -601,3 +613,106 @@ class ThrowawayVault:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+# --- Nomad's workload identities ------------------------------------------------------
+
+JWT_MOUNT: Final = "jwt-nomad"
+JWT_ROLE: Final = "postgresql"
+JWT_POLICY: Final = "postgresql"
+# The policy of the README: read every service's password and the admin's.
+JWT_POLICY_TEXT: Final = 'path "secret/data/postgres/*" {\n  capabilities = ["read"]\n}\n'
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@dataclass
+class WorkloadIdentities:
+    """Signs Nomad-shaped JWTs and configures a JWT auth method that trusts them.
+
+    The claims are those Nomad puts in a task's identity (nomad/structs/workload_id.go,
+    IdentityClaims: nomad_namespace, nomad_job_id, nomad_task, nomad_allocation_id,
+    plus aud, sub, iat, nbf, exp).
+    """
+
+    key: rsa.RSAPrivateKey = field(default_factory=_new_key)
+    key_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def public_pem(self) -> str:
+        return (
+            self.key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    def sign(
+        self,
+        *,
+        job: str = "postgresql",
+        task: str = "init-databases",
+        namespace: str = "default",
+        audience: tuple[str, ...] = ("vault.io",),
+        ttl: float = 3600,
+        key: rsa.RSAPrivateKey | None = None,
+        **extra: Any,
+    ) -> str:
+        """A task identity's JWT, as Nomad writes it to secrets/nomad_<name>.jwt."""
+        now = int(time.time())
+        alloc_id = str(uuid.uuid4())
+        claims: dict[str, Any] = {
+            "nomad_namespace": namespace,
+            "nomad_job_id": job,
+            "nomad_task": task,
+            "nomad_allocation_id": alloc_id,
+            "sub": f"global:{namespace}:{job}:postgresql:{task}:vault",
+            "aud": list(audience),
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(ttl),
+            "jti": str(uuid.uuid4()),
+        }
+        claims.update(extra)
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.key_id})
+
+    def configure(
+        self,
+        client: hvac.Client,
+        *,
+        mount: str = JWT_MOUNT,
+        role: str = JWT_ROLE,
+        token_settings: dict[str, Any] | None = None,
+    ) -> None:
+        """The README's setup, with this key in place of the agents' JWKS URL."""
+        try:
+            client.sys.enable_auth_method("jwt", path=mount)
+        except hvac.exceptions.InvalidRequest as err:
+            if "path is already in use" not in str(err):
+                raise
+        client.write_data(
+            f"auth/{mount}/config",
+            data={"jwt_validation_pubkeys": [self.public_pem], "jwt_supported_algs": ["RS256"]},
+        )
+        client.sys.create_or_update_policy(JWT_POLICY, JWT_POLICY_TEXT)
+        settings: dict[str, Any] = {
+            "role_type": "jwt",
+            "bound_audiences": ["vault.io"],
+            "bound_claims": {"nomad_namespace": "default", "nomad_job_id": "postgresql"},
+            "user_claim": "/nomad_job_id",
+            "user_claim_json_pointer": True,
+            "claim_mappings": {
+                "nomad_namespace": "nomad_namespace",
+                "nomad_job_id": "nomad_job_id",
+                "nomad_task": "nomad_task",
+            },
+            "token_type": "service",
+            "token_policies": [JWT_POLICY],
+            "token_period": "30m",
+            "token_explicit_max_ttl": 0,
+        }
+        settings.update(token_settings or {})
+        client.write_data(f"auth/{mount}/role/{role}", data=settings)

@@ -49,15 +49,36 @@ class PostgresSettings:
 
     dsn: str = ""
     password_file: Path | None = None
+    # The admin's password in Vault: a path in the [vault] mount, key "password".
+    password_secret: str = ""
+
+
+# The auth method that Nomad's workload identities log in to (the Nomad agents'
+# default jwt_auth_backend_path), and the key of the admin's secret.
+DEFAULT_JWT_PATH: Final = "jwt-nomad"
+# The identity block that `nomad-pginit render` gives the init task (aud vault.io,
+# file = true). Nomad writes its JWT to $NOMAD_SECRETS_DIR/nomad_<name>.jwt
+# (client/allocrunner/taskrunner/identity_hook.go), the default [vault] jwt_file.
+# Not "vault_default": Nomad reserves the vault_ prefix for the identity of a
+# vault block, and warns at every register about one in a task without a vault
+# block (nomad/job_endpoint_hooks.go).
+IDENTITY_NAME: Final = "vault"
+ADMIN_SECRET_KEY: Final = "password"  # noqa: S105 (the key's name)
 
 
 @dataclass(frozen=True)
 class VaultSettings:
-    """Where each service's password lives in Vault KV v2."""
+    """Where each service's password lives in Vault KV v2, and how to log in with a JWT."""
 
     mount: str = "secret"
     path: str = "postgres/{service}"
     key: str = "password"
+    # The role of the JWT auth method to log in as with the task's workload identity.
+    jwt_role: str = ""
+    # The JWT auth method's mount.
+    jwt_path: str = DEFAULT_JWT_PATH
+    # The JWT file; empty: the file Nomad writes for the job's identity block.
+    jwt_file: str = ""
 
     def secret_path(self, service: str) -> str:
         """The KV v2 path of one service's secret, relative to the mount."""
@@ -116,8 +137,15 @@ _TOP_KEYS: Final = {
     "service": list,
 }
 _JOB_KEYS: Final = {"watch": bool, "interval": int}
-_POSTGRES_KEYS: Final = {"dsn": str, "password_file": str}
-_VAULT_KEYS: Final = {"mount": str, "path": str, "key": str}
+_POSTGRES_KEYS: Final = {"dsn": str, "password_file": str, "password_secret": str}
+_VAULT_KEYS: Final = {
+    "mount": str,
+    "path": str,
+    "key": str,
+    "jwt_role": str,
+    "jwt_path": str,
+    "jwt_file": str,
+}
 _OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
 _SERVICE_KEYS: Final = {"name": str, "database": str, "user": str, **_OPTION_KEYS}
 # The JSON format of the standalone provisioner (config.json).
@@ -215,6 +243,24 @@ def _check_vault_path(path: str, where: str, problems: _Problems) -> None:
         )
 
 
+def _check_admin_secret(postgres: PostgresSettings, problems: _Problems) -> None:
+    secret = postgres.password_secret
+    if postgres.password_file is not None:
+        problems.add(
+            "[postgres]",
+            "set either 'password_file' or 'password_secret' (the admin's password in Vault), "
+            "not both",
+        )
+    if secret == "":
+        problems.add("[postgres]", "'password_secret' must not be empty")
+    elif secret.startswith("/") or secret.startswith("data/") or "{" in secret:
+        problems.add(
+            "[postgres]",
+            "'password_secret' is a path in the [vault] mount, without '/data/' and without "
+            'placeholders: for example "postgres/admin"',
+        )
+
+
 def parse(document: Mapping[str, Any], source: Path) -> Spec:
     """Validate a parsed TOML services document; raise ConfigError listing every problem."""
     return _parse(document, source, _Problems())
@@ -271,14 +317,23 @@ def _parse(
         dsn=pg_table.get("dsn", ""),
         # $NOMAD_SECRETS_DIR and friends, so one file works in every task driver.
         password_file=Path(os.path.expandvars(password_file)) if password_file else None,
+        password_secret=pg_table.get("password_secret", ""),
     )
+    if "password_secret" in pg_table:
+        _check_admin_secret(postgres, problems)
 
     vault_table = _check_keys(top.get("vault", {}), _VAULT_KEYS, "[vault]", problems)
     vault = VaultSettings(**vault_table)
     _check_vault_path(vault.path, "[vault]", problems)
-    for key in ("mount", "key"):
+    for key in ("mount", "key", "jwt_path"):
         if getattr(vault, key) == "":
             problems.add("[vault]", f"'{key}' must not be empty")
+    if vault.jwt_path.startswith(("/", "auth/")) or vault.jwt_path.endswith("/"):
+        problems.add(
+            "[vault]",
+            f"'jwt_path' is the auth method's mount, as in auth/<jwt_path>/login: "
+            f'for example "{DEFAULT_JWT_PATH}", not {vault.jwt_path!r}',
+        )
 
     job_table = _check_keys(top.get("job", {}), _JOB_KEYS, "[job]", problems)
     job = JobSettings(**job_table)

@@ -6,11 +6,15 @@ with a message that says what to do. No message ever carries a secret.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import hvac
 import hvac.exceptions
@@ -18,10 +22,16 @@ import requests
 
 from nomad_pginit.errors import SecretUnavailable, VaultUnavailable
 from nomad_pginit.secret import Secret
-from nomad_pginit.spec import VaultSettings
+from nomad_pginit.spec import ADMIN_SECRET_KEY, IDENTITY_NAME, VaultSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ADDR: Final = "https://127.0.0.1:8200"  # the vault CLI's own default
 TIMEOUT_SECONDS: Final = 10
+# A renewable token is renewed once half of its TTL has passed; a renewal that
+# leaves less than this fraction of the TTL it had at login means its max TTL is
+# near, so the process logs in again instead.
+_RENEW_AT: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,34 +52,114 @@ def _tls_verify(environ: Mapping[str, str]) -> bool | str:
     return environ.get("VAULT_CACERT") or True
 
 
-def _find_token(environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """The token and where it came from, in the order an operator expects."""
-    if environ.get("VAULT_TOKEN"):
-        return environ["VAULT_TOKEN"].strip(), "$VAULT_TOKEN"
-    # Nomad 1.7+ writes the workload identity's token here for a task with a vault block.
+def default_jwt_file(environ: Mapping[str, str]) -> Path | None:
+    """The JWT that Nomad writes for the init task's identity block, when in a task."""
     secrets_dir = environ.get("NOMAD_SECRETS_DIR")
-    if secrets_dir:
-        token_file = Path(secrets_dir) / "vault_token"
-        if token_file.is_file():
-            return token_file.read_text(encoding="utf-8").strip(), str(token_file)
-    return None
+    if not secrets_dir:
+        return None
+    return Path(secrets_dir) / f"nomad_{IDENTITY_NAME}.jwt"
 
 
-def _home_token(environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """What `vault login` leaves behind, for operators running commands by hand."""
+def _jwt_file(settings: VaultSettings, environ: Mapping[str, str]) -> Path | None:
+    if settings.jwt_file:
+        return Path(os.path.expandvars(settings.jwt_file))
+    return default_jwt_file(environ)
+
+
+class SourceKind(Enum):
+    """Where a token comes from; the order of choice is the README's."""
+
+    ENVIRONMENT = "environment"  # $VAULT_TOKEN
+    JWT = "jwt"  # a login with the task's workload identity
+    TOKEN_FILE = "token file"  # noqa: S105 (a kind of source, not a token); $NOMAD_SECRETS_DIR/vault_token, from a task's vault block
+    APPROLE = "approle"
+    HOME = "home"  # ~/.vault-token, as `vault login` leaves it
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where the client's token comes from, and how to get it again."""
+
+    kind: SourceKind
+    # For messages: "the token in $VAULT_TOKEN", "a JWT login to auth/jwt-nomad ...".
+    description: str
+    path: Path | None = None  # the token file, or the JWT file
+    role: str = ""  # JWT or AppRole role
+    mount: str = ""  # the auth method's mount
+
+    @property
+    def logs_in(self) -> bool:
+        """Whether the token comes from a login that can be repeated."""
+        return self.kind in (SourceKind.JWT, SourceKind.APPROLE)
+
+
+def choose_source(settings: VaultSettings, environ: Mapping[str, str]) -> TokenSource:
+    """The first source of a token, in this order: $VAULT_TOKEN; the JWT login (when
+    [vault] jwt_role is set or the JWT file exists); Nomad's vault_token file; AppRole;
+    ~/.vault-token. Raises VaultUnavailable when there is none."""
+    if environ.get("VAULT_TOKEN", "").strip():
+        return TokenSource(SourceKind.ENVIRONMENT, "the token in $VAULT_TOKEN")
+    jwt_file = _jwt_file(settings, environ)
+    if jwt_file is not None and (settings.jwt_role or jwt_file.is_file()):
+        role = f"role {settings.jwt_role!r}" if settings.jwt_role else "its default role"
+        return TokenSource(
+            SourceKind.JWT,
+            f"a JWT login to auth/{settings.jwt_path} as {role} (JWT from {jwt_file})",
+            path=jwt_file,
+            role=settings.jwt_role,
+            mount=settings.jwt_path,
+        )
+    # Nomad writes the token here for a task with a vault block.
+    secrets_dir = environ.get("NOMAD_SECRETS_DIR")
+    if secrets_dir and (token_file := Path(secrets_dir) / "vault_token").is_file():
+        return TokenSource(SourceKind.TOKEN_FILE, f"the token in {token_file}", path=token_file)
+    if environ.get("VAULT_ROLE_ID") and environ.get("VAULT_SECRET_ID"):
+        mount = environ.get("VAULT_APPROLE_MOUNT", "approle")
+        return TokenSource(
+            SourceKind.APPROLE,
+            f"an AppRole login to auth/{mount} ($VAULT_ROLE_ID, $VAULT_SECRET_ID)",
+            mount=mount,
+        )
     home_token = Path(environ.get("HOME", "~")).expanduser() / ".vault-token"
     if home_token.is_file():
-        return home_token.read_text(encoding="utf-8").strip(), str(home_token)
-    return None
+        return TokenSource(SourceKind.HOME, f"the token in {home_token}", path=home_token)
+    raise VaultUnavailable(
+        "no Vault token: set VAULT_TOKEN; in a Nomad task, give it the identity block that "
+        "nomad-pginit render writes ([vault] jwt_role names the JWT auth role); or set "
+        "VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole, or run vault login"
+    )
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """How long the current token lives, as Vault said when it was obtained."""
+
+    obtained: float  # time.monotonic()
+    ttl: float  # seconds; 0: it does not expire (a root token)
+    renewable: bool
+
+    def renewal_due(self, now: float) -> bool:
+        return self.ttl > 0 and now - self.obtained >= self.ttl * _RENEW_AT
 
 
 class Vault:
     """A logged-in client for the KV v2 mount that holds the services' passwords."""
 
-    def __init__(self, client: hvac.Client, settings: VaultSettings, token_source: str) -> None:
+    def __init__(
+        self,
+        client: hvac.Client,
+        settings: VaultSettings,
+        source: TokenSource,
+        environ: Mapping[str, str],
+    ) -> None:
         self._client = client
         self.settings = settings
-        self.token_source = token_source
+        self.source = source
+        self._environ = environ
+        self._lease = _Lease(time.monotonic(), 0, renewable=False)
+        self._login_ttl = 0.0
+        # Vault denied a read: the token may have expired or been revoked.
+        self._denied = False
 
     @property
     def address(self) -> str:
@@ -79,73 +169,142 @@ class Vault:
     def connect(cls, settings: VaultSettings, environ: Mapping[str, str] | None = None) -> Vault:
         """Log in and check the token, or raise VaultUnavailable (exit 4)."""
         env = os.environ if environ is None else environ
-        address = env.get("VAULT_ADDR") or DEFAULT_ADDR
         client = hvac.Client(
-            url=address,
+            url=env.get("VAULT_ADDR") or DEFAULT_ADDR,
             namespace=env.get("VAULT_NAMESPACE") or None,  # hvac does not read it itself
             verify=_tls_verify(env),
             timeout=TIMEOUT_SECONDS,
         )
-        found = _find_token(env)
+        vault = cls(client, settings, choose_source(settings, env), env)
+        vault._obtain_token()
+        return vault
+
+    def refresh(self) -> None:
+        """Keep the token usable in a process that runs for days (watch mode).
+
+        A token from a login is renewed at half its TTL and obtained again by a new
+        login when it cannot be renewed (its max TTL, or revoked); the JWT file is
+        read again for it, since Nomad rewrites it before it expires. A token from a
+        file is read again when the file changes (Nomad renews it for the task).
+        Raises VaultUnavailable when no usable token can be had.
+        """
+        source = self.source
+        if source.kind in (SourceKind.TOKEN_FILE, SourceKind.HOME):
+            assert source.path is not None
+            if _read_token_file(source.path, self.address) != self._client.token:
+                self._obtain_token()
+                log.info("Vault token read again from %s (it changed)", source.path)
+            return
+        if not source.logs_in:
+            return  # $VAULT_TOKEN: nothing else to use
+        denied, self._denied = self._denied, False
+        if denied and self._token_works():
+            return  # a policy refused a read; the token itself is fine
+        due = denied or self._lease.renewal_due(time.monotonic())
+        if due and (denied or not self._renewed()):
+            self._obtain_token()
+            log.info("logged in to Vault at %s again (%s)", self.address, source.description)
+
+    def _renewed(self) -> bool:
+        """Renew the token; False when that is not possible or leaves too short a TTL."""
+        if not self._lease.renewable:
+            return False
         try:
-            if found is not None:
-                client.token, source = found
-            elif env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"):
-                client.auth.approle.login(
-                    role_id=env["VAULT_ROLE_ID"],
-                    secret_id=env["VAULT_SECRET_ID"],
-                    mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"),
+            response = self._client.auth.token.renew_self()
+        except (requests.RequestException, hvac.exceptions.VaultError):
+            return False
+        auth = _mapping(_mapping(response).get("auth"))
+        ttl = float(auth.get("lease_duration") or 0)
+        self._lease = _Lease(time.monotonic(), ttl, renewable=bool(auth.get("renewable")))
+        return ttl >= self._login_ttl * _RENEW_AT
+
+    def _token_works(self) -> bool:
+        try:
+            self._client.auth.token.lookup_self()
+        except (requests.RequestException, hvac.exceptions.VaultError):
+            return False
+        return True
+
+    def _obtain_token(self) -> None:
+        """Set the client's token from its source and check it, or raise VaultUnavailable."""
+        source = self.source
+        address = self.address
+        with _login_errors(source, address):
+            if source.kind == SourceKind.JWT:
+                assert source.path is not None
+                response = self._client.auth.jwt.jwt_login(
+                    role=source.role, jwt=_read_jwt(source.path), path=source.mount
                 )
-                source = "AppRole ($VAULT_ROLE_ID, $VAULT_SECRET_ID)"
-            elif (home := _home_token(env)) is not None:
-                client.token, source = home
-                found = home
+                self._set_lease(_mapping(_mapping(response).get("auth")), "lease_duration")
+                return
+            if source.kind == SourceKind.APPROLE:
+                response = self._client.auth.approle.login(
+                    role_id=self._environ["VAULT_ROLE_ID"],
+                    secret_id=self._environ["VAULT_SECRET_ID"],
+                    mount_point=source.mount,
+                )
+                self._set_lease(_mapping(_mapping(response).get("auth")), "lease_duration")
+                return
+            if source.kind == SourceKind.ENVIRONMENT:
+                self._client.token = self._environ["VAULT_TOKEN"].strip()
             else:
-                raise VaultUnavailable(
-                    "no Vault token: set VAULT_TOKEN, give the Nomad task a vault block "
-                    "(Nomad writes $NOMAD_SECRETS_DIR/vault_token), or set VAULT_ROLE_ID and "
-                    "VAULT_SECRET_ID for AppRole, or run vault login"
-                )
-            client.auth.token.lookup_self()
-        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as err:
-            how = "AppRole login" if found is None else f"the token from {found[1]}"
-            raise VaultUnavailable(
-                f"Vault at {address} rejected {how} (permission denied): the token is invalid "
-                "or expired, or lacks the default policy (auth/token/lookup-self); check the "
-                "task's vault block and the JWT auth role, or log in again"
-            ) from err
-        except hvac.exceptions.InvalidRequest as err:
-            raise VaultUnavailable(f"Vault at {address} refused the login: {err.args[0]}") from err
-        except hvac.exceptions.VaultDown as err:
-            raise VaultUnavailable(
-                f"Vault at {address} is sealed: unseal it, then run again"
-            ) from err
-        except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            raise VaultUnavailable(
-                f"cannot reach Vault at {address}: {_reason(err)}; check VAULT_ADDR and that "
-                "Vault is up (VAULT_CACERT for a private CA)"
-            ) from err
-        return cls(client, settings, source)
+                assert source.path is not None
+                self._client.token = _read_token_file(source.path, address)
+            response = self._client.auth.token.lookup_self()
+            self._set_lease(_mapping(_mapping(response).get("data")), "ttl")
+
+    def _set_lease(self, auth: Mapping[str, Any], ttl_key: str) -> None:
+        ttl = float(auth.get(ttl_key) or 0)
+        self._lease = _Lease(time.monotonic(), ttl, renewable=bool(auth.get("renewable")))
+        self._login_ttl = ttl
 
     def read_password(self, service: str) -> VaultSecret:
         """The newest version of one service's password, or SecretUnavailable."""
-        path = self.settings.secret_path(service)
         cli_path = self.settings.cli_path(service)
         key = self.settings.key
+        return self._read(
+            self.settings.secret_path(service),
+            key,
+            missing=(
+                f"no secret at {cli_path} in Vault: create it with "
+                f'vault kv put {cli_path} {key}="$(openssl rand -base64 32)" '
+                f"(or nomad-pginit add-service {service})"
+            ),
+            policy_path=self.settings.secret_path("*"),
+        )
+
+    def read_admin_password(self, path: str) -> Secret:
+        """The PostgreSQL admin's password ([postgres] password_secret), or VaultUnavailable."""
+        cli_path = f"{self.settings.mount}/{path}"
+        try:
+            return self._read(
+                path,
+                ADMIN_SECRET_KEY,
+                missing=(
+                    f"no secret at {cli_path} in Vault: put the PostgreSQL admin's current "
+                    f'password there with vault kv put {cli_path} {ADMIN_SECRET_KEY}="..."'
+                ),
+                policy_path=path,
+            ).password
+        except SecretUnavailable as err:
+            raise VaultUnavailable(
+                f"cannot read the PostgreSQL admin's password ([postgres] password_secret): {err}"
+            ) from err
+
+    def _read(self, path: str, key: str, *, missing: str, policy_path: str) -> VaultSecret:
+        """The newest version of the secret at ``path`` (in the mount), key ``key``."""
+        cli_path = f"{self.settings.mount}/{path}"
         try:
             response = self._client.secrets.kv.v2.read_secret_version(
                 path=path, mount_point=self.settings.mount, raise_on_deleted_version=True
             )
         except hvac.exceptions.InvalidPath as err:
-            raise SecretUnavailable(
-                f"no secret at {cli_path} in Vault: create it with "
-                f'vault kv put {cli_path} {key}="$(openssl rand -base64 32)" '
-                f"(or nomad-pginit add-service {service})"
-            ) from err
+            raise SecretUnavailable(missing) from err
         except hvac.exceptions.Forbidden as err:
+            self._denied = True
             raise SecretUnavailable(
-                f"Vault denied reading {cli_path} (403): the task's policy needs "
-                f"read on {self.settings.mount}/data/{self.settings.secret_path('*')}"
+                f"Vault denied reading {cli_path} (403): the token ({self.source.description}) "
+                f"needs a policy with read on {self.settings.mount}/data/{policy_path}"
             ) from err
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
             raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
@@ -218,6 +377,81 @@ class Vault:
             cli_path = self.settings.cli_path(service)
             raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
         return int(metadata["data"]["current_version"])
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _read_token_file(path: Path, address: str) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise VaultUnavailable(f"cannot read the Vault token file {path}: {err}") from err
+    if not token:
+        raise VaultUnavailable(
+            f"the Vault token file {path} is empty; Vault at {address} was not asked"
+        )
+    return token
+
+
+def _read_jwt(path: Path) -> str:
+    """The workload identity's JWT: Nomad writes it for an identity block with file = true."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError as err:
+        raise VaultUnavailable(
+            f"no JWT at {path} for the Vault login: the task needs the identity block that "
+            f'nomad-pginit render writes (identity {{ name = "{IDENTITY_NAME}", aud = '
+            '["vault.io"], file = true }), or set [vault] jwt_file to where the JWT is'
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise VaultUnavailable(f"cannot read the JWT at {path} for the Vault login: {err}") from err
+    if not token:
+        raise VaultUnavailable(f"the JWT file {path} is empty: Nomad has not written it yet")
+    return token
+
+
+@contextmanager
+def _login_errors(source: TokenSource, address: str) -> Iterator[None]:
+    """Vault's refusals of a login or a token, as VaultUnavailable naming the source."""
+    try:
+        yield
+    except hvac.exceptions.VaultDown as err:
+        raise VaultUnavailable(f"Vault at {address} is sealed: unseal it, then run again") from err
+    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as err:
+        if source.kind == SourceKind.JWT:
+            hint = (
+                f"is the JWT auth method mounted at auth/{source.mount} ([vault] jwt_path)? "
+                "Vault answers 'permission denied' for a mount that does not exist"
+            )
+        elif source.logs_in:
+            hint = f"check that the auth method is mounted at auth/{source.mount}"
+        else:
+            hint = (
+                "the token is invalid or expired, or lacks the default policy "
+                "(auth/token/lookup-self); log in again"
+            )
+        raise VaultUnavailable(
+            f"Vault at {address} rejected {source.description} ({_reason(err)}): {hint}"
+        ) from err
+    except hvac.exceptions.InvalidRequest as err:
+        if source.kind == SourceKind.JWT:
+            hint = (
+                f"check the role auth/{source.mount}/role/{source.role or '<default_role>'} "
+                "(bound_audiences must include vault.io, bound_claims must match the job) and "
+                "the auth method's keys (jwks_url or jwt_validation_pubkeys)"
+            )
+        else:
+            hint = "check the role and its credentials"
+        raise VaultUnavailable(
+            f"Vault at {address} rejected {source.description}: {_reason(err)}; {hint}"
+        ) from err
+    except (requests.RequestException, hvac.exceptions.VaultError) as err:
+        raise VaultUnavailable(
+            f"cannot reach Vault at {address}: {_reason(err)}; check VAULT_ADDR and that "
+            "Vault is up (VAULT_CACERT for a private CA)"
+        ) from err
 
 
 def _reason(err: BaseException) -> str:

@@ -4,7 +4,8 @@ The file is compared by content, not modification time: Kubernetes swaps a
 ConfigMap in through a symlink, and editors may keep the time. A password
 rotated in Vault is noticed by its KV v2 version, so it reaches PostgreSQL
 without a redeploy. A broken edit is reported once and the last good
-configuration stays in force.
+configuration stays in force. One Vault client lives as long as the process:
+its token is renewed, or obtained again, before each look at Vault.
 """
 
 from __future__ import annotations
@@ -35,6 +36,31 @@ class WatchSettings:
     disable_removed: bool = False
 
 
+class _VaultSession:
+    """The Vault client that watch mode keeps between passes, refreshed before each use."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self._client: Vault | None = None
+
+    def client(self, spec: specs.Spec) -> Vault | None:
+        """A usable client for ``spec``, or None when no password is in Vault.
+
+        Raises VaultUnavailable when Vault cannot be reached or refuses every token.
+        """
+        needed = spec.postgres.password_secret or any(
+            service.password is None for service in spec.services
+        )
+        if not needed:
+            return None
+        if self._client is None or self._client.settings != spec.vault:
+            self._client = None  # a failed login leaves no client behind
+            self._client = Vault.connect(spec.vault, self._environ)
+        else:
+            self._client.refresh()
+        return self._client
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()  # follows the symlink a ConfigMap update swaps
@@ -53,12 +79,13 @@ def watch(
     reason: str | None = "start"
     versions: dict[str, int] = {}
     last_pass = 0.0
+    vault = _VaultSession(environ)
     while not stop.is_set():
         if reason is None and time.monotonic() - last_pass >= settings.resync:
             reason = "periodic check for drift"
         if reason is not None:
             log.info("applying (%s)", reason)
-            outcome = _apply(spec, settings, stop, environ)
+            outcome = _apply(spec, settings, stop, environ, vault)
             last_pass = time.monotonic()
             if outcome is None or outcome.fatal is not None:
                 # PostgreSQL or Vault was away: try again at the next tick. A service
@@ -84,13 +111,17 @@ def watch(
             warn_inline_passwords(spec)
             continue
         if reason is None:
-            reason = _rotated(spec, versions, environ)
+            reason = _rotated(spec, versions, vault)
     log.info("stopped")
     return 0
 
 
 def _apply(
-    spec: specs.Spec, settings: WatchSettings, stop: threading.Event, environ: Mapping[str, str]
+    spec: specs.Spec,
+    settings: WatchSettings,
+    stop: threading.Event,
+    environ: Mapping[str, str],
+    vault: _VaultSession,
 ) -> Outcome | None:
     try:
         outcome = reconcile(
@@ -101,6 +132,7 @@ def _apply(
             environ=environ,
             should_stop=stop.is_set,
             quiet=True,
+            vault=vault.client(spec),
         )
     except PginitError as err:
         log.error("%s", err)
@@ -120,17 +152,17 @@ def _read_or_keep(path: Path, previous: bytes) -> bytes:
         return previous
 
 
-def _rotated(
-    spec: specs.Spec, versions: Mapping[str, int], environ: Mapping[str, str]
-) -> str | None:
+def _rotated(spec: specs.Spec, versions: Mapping[str, int], session: _VaultSession) -> str | None:
     """Why to re-apply because of Vault, or None: a secret got a new version, or appeared."""
     from_vault = [service for service in spec.services if service.password is None]
     if not from_vault:
         return None
     try:
-        vault = Vault.connect(spec.vault, environ)
+        vault = session.client(spec)
     except PginitError as err:
         log.warning("cannot check Vault for rotated passwords: %s", err)
+        return None
+    if vault is None:
         return None
     for service in from_vault:
         try:

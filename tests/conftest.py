@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault
+from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, WorkloadIdentities
 
 # Every statement goes to the server log: tests read it to prove what ran and what never leaks.
 LOGGED_SETTINGS = {
@@ -43,6 +43,14 @@ def pg_cluster() -> Iterator[ThrowawayPostgres]:
 def vault_server() -> Iterator[ThrowawayVault]:
     with ThrowawayVault() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def identities(vault_server: ThrowawayVault) -> WorkloadIdentities:
+    """Nomad's workload identities, trusted by the JWT auth method at auth/jwt-nomad."""
+    signer = WorkloadIdentities()
+    signer.configure(hvac.Client(url=vault_server.addr, token=vault_server.token))
+    return signer
 
 
 def superuser_connect(

@@ -1,10 +1,12 @@
 """An allocation of the rendered job, played the way Nomad plays it.
 
 No Nomad agent can run here, so the test does what the client would: it
-renders the task's template blocks into ``local/`` and ``secrets/``, writes the
-workload identity's Vault token to ``secrets/vault_token``, sets the
+renders the task's template blocks into ``local/``, writes the JWT of the
+task's identity block to ``secrets/nomad_<name>.jwt`` (file = true), sets the
 environment Nomad gives a task, and starts the init task as soon as the
-postgres task is "running" — before the server accepts connections.
+postgres task is "running" — before the server accepts connections. The task
+logs in to the real OpenBao with that JWT and reads the admin's password
+itself: Nomad hands it no Vault token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import psycopg
 import pytest
 from conftest import Vault, tool_env
 
-from nomad_pginit.sandbox import ThrowawayPostgres
+from nomad_pginit import spec
+from nomad_pginit.sandbox import ThrowawayPostgres, WorkloadIdentities
 
 JOB_FILE = (
     Path(__file__).resolve().parent.parent
@@ -65,7 +68,7 @@ def cluster() -> Iterator[ThrowawayPostgres]:
 
 
 def test_init_task_in_an_allocation(
-    tmp_path: Path, cluster: ThrowawayPostgres, vault: Vault
+    tmp_path: Path, cluster: ThrowawayPostgres, vault: Vault, identities: WorkloadIdentities
 ) -> None:
     templates = init_task_templates()
     services_text = templates["local/pginit.toml"]
@@ -81,18 +84,18 @@ def test_init_task_in_an_allocation(
     secrets_dir = tmp_path / "init-databases" / "secrets"
     for directory in (alloc_dir, task_dir, secrets_dir):
         directory.mkdir(parents=True)
-    assert "{{" in templates["secrets/pg_admin_password"]  # read from Vault, not in the job
-    (secrets_dir / "pg_admin_password").write_text(cluster.password + "\n", encoding="utf-8")
-    (secrets_dir / "vault_token").write_text(vault.token, encoding="utf-8")
-    # In the bridge network postgres is 127.0.0.1:5432 and secrets/ is /secrets;
-    # here the cluster has its own port and the secrets directory its own path.
-    task_view = services_text.replace(":5432/", f":{cluster.port}/").replace(
-        '"/secrets/', f'"{secrets_dir}/'
-    )
+    assert set(templates) == {"local/pginit.toml"}, "no template reads Vault"
+    # The admin's password is in Vault, where the postgres task's template reads it.
+    vault.put("admin", cluster.password)
+    # identity { file = true }: Nomad writes the signed JWT into the secrets dir.
+    jwt_file = secrets_dir / f"nomad_{spec.IDENTITY_NAME}.jwt"
+    jwt_file.write_text(identities.sign(), encoding="utf-8")
+    # In the bridge network postgres is 127.0.0.1:5432; here the cluster has its own port.
+    task_view = services_text.replace(":5432/", f":{cluster.port}/")
     (task_dir / "pginit.toml").write_text(task_view, encoding="utf-8")
 
     env = tool_env(None)
-    env.pop("VAULT_TOKEN", None)  # the token comes from secrets/vault_token
+    env.pop("VAULT_TOKEN", None)  # the task logs in with its JWT
     env |= {
         "VAULT_ADDR": vault.addr,
         "PGINIT_CONFIG": str(task_dir / "pginit.toml"),

@@ -121,8 +121,9 @@ def job_text(committed: spec.Spec) -> str:
 def test_committed_services_file_lists_todays_services(committed: spec.Spec) -> None:
     assert [service.name for service in committed.services] == TODAYS_SERVICES
     assert committed.vault == spec.VaultSettings(
-        mount="secret", path="postgres/{service}", key="password"
+        mount="secret", path="postgres/{service}", key="password", jwt_role="postgresql"
     )
+    assert committed.postgres.password_secret == render.ADMIN_VAULT_PATH
 
 
 def test_committed_job_is_current() -> None:
@@ -170,8 +171,14 @@ def test_postgres_task_runs_the_official_image_on_the_host_volume(job_text: str)
     assert env["POSTGRES_PASSWORD_FILE"] == "/secrets/pg_admin_password"
     assert "POSTGRES_PASSWORD" not in env
     admin = templates_by_destination(postgres)["secrets/pg_admin_password"]
-    assert 'secret "${var.admin_secret}"' in admin["data"]
-    assert "vault" in postgres
+    assert 'secret "secret/data/postgres/admin"' in admin["data"]
+    # Nomad logs in for the template only: no token in PostgreSQL's environment or files.
+    assert single(postgres, "vault") == {
+        "role": "postgresql",
+        "change_mode": "noop",
+        "env": False,
+        "disable_file": True,
+    }
 
 
 def test_init_task_is_a_poststart_task_that_never_fails_for_good(job_text: str) -> None:
@@ -182,7 +189,19 @@ def test_init_task_is_a_poststart_task_that_never_fails_for_good(job_text: str) 
     # "fail" would let one tenant's missing secret make Nomad kill postgres.
     assert restart["mode"] == "delay"
     assert restart["attempts"] >= 1
-    assert "vault" in init
+    # A vault block or a template reading Vault fails the task for good when Vault
+    # refuses it (no restart), and Nomad then stops postgres: neither is allowed.
+    assert "vault" not in init
+    for block in init.get("template", []):
+        # No consul-template action at all: nothing that can fail to render.
+        assert "{{" not in block["data"]
+        assert "secrets/" not in block["destination"]
+    assert single(init, "identity") == {
+        "name": spec.IDENTITY_NAME,
+        "aud": ["vault.io"],
+        "file": True,
+        "ttl": "1h",
+    }
     assert single(init, "config")["image"] == "${var.pginit_image}"
     assert single(init, "config")["args"] == ["run"]
     assert single(init, "env")["PGINIT_CONFIG"] == render.TASK_SERVICES_FILE
@@ -190,7 +209,7 @@ def test_init_task_is_a_poststart_task_that_never_fails_for_good(job_text: str) 
     assert resources["cpu"] > 0
     assert resources["memory"] > 0
     destinations = set(templates_by_destination(init))
-    assert destinations == {"local/pginit.toml", "secrets/pg_admin_password"}
+    assert destinations == {"local/pginit.toml"}
 
 
 def test_watch_option_runs_the_init_task_as_a_watching_sidecar(tmp_path: Path) -> None:
@@ -214,7 +233,13 @@ def test_delivered_services_file_lists_the_same_services(
     data = templates_by_destination(tasks["init-databases"])["local/pginit.toml"]["data"]
     delivered = spec.parse(tomllib.loads(data), Path(render.TASK_SERVICES_FILE))
     assert delivered.services == committed.services
-    assert delivered.postgres == render.TASK_POSTGRES
+    assert delivered.postgres == spec.PostgresSettings(
+        dsn=render.TASK_DSN, password_secret="postgres/admin"
+    )
+    # The task logs in to Vault itself, with its identity's JWT where Nomad writes it.
+    assert delivered.vault.jwt_role == "postgresql"
+    assert delivered.vault.jwt_path == "jwt-nomad"
+    assert delivered.vault.jwt_file == ""
     # One Vault path per service, the one the services file gives it.
     assert {s.name: delivered.vault.cli_path(s.name) for s in delivered.services} == {
         name: f"secret/postgres/{name}" for name in TODAYS_SERVICES
@@ -244,6 +269,11 @@ def test_delivered_services_file_is_normalized(tmp_path: Path) -> None:
         "mount": "secret",
         "path": "kv-postgres/{service}",
         "key": "password",
+        "jwt_role": render.DEFAULT_VAULT_ROLE,
+    }
+    assert tomllib.loads(text)["postgres"] == {
+        "dsn": render.TASK_DSN,
+        "password_secret": render.ADMIN_VAULT_PATH,
     }
 
 
@@ -262,12 +292,12 @@ def test_no_secret_anywhere_in_the_job(committed: spec.Spec) -> None:
     assert not re.search(r"(?im)^\s*\w*(password|token|secret_id)\s*=", text)
     assert "VAULT_TOKEN" not in text
     assert "PGPASSWORD" not in text
-    # Vault is read only by template blocks, into secrets/.
+    # Vault is read only by the postgres task's template, into secrets/.
     _, _, tasks = job_parts(text)
-    for task in tasks.values():
+    for name, task in tasks.items():
         for destination, block in templates_by_destination(task).items():
-            if "secret " in block["data"]:
-                assert destination.startswith("secrets/"), destination
+            if "{{ with secret" in block["data"]:
+                assert (name, destination) == ("postgres", "secrets/pg_admin_password")
 
 
 def test_services_that_consul_template_would_execute_are_refused(tmp_path: Path) -> None:

@@ -15,13 +15,14 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
 from nomad_pginit import postgres, spec
 from nomad_pginit.commands import options, repository
 from nomad_pginit.errors import ExitCode, ServiceError
+from nomad_pginit.provision import connect_vault
 from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings, Service, Spec
@@ -130,7 +131,11 @@ def main(args: argparse.Namespace) -> int:
     target = postgres.target(settings)
     readiness = _readiness(args, environ)
 
-    passwords, secret_problems = _read_passwords(services, environ)
+    vault = connect_vault(replace(services, postgres=settings), environ)
+    if settings.password_secret:
+        assert vault is not None  # connected for the admin's secret
+        target = target.with_password(vault.read_admin_password(settings.password_secret))
+    passwords, secret_problems = _read_passwords(services, vault)
     log.info(
         "checking %d services in %s against PostgreSQL at %s",
         len(services.services),
@@ -187,7 +192,7 @@ def _readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> postgres
 
 
 def _read_passwords(
-    services: Spec, environ: Mapping[str, str]
+    services: Spec, vault: Vault | None
 ) -> tuple[dict[str, Secret], dict[str, str]]:
     """Each service's password, or why it cannot be read."""
     passwords = {
@@ -197,9 +202,8 @@ def _read_passwords(
     }
     problems: dict[str, str] = {}
     from_vault = [service for service in services.services if service.password is None]
-    if not from_vault:
+    if vault is None:
         return passwords, problems
-    vault = Vault.connect(services.vault, environ)
     for service in from_vault:
         try:
             passwords[service.name] = vault.read_password(service.name).password

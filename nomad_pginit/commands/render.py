@@ -61,13 +61,16 @@ def main(args: argparse.Namespace) -> int:
     templates = render.Templates(render.LOCAL_TEMPLATES)
     for override in templates.overrides():
         log.info("template %s: using %s instead of the packaged one", override.name, override.path)
-    if services.postgres not in (render.TASK_POSTGRES, spec.PostgresSettings()):
+    task_view = render.task_postgres(services)
+    if services.postgres not in (task_view, spec.PostgresSettings()) and (
+        services.postgres != spec.PostgresSettings(password_secret=task_view.password_secret)
+    ):
         log.warning(
             "%s: [postgres] differs from what the job gives the init-databases task "
-            "(dsn = %s, password_file = %s); inside Nomad the job's values apply",
+            "(dsn = %s, password_secret = %s); inside Nomad the job's values apply",
             config,
-            render.TASK_POSTGRES.dsn,
-            render.TASK_POSTGRES.password_file,
+            task_view.dsn,
+            task_view.password_secret,
         )
 
     output = Path(args.output) if args.output else config.parent / render.JOB_FILE_NAME

@@ -26,22 +26,10 @@ variable "host_volume" {
   default     = "postgresql"
 }
 
-variable "vault_role" {
-  description = "The Vault JWT auth role (auth/jwt-nomad) that the tasks log in with through workload identity."
-  type        = string
-  default     = "postgresql"
-}
-
 variable "vault_addr" {
   description = "Vault's address as the init-databases task reaches it."
   type        = string
   default     = "https://vault.service.consul:8200"
-}
-
-variable "admin_secret" {
-  description = "KV v2 path (with /data/) of the PostgreSQL superuser's password, key \"password\"."
-  type        = string
-  default     = "secret/data/postgres/admin"
 }
 
 variable "service_provider" {
@@ -95,11 +83,16 @@ job "postgresql" {
     task "postgres" {
       driver = "docker"
 
-      # Workload identity: Nomad logs in to Vault for the task. noop: PostgreSQL
-      # needs the token only to start, and must not restart when it is renewed.
+      # Workload identity: Nomad logs in to Vault for the task, only so that the
+      # template below can read the superuser's password. The token stays out of
+      # the container (env = false, disable_file = true): PostgreSQL's process
+      # must not hold a token that reads every service's password. noop: a
+      # renewed token does not restart PostgreSQL.
       vault {
-        role        = var.vault_role
-        change_mode = "noop"
+        role         = "postgresql"
+        change_mode  = "noop"
+        env          = false
+        disable_file = true
       }
 
       # No ports here: in bridge mode the group's network maps the port.
@@ -119,7 +112,7 @@ job "postgresql" {
         destination = "secrets/pg_admin_password"
         change_mode = "noop"
         data        = <<EOT
-{{ with secret "${var.admin_secret}" }}{{ with .Data.data.password }}{{ . }}{{ end }}{{ end }}
+{{ with secret "secret/data/postgres/admin" }}{{ with .Data.data.password }}{{ . }}{{ end }}{{ end }}
 EOT
       }
 
@@ -160,8 +153,16 @@ EOT
         mode     = "delay"
       }
 
-      vault {
-        role = var.vault_role
+      # No vault block and no template that reads Vault: Nomad fails a task whose
+      # Vault login or template fails, without any restart, and then stops
+      # postgres too. nomad-pginit logs in to Vault itself with this identity's
+      # JWT ([vault] jwt_role in the services file), so a Vault problem is an
+      # exit that the restart block above retries, and never stops the database.
+      identity {
+        name = "vault"
+        aud  = ["vault.io"]
+        file = true
+        ttl  = "1h"
       }
 
       config {
@@ -184,13 +185,15 @@ EOT
 [postgres]
 # The group's bridge network: postgres listens on 127.0.0.1 in this namespace.
 dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
-# Written from Vault by the job's other template block.
-password_file = "/secrets/pg_admin_password"
+# The superuser's password, read from Vault by nomad-pginit itself (key "password").
+password_secret = "postgres/admin"
 
 [vault]
 mount = "secret"
 path = "postgres/{service}"
 key = "password"
+# nomad-pginit logs in to Vault with the task's workload identity (its identity block).
+jwt_role = "postgresql"
 
 [[service]]
 name = "authelia"
@@ -212,14 +215,6 @@ name = "uptimekuma"
 
 [[service]]
 name = "vaultwarden"
-EOT
-      }
-
-      template {
-        destination = "secrets/pg_admin_password"
-        change_mode = "noop"
-        data        = <<EOT
-{{ with secret "${var.admin_secret}" }}{{ with .Data.data.password }}{{ . }}{{ end }}{{ end }}
 EOT
       }
 
