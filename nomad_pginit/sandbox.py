@@ -686,6 +686,7 @@ class WorkloadIdentities:
         mount: str = JWT_MOUNT,
         role: str = JWT_ROLE,
         token_settings: dict[str, Any] | None = None,
+        default_role: str = "",
     ) -> None:
         """The README's setup, with this key in place of the agents' JWKS URL."""
         try:
@@ -695,7 +696,11 @@ class WorkloadIdentities:
                 raise
         client.write_data(
             f"auth/{mount}/config",
-            data={"jwt_validation_pubkeys": [self.public_pem], "jwt_supported_algs": ["RS256"]},
+            data={
+                "jwt_validation_pubkeys": [self.public_pem],
+                "jwt_supported_algs": ["RS256"],
+                "default_role": default_role,
+            },
         )
         client.sys.create_or_update_policy(JWT_POLICY, JWT_POLICY_TEXT)
         settings: dict[str, Any] = {

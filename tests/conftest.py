@@ -175,18 +175,23 @@ def write_services_file(
     services: Sequence[str | Mapping[str, object]],
     *,
     password_file: Path | None = None,
+    admin_secret: str | None = None,
     extra: str = "",
 ) -> Path:
-    """A services file for the test cluster; the admin password goes in a file, as in Nomad."""
-    if password_file is None:
-        password_file = directory / "pg_admin_password"
-        password_file.write_text(cluster.server.password + "\n", encoding="utf-8")
+    """A services file for the test cluster; the admin password goes in a file, or, with
+    ``admin_secret``, is read from Vault at that path ([postgres] password_secret)."""
     lines = [
         "[postgres]",
         f'dsn = "postgresql://postgres@127.0.0.1:{cluster.port}/postgres"',
-        f"password_file = {toml_string(str(password_file))}",
-        "",
     ]
+    if admin_secret is not None:
+        lines.append(f"password_secret = {toml_string(admin_secret)}")
+    else:
+        if password_file is None:
+            password_file = directory / "pg_admin_password"
+            password_file.write_text(cluster.server.password + "\n", encoding="utf-8")
+        lines.append(f"password_file = {toml_string(str(password_file))}")
+    lines.append("")
     if extra:
         lines.append(textwrap.dedent(extra))
     for service in services:
