@@ -12,17 +12,30 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import nomad
 import nomad.api.exceptions
 import requests
 
+from nomad_pginit import nomad_http
 from nomad_pginit.errors import ConfigError, NomadUnavailable
-from nomad_pginit.secret import Secret
+from nomad_pginit.jobspec import JobVariables
+from nomad_pginit.nomad_http import Settings
 
-DEFAULT_ADDR: Final = "http://127.0.0.1:4646"  # the nomad CLI's own default
 TIMEOUT_SECONDS: Final = 10
+# A restart returns once the running tasks have stopped: up to their kill_timeout
+# (capped by the client's max_kill_timeout, 30 s by default), plus this margin.
+RESTART_MARGIN_SECONDS: Final = 30
+DEFAULT_KILL_TIMEOUT_SECONDS: Final = 5  # api/tasks.go, when a task sets none
+# Register answers 500 for these, which are the cluster's trouble, not the job's.
+_TRANSIENT_SERVER_ERRORS: Final = (
+    "No cluster leader",
+    "rpc error",
+    "timeout",
+    "EOF",
+    "connection refused",
+)
 # The poststart task that runs `nomad-pginit run` in the postgresql job.
 INIT_TASK: Final = "init-databases"
 
@@ -50,6 +63,14 @@ class TaskEvent:
     time: int  # unix nanoseconds
     exit_code: int | None
     message: str
+    # Details (nomad/structs TaskEvent): "exit_code", "restart_reason", "fails_task", ...
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def restart_reason(self) -> str:
+        """Why Nomad restarts the task: "" for a restart someone asked for
+        (restarts.go: a triggered restart has no reason), the policy's words otherwise."""
+        return self.details.get("restart_reason", "")
 
 
 @dataclass(frozen=True)
@@ -117,10 +138,24 @@ class ParsedJob:
 
     id: str
     body: Mapping[str, Any]
+    # The job file's text and the variables it was parsed with: the submission record.
+    source: str = ""
+    variables: JobVariables = field(default_factory=JobVariables)
 
     @property
     def init_sidecar(self) -> bool:
         return init_is_sidecar(self.body)
+
+    @property
+    def kill_timeout(self) -> float:
+        """The longest kill_timeout of the job's tasks, in seconds (Nomad's JSON has ns)."""
+        longest = float(DEFAULT_KILL_TIMEOUT_SECONDS)
+        for group in self.body.get("TaskGroups") or []:
+            for raw in _mapping(group).get("Tasks") or []:
+                value = _mapping(raw).get("KillTimeout")
+                if isinstance(value, int) and not isinstance(value, bool):
+                    longest = max(longest, value / 1e9)
+        return longest
 
 
 def init_is_sidecar(job: Mapping[str, Any]) -> bool:
@@ -167,56 +202,6 @@ def job_label(hcl: str) -> str | None:
     return match.group(1).replace('\\"', '"').replace("\\\\", "\\")
 
 
-# --- settings ----------------------------------------------------------------------------
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to reach Nomad, from the variables the nomad CLI reads."""
-
-    address: str
-    token: Secret | None
-    namespace: str | None
-    region: str | None
-    verify: bool | str
-    cert: tuple[str, str] | None
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        # python-nomad turns a trailing slash into `//` in every URL.
-        address = (environ.get("NOMAD_ADDR") or DEFAULT_ADDR).strip().rstrip("/")
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"NOMAD_ADDR={address!r} is not an http(s) URL: set it like {DEFAULT_ADDR}"
-            )
-        # python-nomad ignores NOMAD_CACERT and does not verify TLS unless told to.
-        verify: bool | str = (
-            False
-            if _truthy(environ.get("NOMAD_SKIP_VERIFY"))
-            else environ.get("NOMAD_CACERT") or environ.get("NOMAD_CAPATH") or True
-        )
-        client_cert, client_key = environ.get("NOMAD_CLIENT_CERT"), environ.get("NOMAD_CLIENT_KEY")
-        token = (environ.get("NOMAD_TOKEN") or "").strip()
-        return cls(
-            address=address,
-            token=Secret(token) if token else None,
-            namespace=environ.get("NOMAD_NAMESPACE") or None,
-            region=environ.get("NOMAD_REGION") or None,
-            verify=verify,
-            cert=(client_cert, client_key) if client_cert and client_key else None,
-        )
-
-    def where(self) -> str:
-        """Nomad at ADDR (namespace N), for messages."""
-        namespace = f" (namespace {self.namespace})" if self.namespace else ""
-        return f"Nomad at {self.address}{namespace}"
-
-
 # --- the client -----------------------------------------------------------------------------
 
 
@@ -226,13 +211,14 @@ class Nomad:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._api = nomad.Nomad(
-            address=settings.address,
+            address=settings.url,
             token=settings.token.reveal() if settings.token else None,
             namespace=settings.namespace,
             region=settings.region,
             timeout=TIMEOUT_SECONDS,
             verify=settings.verify,
             cert=settings.cert or (),
+            session=nomad_http.session(settings),
         )
 
     @classmethod
@@ -244,23 +230,43 @@ class Nomad:
     def address(self) -> str:
         return self.settings.address
 
-    def parse_job(self, hcl: str, source: str) -> ParsedJob:
-        """Parse a jobspec with Nomad's own HCL2 evaluation (POST /v1/jobs/parse)."""
+    def parse_job(self, hcl: str, source: str, variables: JobVariables | None = None) -> ParsedJob:
+        """Parse a jobspec with Nomad's own HCL2 evaluation (POST /v1/jobs/parse), with
+        the job variables nomad job run would use (the server reads no var file)."""
+        body: dict[str, Any] = {"JobHCL": hcl, "Canonicalize": False}
+        if variables is not None and variables.text:
+            body["Variables"] = variables.text
         with self._translate(f"parse {source}", capability="parse-job", bad_request_is_config=True):
-            body = self._api.jobs.parse(hcl, canonicalize=False)
-        if not isinstance(body, dict) or not isinstance(body.get("ID"), str):
+            # jobs.parse() cannot send Variables (python-nomad 2.1).
+            answer = self._api.jobs.request("parse", method="post", json=body).json()
+        if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
             raise NomadUnavailable(
                 f"{self.settings.where()} answered the parse of {source} without a job ID: "
                 "is NOMAD_ADDR a Nomad agent?"
             )
-        return ParsedJob(id=body["ID"], body=body)
+        return ParsedJob(
+            id=answer["ID"], body=answer, source=hcl, variables=variables or JobVariables()
+        )
 
     def register_job(self, job: ParsedJob) -> Registration:
-        """Submit a parsed job (POST /v1/jobs), as `nomad job run` does."""
+        """Submit a parsed job (POST /v1/jobs) with its submission record, as `nomad job run`
+        does (jobspec2/parse.go submissionFromJob)."""
+        request = {
+            "Job": dict(job.body),
+            "Submission": {
+                "Source": job.source,
+                "Format": "hcl2",
+                "VariableFlags": dict(job.variables.submission_flags),
+                "Variables": job.variables.submission_variables,
+            },
+        }
         with self._translate(
-            f"register job {job.id}", capability="submit-job", bad_request_is_config=True
+            f"register job {job.id}",
+            capability="submit-job",
+            bad_request_is_config=True,
+            refused=f"Nomad refused job {job.id}",
         ):
-            body = self._api.jobs.register_job({"Job": dict(job.body)})
+            body = self._api.jobs.register_job(request)
         answer = _mapping(body)
         return Registration(
             eval_id=_str(answer, "EvalID"),
@@ -297,7 +303,11 @@ class Nomad:
 
     def evaluation(self, eval_id: str) -> Evaluation:
         with self._translate(f"read evaluation {eval_id}", capability="read-job"):
-            body = self._api.evaluation.get_evaluation(eval_id)
+            # get_evaluation() sends no namespace (python-nomad 2.1), and Nomad checks
+            # read-job in the request's namespace, "default" when none is given.
+            body = self._api.evaluation.request(
+                eval_id, method="get", params=self._namespace_params()
+            ).json()
         answer = _mapping(body)
         failures = {
             str(group): _describe_placement_failure(_mapping(metrics))
@@ -349,10 +359,12 @@ class Nomad:
         content: bytes = response.content
         return content.decode("utf-8", errors="replace")
 
-    def restart_all_tasks(self, alloc_id: str) -> None:
+    def restart_all_tasks(self, alloc_id: str, kill_timeout: float) -> None:
         """Restart every task of an allocation, as `nomad alloc restart -all-tasks` does.
 
-        This is what re-runs a dead poststart task without a new allocation.
+        This is what re-runs a dead poststart task without a new allocation. Nomad
+        answers once the running tasks have stopped, which takes up to their
+        ``kill_timeout`` (client/allocrunner/taskrunner/lifecycle.go restartImpl).
         """
         # restart_allocation() sends no body, so it cannot ask for AllTasks.
         with self._translate(
@@ -362,8 +374,15 @@ class Nomad:
             "it may have been stopped or garbage-collected; run nomad-pginit verify",
         ):
             self._api.client.allocation.request(
-                alloc_id, "restart", method="put", json={"TaskName": "", "AllTasks": True}
+                alloc_id,
+                "restart",
+                method="put",
+                json={"TaskName": "", "AllTasks": True},
+                timeout=(TIMEOUT_SECONDS, kill_timeout + RESTART_MARGIN_SECONDS),
             )
+
+    def _namespace_params(self) -> dict[str, str]:
+        return {"namespace": self.settings.namespace} if self.settings.namespace else {}
 
     @contextmanager
     def _translate(
@@ -373,11 +392,15 @@ class Nomad:
         capability: str,
         not_found: str | None = None,
         bad_request_is_config: bool = False,
+        refused: str | None = None,
     ) -> Iterator[None]:
         """Turn python-nomad's and requests' errors into the project's.
 
         ``not_found=""`` makes a 404 raise _NotFound for the caller to handle; a
-        non-empty ``not_found`` is the message for it.
+        non-empty ``not_found`` is the message for it. ``refused``: this call's
+        HTTP 500 answers are Nomad refusing what was sent (register's admission
+        checks answer 500 with the reason: command/agent/http.go wrap), reported
+        with that reason as a configuration error.
         """
         where = self.settings.where()
         try:
@@ -390,6 +413,8 @@ class Nomad:
                     f"the token in NOMAD_TOKEN is unknown, expired, or lacks the {capability} "
                     "capability in this namespace"
                 )
+            if self.settings.namespace is None:
+                hint += " (set NOMAD_NAMESPACE when the job is not in namespace default)"
             raise NomadUnavailable(
                 f"{where} denied the request to {what} (403 {_body(err)}): {hint}"
             ) from err
@@ -405,6 +430,17 @@ class Nomad:
                 raise ConfigError(f"{message}; fix the job file (nothing was submitted)") from err
             raise NomadUnavailable(message) from err
         except nomad.api.exceptions.BaseNomadException as err:
+            response = getattr(err, "nomad_resp", None)
+            if (
+                refused is not None
+                and isinstance(response, requests.Response)
+                and response.status_code == 500
+                and not any(marker in response.text for marker in _TRANSIENT_SERVER_ERRORS)
+            ):
+                raise ConfigError(
+                    f"{refused}: {_server_errors(response.text)}; nothing was registered: fix "
+                    "the job file, its variables, or the cluster's configuration it names"
+                ) from err
             raise NomadUnavailable(f"cannot {what}: {_reason(err, where)}") from err
         except (requests.RequestException, ValueError) as err:
             # ValueError: .json() on something that is not JSON (a proxy's HTML page).
@@ -447,13 +483,14 @@ def _task_state(data: Mapping[str, Any]) -> TaskState:
     events = []
     for raw in data.get("Events") or []:
         event = _mapping(raw)
-        exit_code = event.get("ExitCode")
+        details = {str(key): str(value) for key, value in _mapping(event.get("Details")).items()}
         events.append(
             TaskEvent(
                 type=_str(event, "Type"),
                 time=_int(event, "Time"),
-                exit_code=exit_code if isinstance(exit_code, int) else None,
+                exit_code=_exit_code(event, details),
                 message=_str(event, "DisplayMessage") or _str(event, "Message"),
+                details=details,
             )
         )
     return TaskState(
@@ -464,6 +501,20 @@ def _task_state(data: Mapping[str, Any]) -> TaskState:
         finished_at=_optional_str(data, "FinishedAt"),
         events=tuple(events),
     )
+
+
+def _exit_code(event: Mapping[str, Any], details: Mapping[str, str]) -> int | None:
+    """Details["exit_code"]: the top-level ExitCode is deprecated (nomad/structs TaskEvent)."""
+    if event.get("Type") != "Terminated":
+        return None
+    raw = details.get("exit_code")
+    if raw is not None:
+        try:
+            return int(raw)
+        except ValueError:
+            return None
+    legacy = event.get("ExitCode")
+    return legacy if isinstance(legacy, int) and not isinstance(legacy, bool) else None
 
 
 def _allocation(data: Mapping[str, Any]) -> Allocation:
@@ -498,6 +549,14 @@ def _describe_placement_failure(metrics: Mapping[str, Any]) -> str:
     if "NodesAvailable" in metrics and not any(available.values()):
         parts.append("no ready node in the job's datacenters")
     return "; ".join(parts)
+
+
+def _server_errors(text: str) -> str:
+    """go-multierror's "1 error occurred:\n\t* reason\n\n" as "reason" (several joined by ;)."""
+    items = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("* ")]
+    if items:
+        return "; ".join(items)
+    return " ".join(text.split())[:_BODY_LIMIT] or "no reason given"
 
 
 def _body(err: nomad.api.exceptions.BaseNomadException) -> str:

@@ -30,7 +30,8 @@ from psycopg import sql
 from nomad_pginit import render, spec
 from nomad_pginit.commands.verify import judge, summary_line
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.nomad import Allocation, Settings, TaskEvent, TaskState, job_label
+from nomad_pginit.nomad import Allocation, TaskEvent, TaskState, job_label
+from nomad_pginit.nomad_http import Settings
 
 NOMAD_TOKEN = "nomad-token-9f2c"
 SERVICES_TOML = """\
@@ -106,7 +107,14 @@ def test_deploy_follows_the_new_allocation_and_prints_the_log(
     (parse,) = nomad.requests_to("POST", "/v1/jobs/parse")
     assert parse.json()["JobHCL"] == job_text(job_dir)
     (register,) = nomad.requests_at("POST", "/v1/jobs")
-    assert register.json() == {"Job": parse_job(job_text(job_dir))}
+    assert register.json()["Job"] == parse_job(job_text(job_dir))
+    # The submission record nomad job run sends with it (jobspec2/parse.go).
+    assert register.json()["Submission"] == {
+        "Source": job_text(job_dir),
+        "Format": "hcl2",
+        "VariableFlags": {},
+        "Variables": "",
+    }
     assert_every_request_authenticated(nomad)
     # One line per state change, each once.
     assert len(lines_with(result.stdout, "init-databases: running")) == 1
@@ -122,30 +130,51 @@ def test_deploy_follows_the_new_allocation_and_prints_the_log(
     assert stdout_request.query["plain"].lower() == "true"
 
 
-def test_deploy_fails_when_the_task_fails(nomad: NomadDouble, job_dir: Path) -> None:
-    nomad.next_run = TaskRun.failed()
-
-    result = nomad_tool("deploy", job_dir, nomad_env(nomad))
-
-    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
-    assert "init-databases: dead, failed, exit code 1" in result.stdout
-    assert "ERROR summary: failed: 1 of 2 services failed (freshrss)" in result.stdout
-    assert "[FAILED] exit code: 1, not 0" in result.stdout
-    assert "deploy: failed: init-databases in allocation" in result.stdout
-
-
 def test_deploy_reports_a_failed_attempt_without_waiting_for_restarts(
     nomad: NomadDouble, job_dir: Path
 ) -> None:
     # The rendered job's restart mode "delay" retries forever: the task is never dead.
-    nomad.next_run = TaskRun.failed(restarts=True)
+    nomad.next_run = TaskRun.failed()
 
     result = nomad_tool("deploy", job_dir, nomad_env(nomad), "--timeout", "30")
 
     assert result.returncode == ExitCode.SERVICE_FAILED, result.output
     assert "init-databases exited with code 1; Nomad retries it" in result.stdout
-    assert "summary: failed: 1 of 2 services failed" in result.stdout
+    assert "ERROR summary: failed: 1 of 2 services failed (freshrss)" in result.stdout
+    assert "[FAILED] exit code: 1, not 0" in result.stdout
+    assert "deploy: failed: init-databases in allocation" in result.stdout
     assert "gave up" not in result.output
+
+
+def fail_mode(job: str) -> str:
+    """The job with Nomad's own default restart mode for the init task: "fail"."""
+    changed = job.replace('mode     = "delay"', 'mode     = "fail"')
+    assert changed != job
+    return changed
+
+
+def test_a_failed_init_task_with_mode_fail_would_stop_postgres(
+    nomad: NomadDouble, job_dir: Path
+) -> None:
+    # Why the job's restart block says "delay": with "fail", Nomad gives up after
+    # `attempts` restarts, the task is dead and failed, and postgres is killed.
+    (job_dir / render.JOB_FILE_NAME).write_text(fail_mode(job_text(job_dir)), encoding="utf-8")
+    alloc_id = nomad.seed(job_text(job_dir), TaskRun.failed())
+
+    result = nomad_tool("verify", job_dir, nomad_env(nomad))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    assert "[FAILED] task state: init-databases failed after 3 restarts" in result.stdout
+    allocation = nomad.allocation(alloc_id)
+    postgres = allocation.tasks["postgres"]
+    assert [event["Type"] for event in postgres.events][-4:] == [
+        "Sibling Task Failed",
+        "Killing",
+        "Terminated",
+        "Killed",
+    ]
+    assert postgres.state == "dead"
+    assert allocation.client_status == "failed"
 
 
 def test_deploy_times_out_when_the_allocation_never_starts(
@@ -156,10 +185,10 @@ def test_deploy_times_out_when_the_allocation_never_starts(
     result = nomad_tool("deploy", job_dir, nomad_env(nomad), "--timeout", "1")
 
     assert result.returncode == ExitCode.SERVICE_FAILED, result.output
-    (progress,) = lines_with(result.stdout, "init-databases: not started")
-    assert ": pending;" in progress
+    # Nomad lists the task as pending from the start; postgres runs, the init task never does.
+    assert lines_with(result.stdout, ": running; init-databases: pending, not started yet")
     (message,) = lines_with(result.stdout, "gave up after 1s (--timeout)")
-    assert "init-databases is not started" in message
+    assert "init-databases is pending" in message
     assert "nomad-pginit verify" in message
     assert not log_requests(nomad)
 
@@ -269,14 +298,29 @@ def test_deploy_warns_when_the_job_file_is_stale(nomad: NomadDouble, job_dir: Pa
 def test_deploy_refuses_a_job_file_that_nomad_cannot_parse(
     nomad: NomadDouble, job_dir: Path
 ) -> None:
-    (job_dir / render.JOB_FILE_NAME).write_text('job "postgresql" {\n', encoding="utf-8")
+    # HCL that parses, with an attribute Nomad's job specification does not have.
+    text = job_text(job_dir).replace("    count = 1\n", "    count = 1\n    replicas = 2\n")
+    (job_dir / render.JOB_FILE_NAME).write_text(text, encoding="utf-8")
 
     result = nomad_tool("deploy", job_dir, nomad_env(nomad))
 
     assert result.returncode == ExitCode.CONFIG, result.output
     assert "rejected the request to parse" in result.stdout
+    assert 'Unsupported argument; An argument named "replicas" is not expected here' in (
+        result.stdout
+    )
     assert "nothing was submitted" in result.stdout
     assert nomad.requests_to("POST", "/v1/jobs/parse")
+    assert not nomad.requests_at("POST", "/v1/jobs")
+
+
+def test_deploy_refuses_a_job_file_that_is_not_hcl(nomad: NomadDouble, job_dir: Path) -> None:
+    (job_dir / render.JOB_FILE_NAME).write_text('job "postgresql" {\n', encoding="utf-8")
+
+    result = nomad_tool("deploy", job_dir, nomad_env(nomad))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "is not valid HCL" in result.stdout
     assert not nomad.requests_at("POST", "/v1/jobs")
 
 
@@ -400,7 +444,10 @@ def test_verify_fails_on_a_failed_task(nomad: NomadDouble, job_dir: Path) -> Non
     result = nomad_tool("verify", job_dir, nomad_env(nomad))
 
     assert result.returncode == ExitCode.SERVICE_FAILED, result.output
-    assert "[FAILED] task state: init-databases failed" in result.stdout
+    assert (
+        "[FAILED] task state: init-databases exited with code 1 and Nomad restarts it"
+        in result.stdout
+    )
     assert "[FAILED] exit code: 1, not 0" in result.stdout
     assert "[FAILED] summary line: summary: failed: 1 of 2 services failed" in result.stdout
     assert "verify: failed: init-databases in allocation" in result.stdout
@@ -435,8 +482,9 @@ def test_verify_json(nomad: NomadDouble, job_dir: Path) -> None:
     assert result.returncode == ExitCode.SERVICE_FAILED, result.output
     document = json.loads(result.stdout)  # stdout holds the JSON object alone
     assert document["alloc_id"] == alloc_id
-    assert document["task_state"] == "dead"
-    assert document["task_failed"] is True
+    # Restart mode "delay": after each failed run Nomad restarts it, never dead.
+    assert document["task_state"] == "pending"
+    assert document["task_failed"] is False
     assert document["exit_code"] == 1
     assert document["summary_line"].startswith("summary: failed: 1 of 2 services failed")
     assert "freshrss: failed" in document["stdout"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nomad_pginit import render, spec
+from nomad_pginit import jobspec, render, spec
 from nomad_pginit.commands import repository, verify
 from nomad_pginit.errors import ConfigError, ExitCode, PginitError
 from nomad_pginit.nomad import (
@@ -59,6 +59,8 @@ class Deployment:
     deadline: float
     timeout: float
     log_format: str
+    # The longest kill_timeout of the job's tasks: how long a restart may take.
+    kill_timeout: float = 30.0
 
     def sleep(self, interval: float, waiting_for: str) -> float:
         """Sleep before the next poll, or raise DeployFailed once the deadline has passed."""
@@ -84,13 +86,34 @@ def register(
             "(in watch mode: until its first pass logs its summary). An unchanged job gets "
             "no new allocation, so the task does not run again: deploy says so and reports "
             "the last run; --rerun restarts every task of the running allocation (postgres "
-            "too) to run it again. Reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE, "
-            "NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. Exit codes: 0 the task "
-            "succeeded, 1 it failed or did not finish in time, 2 invalid command line or a "
-            "job file Nomad rejects, 5 Nomad unreachable or the token rejected."
+            "too) to run it again. The job's variables come from --var-file, --var and "
+            "NOMAD_VAR_<name>, as nomad job run takes them. Reads NOMAD_ADDR (http, https or "
+            "unix://), NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION, NOMAD_CACERT, NOMAD_CAPATH, "
+            "NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY, NOMAD_TLS_SERVER_NAME, NOMAD_SKIP_VERIFY, "
+            "NOMAD_HTTP_AUTH. Exit codes: 0 the task succeeded, 1 it failed or did not finish "
+            "in time, 2 invalid command line, variables, or a job file Nomad rejects, 5 Nomad "
+            "unreachable or the token rejected."
         ),
     )
     repository.add_job_file_option(parser)
+    parser.add_argument(
+        "--var-file",
+        metavar="PATH",
+        action="append",
+        default=[],
+        dest="var_files",
+        help="a file of job variables (HCL or JSON), as nomad job run -var-file; repeatable, "
+        "a later file wins",
+    )
+    parser.add_argument(
+        "--var",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        dest="var_args",
+        help="one job variable, as nomad job run -var; repeatable, wins over --var-file and "
+        "NOMAD_VAR_<name>",
+    )
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -122,9 +145,14 @@ def main(args: argparse.Namespace) -> int:
     path = repository.job_file(args)
     hcl = repository.read_job_file(path)
     _warn_if_stale(args, path, hcl)
+    variables = jobspec.compose(
+        hcl, str(path), [Path(item) for item in args.var_files], args.var_args, os.environ
+    )
     client = Nomad.from_environ(os.environ)
 
-    parsed = client.parse_job(hcl, str(path))
+    parsed = client.parse_job(hcl, str(path), variables)
+    if variables.assignments:
+        log.info("job variables: %s", variables.describe())
     deployment = Deployment(
         client=client,
         job_id=parsed.id,
@@ -132,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
         deadline=time.monotonic() + timeout,
         timeout=timeout,
         log_format=args.log_format,
+        kill_timeout=parsed.kill_timeout,
     )
     before = client.find_job(parsed.id)
     known = {alloc.id for alloc in client.allocations(parsed.id)} if before else set()
@@ -291,7 +320,7 @@ def _rerun(deployment: Deployment, running: Allocation, why: str) -> int:
         running.short_id,
         INIT_TASK,
     )
-    client.restart_all_tasks(running.id)
+    client.restart_all_tasks(running.id, deployment.kill_timeout)
     return _follow_and_report(deployment, running, previous=previous, earlier=earlier)
 
 
@@ -334,6 +363,9 @@ def _failed_attempt(previous: TaskState | None, current: TaskState) -> bool:
 def _progress(allocation: Allocation, task: TaskState | None) -> str:
     if task is None or task.state == "":
         state = "not started"
+    elif task.state == "pending" and task.started_at is None:
+        # Nomad lists every task as pending from the start (task_runner.go NewTaskRunner).
+        state = "pending, not started yet"
     else:
         state = task.state
         if task.state == "dead":
@@ -383,6 +415,11 @@ def _follow(
     # On --rerun the state before the restart was already reported.
     last_line = _progress(start, previous) if previous is not None else ""
     last_restarts = previous.restarts if previous is not None else 0
+    last_policy_restart = (
+        max((event.time for event in previous.events if event.type == "Restarting"), default=0)
+        if previous is not None
+        else 0
+    )
     interval = FIRST_POLL_SECONDS
     while True:
         allocation = next(
@@ -413,13 +450,22 @@ def _follow(
             if verify.summary_line(verify.without_prefix(text, earlier_stdout)) is not None:
                 return allocation
         if task is not None and task.restarts > last_restarts:
-            event = task.last_event
-            log.warning(
-                "%s was restarted by Nomad (restart %d)%s",
-                INIT_TASK,
-                task.restarts,
-                f": {event.type}: {event.message}" if event and event.message else "",
-            )
+            # A restart someone asked for (--rerun) has no restart reason; one that
+            # Nomad's restart policy made has the policy's words (restarts.go).
+            by_policy = [
+                event
+                for event in task.events
+                if event.type == "Restarting" and event.restart_reason
+            ]
+            if by_policy and by_policy[-1].time > last_policy_restart:
+                event = by_policy[-1]
+                log.warning(
+                    "%s was restarted by Nomad (restart %d): %s",
+                    INIT_TASK,
+                    task.restarts,
+                    event.message or event.restart_reason,
+                )
+                last_policy_restart = event.time
             last_restarts = task.restarts
         if allocation.client_status in ALLOC_DONE and (task is None or task.state != "running"):
             # Nothing will start the task any more (postgres failed first, for one).
