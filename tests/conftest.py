@@ -23,6 +23,8 @@ from psycopg import sql
 
 from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, WorkloadIdentities
 
+pytest_plugins = ["fix_nomad"]
+
 # Every statement goes to the server log: tests read it to prove what ran and what never leaks.
 LOGGED_SETTINGS = {
     "log_statement": "all",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import tomllib
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import hvac
@@ -24,7 +23,17 @@ from conftest import (
     tool_env,
     write_services_file,
 )
-from nomad_double import NomadDouble, Recorded, TaskRun, parse_job
+from fix_nomad import (
+    NOMAD_TOKEN,
+    SERVICES_TOML,
+    assert_every_request_authenticated,
+    job_text,
+    lines_with,
+    log_requests,
+    nomad_env,
+    nomad_tool,
+)
+from nomad_double import NomadDouble, TaskRun, parse_job
 from psycopg import sql
 
 from nomad_pginit import render, spec
@@ -32,67 +41,6 @@ from nomad_pginit.commands.verify import judge, summary_line
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.nomad import Allocation, TaskEvent, TaskState, job_label
 from nomad_pginit.nomad_http import Settings
-
-NOMAD_TOKEN = "nomad-token-9f2c"
-SERVICES_TOML = """\
-# The services of the homelab: one [[service]] per tenant.
-[vault]
-mount = "secret"   # KV v2
-
-# The forge.
-[[service]]
-name = "gitea"
-
-[[service]]
-name = "grafana"
-database = "grafana_db"  # legacy name
-"""
-
-
-# --- helpers and fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture
-def nomad() -> Iterator[NomadDouble]:
-    with NomadDouble(token=NOMAD_TOKEN) as double:
-        yield double
-
-
-@pytest.fixture
-def job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A services file and the job rendered from it, as an infrastructure repository has."""
-    monkeypatch.chdir(tmp_path)  # commands resolve ./templates and README.md here
-    services = tmp_path / "pginit.toml"
-    services.write_text(SERVICES_TOML, encoding="utf-8")
-    job = render.Templates(None).job(spec.load(services))
-    (tmp_path / render.JOB_FILE_NAME).write_text(job, encoding="utf-8")
-    return tmp_path
-
-
-def job_text(job_dir: Path) -> str:
-    return (job_dir / render.JOB_FILE_NAME).read_text(encoding="utf-8")
-
-
-def nomad_env(nomad: NomadDouble, **overrides: str) -> dict[str, str]:
-    return tool_env(None, NOMAD_ADDR=nomad.address, NOMAD_TOKEN=NOMAD_TOKEN, **overrides)
-
-
-def nomad_tool(command: str, job_dir: Path, env: Mapping[str, str], *extra: str) -> Result:
-    return run_tool([command, "--config", str(job_dir / "pginit.toml"), *extra], env, timeout=60)
-
-
-def lines_with(output: str, text: str) -> list[str]:
-    return [line for line in output.splitlines() if text in line]
-
-
-def assert_every_request_authenticated(nomad: NomadDouble) -> None:
-    assert nomad.requests
-    assert {request.headers.get("x-nomad-token") for request in nomad.requests} == {NOMAD_TOKEN}
-
-
-def log_requests(nomad: NomadDouble) -> list[Recorded]:
-    return nomad.requests_to("GET", "/v1/client/fs/logs/")
-
 
 # --- deploy -------------------------------------------------------------------------------
 

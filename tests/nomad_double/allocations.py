@@ -36,6 +36,7 @@ failed_sibling, kill_timeout); the deprecated top-level fields are filled too.
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -48,6 +49,8 @@ ZERO_TIME: Final = "0001-01-01T00:00:00Z"
 MAX_EVENTS: Final = 10  # taskrunner/task_runner.go defaultMaxEvents
 USER_RESTART: Final = "User requested all tasks to restart"  # client/client.go
 EXCEEDED_DELAY: Final = "Exceeded allowed attempts, applying a delay"  # restarts.go
+# {{ with secret "path" }} or {{ secret "path" }} in a template (consul-template).
+_SECRET_READ: Final = re.compile(r'\{\{-?\s*(?:with\s+)?secret\s+"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,8 @@ class Task:
     sidecar: bool
     policy: RestartPolicy
     kill_timeout: int
-    has_vault_block: bool
-    reads_vault_in_template: bool
+    vault_role: str | None  # None: no vault block
+    template_secrets: tuple[str, ...]  # Vault paths the task's templates read
     clock: Clock
     state: str = "pending"
     failed: bool = False
@@ -225,9 +228,10 @@ class Behaviour:
 
     # What the init task's successive runs do; the last one repeats.
     runs: list[TaskRun]
-    # Vault refuses the vault block's login / the templates' reads.
-    vault_login_fails: bool = False
-    vault_reads_fail: bool = False
+    # Vault refuses the login of a vault block with one of these roles, and the
+    # reads of these paths by templates.
+    refused_vault_roles: set[str] = field(default_factory=set)
+    unreadable_secrets: set[str] = field(default_factory=set)
     # The postgres task's own output.
     main_stdout: str = "LOG:  database system is ready to accept connections\n"
 
@@ -275,11 +279,11 @@ class Allocation:
                 sidecar=bool(lifecycle.get("Sidecar")),
                 policy=RestartPolicy.of(raw, group),
                 kill_timeout=raw.get("KillTimeout") or 5_000_000_000,
-                has_vault_block=raw.get("Vault") is not None,
-                reads_vault_in_template=any(
-                    "{{ with secret" in (template.get("EmbeddedTmpl") or "")
-                    or "{{ secret" in (template.get("EmbeddedTmpl") or "")
+                vault_role=(raw["Vault"].get("Role") or "") if raw.get("Vault") else None,
+                template_secrets=tuple(
+                    path
                     for template in raw.get("Templates") or []
+                    for path in _SECRET_READ.findall(template.get("EmbeddedTmpl") or "")
                 ),
                 clock=clock,
             )
@@ -404,23 +408,25 @@ class Allocation:
         if not task.set_up:
             task.event("Task Setup", "Building Task Directory", message="Building Task Directory")
             task.set_up = True
-        if task.has_vault_block and self.behaviour.vault_login_fails:
+        if task.vault_role is not None and task.vault_role in self.behaviour.refused_vault_roles:
+            reason = f'role "{task.vault_role}" could not be found'
             self._fail_for_good(
                 task,
                 "Vault: failed to derive vault token: failed to derive Vault token for identity "
                 "vault_default: failed to login with JWT: Error making API request. Code: 400. "
-                'Errors: * role "postgresql" could not be found',
-                hook_message=(
-                    'vault: failed to derive Vault token: role "postgresql" could not be found'
-                ),
+                f"Errors: * {reason}",
+                hook_message=f"vault: failed to derive Vault token: {reason}",
             )
             return False
-        if task.reads_vault_in_template and self.behaviour.vault_reads_fail:
+        unreadable = [
+            path for path in task.template_secrets if path in self.behaviour.unreadable_secrets
+        ]
+        if unreadable:
+            # After consul-template's retries (12 by default, about 5 minutes).
             self._fail_for_good(
                 task,
-                "Template failed: vault.read(secret/data/postgres/admin): vault.read("
-                "secret/data/postgres/admin): Error making API request. Code: 403. Errors: * "
-                "permission denied (exceeded maximum retries)",
+                f"Template failed: vault.read({unreadable[0]}): Error making API request. "
+                "Code: 403. Errors: * permission denied (exceeded maximum retries)",
             )
             return False
         if task.main:

@@ -242,7 +242,19 @@ def _variable_values(text: str) -> dict[str, Any]:
     _raise(problems, "unable to parse var content: ")
     values: dict[str, Any] = hcl2.loads(text, serialization_options=_PLAIN)
     values.pop("__comments__", None)
-    return values
+    # Evaluated with no context (types.variables.go): templates are literal text,
+    # and the escapes $${ and %%{ stand for ${ and %{.
+    return {name: _unescape(value) for name, value in values.items()}
+
+
+def _unescape(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unescape(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _unescape(item) for key, item in value.items()}
+    if isinstance(value, str):
+        return value.replace("$${", "${").replace("%%{", "%{")
+    return value
 
 
 def _declared(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
