@@ -17,9 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import envparse
 import hcl2
 import pytest
 from conftest import tool_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ConfigError
@@ -452,6 +455,7 @@ def snippet_parts(text: str) -> tuple[dict[str, str], dict[str, Any]]:
     template = single(parsed, "template")
     assert template["destination"].startswith("secrets/")
     assert template["env"] is True
+    assert template["error_on_missing_key"] is True
     lines = dict(line.split("=", 1) for line in template["data"].splitlines())
     return lines, single(parsed, "env")
 
@@ -470,7 +474,8 @@ def test_snippet_for_a_service_whose_database_has_another_name(tmp_path: Path) -
         "DB_HOST": '{{ range nomadService "postgresql" }}{{ .Address }}{{ end }}',
         "DB_PORT": '{{ range nomadService "postgresql" }}{{ .Port }}{{ end }}',
         "DB_PASSWORD": (
-            '{{ with secret "secret/data/postgres/uptime-kuma" }}{{ .Data.data.password }}{{ end }}'
+            '{{ with secret "secret/data/postgres/uptime-kuma" }}'
+            "{{ .Data.data.password | toJSON }}{{ end }}"
         ),
     }
 
@@ -486,8 +491,37 @@ def test_snippet_follows_the_vault_settings_and_consul(tmp_path: Path) -> None:
     env_file, _ = snippet_parts(result.stdout)
     assert env_file["DB_HOST"] == '{{ range service "postgresql" }}{{ .Address }}{{ end }}'
     assert env_file["DB_PASSWORD"] == (
-        '{{ with secret "kv/data/db/grafana/creds" }}{{ index .Data.data "db-password" }}{{ end }}'
+        '{{ with secret "kv/data/db/grafana/creds" }}'
+        '{{ with index .Data.data "db-password" }}{{ . | toJSON }}{{ end }}{{ end }}'
     )
+
+
+_PASSWORD_ACTION = re.compile(
+    r"\{\{ with secret \"[^\"]+\" \}\}(?:\{\{ \.Data\.data\.\w+ \| toJSON \}\}|"
+    r"\{\{ with index \.Data\.data \"[^\"]+\" \}\}\{\{ \. \| toJSON \}\}\{\{ end \}\})"
+    r"\{\{ end \}\}"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1
+    )
+)
+def test_snippet_passes_any_password_through_the_env_file_whole(password: str) -> None:
+    # What consul-template renders (toJSON is Go's json.Marshal) and what Nomad's env
+    # file parser (go-envparse) makes of it: the task gets the password exactly.
+    snippet = render.Templates(None).snippet(spec.load(SERVICES_FILE), "gitea")
+    env_file, _ = snippet_parts(snippet)
+    line = env_file["DB_PASSWORD"]
+    rendered = _PASSWORD_ACTION.sub(lambda _: envparse.go_json_string(password), line)
+    output = f"DB_HOST=10.0.0.60\nDB_PASSWORD={rendered}\nDB_PORT=5432\n".encode()
+    assert envparse.parse(output) == {
+        "DB_HOST": "10.0.0.60",
+        "DB_PASSWORD": password,
+        "DB_PORT": "5432",
+    }
 
 
 def test_snippet_for_a_committed_service() -> None:
