@@ -504,11 +504,7 @@ _PASSWORD_ACTION = re.compile(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    password=st.text(
-        st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=1
-    )
-)
+@given(password=st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=1))
 def test_snippet_passes_any_password_through_the_env_file_whole(password: str) -> None:
     # What consul-template renders (toJSON is Go's json.Marshal) and what Nomad's env
     # file parser (go-envparse) makes of it: the task gets the password exactly.
