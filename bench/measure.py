@@ -37,6 +37,7 @@ from nomad_pginit import spec as spec_file
 from nomad_pginit.errors import ServiceError
 from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, connect_vault
 from nomad_pginit.sandbox import ThrowawayPostgres
+from nomad_pginit.stopping import StopRequest
 
 COLD, WARM, ROTATE = "cold", "warm", "rotate"
 SCENARIOS = (COLD, WARM, ROTATE)
@@ -252,11 +253,12 @@ def measure_vault(lab: Lab) -> float:
     failed: list[str] = []
     started = time.perf_counter()
     vault = connect_vault(services, lab.tool_env())
+    never = StopRequest()  # nothing stops a measurement
     with ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault") as pool:
         reads = PasswordReads.start(services, vault, pool)
         for service in services.services:
             try:
-                reads.wait(service)
+                reads.wait(service, never)
             except ServiceError as err:
                 failed.append(str(err))
     seconds = time.perf_counter() - started

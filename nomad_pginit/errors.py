@@ -20,6 +20,10 @@ class ExitCode(IntEnum):
     POSTGRES = 3  # PostgreSQL not ready before the deadline, or the admin cannot log in
     VAULT = 4  # Vault unreachable, or the token rejected
     NOMAD = 5  # Nomad unreachable, job unknown or token rejected
+    # Asked to stop (128 + the signal) before every service was in sync: the rest
+    # are left for the next run.
+    INTERRUPTED = 130  # SIGINT
+    STOPPED = 143  # SIGTERM
 
 
 class PginitError(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,6 +55,7 @@ from nomad_pginit.state import (
     RoleState,
     SchemaState,
 )
+from nomad_pginit.stopping import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,17 @@ log = logging.getLogger(__name__)
 Query = sql.SQL | sql.Composed
 
 APPLICATION_NAME: Final = "nomad-pginit"
-CONNECT_TIMEOUT_SECONDS: Final = 5
+# libpq's connect_timeout, on every connection and probe: a listener that accepts
+# and never answers, or a backend stuck at login, must not hold a run (2 is
+# libpq's minimum).
+CONNECT_TIMEOUT_SECONDS: Final = 2
+# Our sessions' limits, sent at connection start: a statement waiting behind
+# another session's lock gives up after LOCK_TIMEOUT (and says who held it), and
+# none runs longer than STATEMENT_TIMEOUT.
+LOCK_TIMEOUT_SECONDS: Final = 10
+STATEMENT_TIMEOUT_SECONDS: Final = 300
+# A statement running longer than this has the sessions that block it looked up.
+SLOW_STATEMENT_SECONDS: Final = 1.0
 # How often readiness is probed: PQping is cheap, and a poststart task should
 # notice the server within a fraction of a second.
 PROBE_INTERVAL_SECONDS: Final = 0.05
@@ -122,6 +134,7 @@ class Target:
         extra: dict[str, str | int] = {
             "application_name": APPLICATION_NAME,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "options": _session_options(self.conninfo),
         }
         if self.password is not None:
             extra["password"] = self.password.reveal()
@@ -130,9 +143,24 @@ class Target:
             extra["scram_server_key"] = base64.b64encode(self.scram_keys.server_key).decode()
         return make_conninfo(self.conninfo, **extra)
 
+    @functools.cached_property
+    def ping_conninfo(self) -> bytes:
+        """What PQping is given: the target, never longer than the connect timeout."""
+        return make_conninfo(self.conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS).encode()
+
     def with_password(self, password: Secret) -> Target:
         """The same target, logging in with ``password`` (the admin's, read from Vault)."""
         return replace(self, password=password, scram_keys=None)
+
+
+def _session_options(conninfo: str) -> str:
+    """libpq's options with our sessions' lock and statement timeouts first, so that the
+    DSN's own options (or PGOPTIONS, which a conninfo with options would hide) win."""
+    theirs = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS") or ""
+    ours = (
+        f"-c lock_timeout={LOCK_TIMEOUT_SECONDS}s -c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
+    )
+    return f"{ours} {theirs}".strip()
 
 
 def _authentication_failed(err: psycopg.OperationalError) -> bool:
@@ -201,6 +229,147 @@ def _describe(conninfo: str) -> str:
     return f"{user}@{host}:{value('port', '5432')}/{value('dbname', user)}"
 
 
+# --- statements in flight ------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    """One statement PostgreSQL is running for us."""
+
+    conn: psycopg.Connection[tuple[object, ...]]
+    pid: int
+    started: float
+    where: str  # the target's description, for messages
+    # The sessions that block it, looked up once it is slow: "session 4242 (user ...)".
+    blockers: str = ""
+    # Cancelled because the run was asked to stop.
+    cancelled: bool = False
+
+
+class _InFlight:
+    """The statements running for us: cancelled on a stop request, and the sessions
+    blocking a slow one named, for the message if its lock wait times out.
+
+    A watcher thread lives while statements run; it opens a connection of its
+    own only when one of them has run longer than SLOW_STATEMENT_SECONDS, and
+    asks pg_blocking_pids() who holds it up.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, _Running] = {}
+        self._watcher: threading.Thread | None = None
+        self._target: Target | None = None
+
+    @contextmanager
+    def track(
+        self, conn: psycopg.Connection[tuple[object, ...]], target: Target
+    ) -> Iterator[_Running]:
+        running = _Running(conn, conn.info.backend_pid, time.monotonic(), target.description)
+        with self._lock:
+            self._running[id(running)] = running
+            self._target = target
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="statement-watcher", daemon=True
+                )
+                self._watcher.start()
+        try:
+            yield running
+        finally:
+            with self._lock:
+                self._running.pop(id(running), None)
+
+    def cancel_all(self) -> None:
+        """Cancel every statement running for us (a stop request's grace is over)."""
+        with self._lock:
+            running = list(self._running.values())
+        for item in running:
+            item.cancelled = True
+            with suppress(psycopg.Error):
+                item.conn.cancel_safe(timeout=CONNECT_TIMEOUT_SECONDS)
+
+    def _watch(self) -> None:
+        monitor: psycopg.Connection[tuple[object, ...]] | None = None
+        try:
+            while True:
+                time.sleep(SLOW_STATEMENT_SECONDS / 2)
+                with self._lock:
+                    if not self._running:
+                        self._watcher = None
+                        return
+                    now = time.monotonic()
+                    slow = [
+                        item
+                        for item in self._running.values()
+                        if now - item.started >= SLOW_STATEMENT_SECONDS and not item.cancelled
+                    ]
+                    target = self._target
+                if not slow or target is None:
+                    continue
+                try:
+                    if monitor is None or monitor.closed:
+                        monitor = _connect(target)
+                    rows = monitor.execute(_BLOCKERS, ([item.pid for item in slow],)).fetchall()
+                except psycopg.Error:
+                    continue  # the statement's own error will say what it can
+                described: dict[int, list[str]] = {}
+                for waiting, pid, user, application, state, since in rows:
+                    described.setdefault(int(str(waiting)), []).append(
+                        f'session {pid} (user "{user}", application "{application or "-"}", '
+                        f"{state or 'busy'}{f' since {since}' if since else ''})"
+                    )
+                for item in slow:
+                    if item.pid in described:
+                        item.blockers = ", ".join(described[item.pid])
+        finally:
+            if monitor is not None:
+                monitor.close()
+
+
+# Who blocks each waiting backend; never their query, which may hold a password.
+_BLOCKERS: Final = sql.SQL(
+    """
+    SELECT w.pid, b.pid, b.usename, b.application_name, b.state,
+           to_char(b.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    FROM unnest(%s::int[]) AS w(pid)
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocker(pid)
+    JOIN pg_stat_activity b ON b.pid = blocker.pid
+    ORDER BY w.pid, b.pid
+    """
+)
+
+_IN_FLIGHT: Final = _InFlight()
+
+
+def cancel_running() -> None:
+    """Cancel every statement PostgreSQL runs for this process (for a stop request)."""
+    _IN_FLIGHT.cancel_all()
+
+
+def _interrupted(err: psycopg.Error, running: _Running, doing: str) -> PginitError | None:
+    """A statement that a stop request, a timeout or another session's lock cut short."""
+    if isinstance(err, psycopg.errors.QueryCanceled):
+        if running.cancelled:
+            return Stopped(f"stopped while trying to {doing}")
+        return ServiceError(
+            f"cannot {doing}: the statement ran longer than the session's statement_timeout "
+            f"({STATEMENT_TIMEOUT_SECONDS}s unless [postgres] dsn options set another): "
+            f"{err.diag.message_primary or 'canceled'}"
+        )
+    if isinstance(err, psycopg.errors.LockNotAvailable):
+        who = (
+            f"held by {running.blockers}"
+            if running.blockers
+            else "held by another session (gone by now)"
+        )
+        return ServiceError(
+            f"cannot {doing}: waited {LOCK_TIMEOUT_SECONDS}s for a lock {who}; end that "
+            "session's transaction (or SELECT pg_terminate_backend(<pid>)) and run again"
+        )
+    return None
+
+
 # --- readiness -----------------------------------------------------------------
 
 
@@ -221,18 +390,27 @@ class Readiness:
         return cls(timeout=max(0, count - 1) * interval, probe_interval=interval)
 
 
-def wait_until_ready(target: Target, readiness: Readiness, *, writable: bool = True) -> Admin:
+def wait_until_ready(
+    target: Target,
+    readiness: Readiness,
+    *,
+    writable: bool = True,
+    stop: StopRequest | None = None,
+) -> Admin:
     """Wait like pg_isready until the server accepts the admin (on a writable primary,
     unless ``writable`` is False: read-only checks may run on a standby).
 
-    Raises PostgresUnavailable when the deadline passes or the admin cannot log in.
+    Raises PostgresUnavailable when the deadline passes or the admin cannot log in,
+    Stopped as soon as ``stop`` is requested.
     """
+    stop = stop or StopRequest()
     deadline = time.monotonic() + readiness.timeout
     started = time.monotonic()
     last_reason = ""
     last_report = 0.0
     while True:
-        attempt = _probe(target, writable=writable)
+        # A probe is bounded by the connect timeout; the stop request does not wait for it.
+        attempt = stop.call(lambda: _probe(target, writable=writable), "waiting for PostgreSQL")
         if isinstance(attempt, Admin):
             waited = time.monotonic() - started
             if last_reason:
@@ -254,12 +432,13 @@ def wait_until_ready(target: Target, readiness: Readiness, *, writable: bool = T
                 f"({attempt}); check the postgres task (nomad alloc logs <alloc> postgres) "
                 "or raise --wait-timeout"
             )
-        time.sleep(min(readiness.probe_interval, max(0.0, deadline - now)))
+        if stop.wait(min(readiness.probe_interval, max(0.0, deadline - now))):
+            stop.check("PostgreSQL was ready")
 
 
 def _probe(target: Target, *, writable: bool) -> Admin | str:
     """A connected Admin when ready, else why not."""
-    status = pq.PGconn.ping(target.conninfo.encode())
+    status = pq.PGconn.ping(target.ping_conninfo)
     if status == pq.Ping.NO_ATTEMPT:
         raise ConfigError(
             f"the connection parameters for {target.description} are invalid: "
@@ -349,7 +528,8 @@ class Admin:
 
     @contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
-        """Hold the advisory lock that serializes runs against this cluster."""
+        """Hold the advisory lock that serializes runs against this cluster, waiting at
+        most ``timeout`` seconds for another run to release it."""
         if self.server_version >= 140000:
             # The lock lives as long as this connection, which idles while workers
             # run: a server-side idle timeout must not end it (and the lock) early.
@@ -357,13 +537,22 @@ class Admin:
         locked = self._scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
         if not locked:
             log.info("another nomad-pginit run holds the lock on this cluster: waiting for it")
-            self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{timeout:g}s")))
+            # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
+            milliseconds = max(1, round(timeout * 1000))
+            self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(milliseconds)))
             try:
-                self._execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
+                with _IN_FLIGHT.track(self._conn, self._target) as running:
+                    self._conn.execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
             except psycopg.errors.LockNotAvailable as err:
+                holder = f" ({running.blockers})" if running.blockers else ""
                 raise PostgresUnavailable(
-                    f"another nomad-pginit run held the lock for more than {timeout:g}s"
+                    f"another nomad-pginit run{holder} held the lock on this cluster for more "
+                    f"than {timeout:g}s (--wait-timeout); run again once it is done"
                 ) from err
+            except psycopg.Error as err:
+                if (fatal := _fatal(err, running, "wait for the lock on this cluster")) is None:
+                    raise
+                raise fatal from err
             finally:
                 self._execute(sql.SQL("RESET lock_timeout"))
         try:
@@ -699,7 +888,7 @@ class Admin:
         the rest up to the sync, leaving the transaction failed for us to end.
         """
         try:
-            with self._conn.pipeline():
+            with _IN_FLIGHT.track(self._conn, self._target) as running, self._conn.pipeline():
                 self._conn.execute(sql.SQL("BEGIN"))
                 for statement in statements:
                     self._conn.execute(statement)
@@ -711,25 +900,30 @@ class Admin:
             if isinstance(err, _ALREADY_EXISTS):
                 return False
             # Not chained: nothing of a password statement may travel with the error.
-            raise _service_error(action, err, self._conn) from None
+            raise _service_error(action, err, self._conn, running) from None
         return True
 
     def _run(self, action: Action, statement: Query) -> bool:
         try:
-            self._conn.execute(statement)
+            with _IN_FLIGHT.track(self._conn, self._target) as running:
+                self._conn.execute(statement)
         except _ALREADY_EXISTS:
             return False
         except psycopg.Error as err:
-            raise _service_error(action, err, self._conn) from err
+            raise _service_error(action, err, self._conn, running) from err
         return True
 
     def _rows(
         self, query: Query, params: Sequence[object] | None = None
     ) -> list[tuple[object, ...]]:
+        """A query that the whole run depends on (the catalogs): any failure ends it."""
         try:
-            rows: list[tuple[object, ...]] = self._conn.execute(query, params).fetchall()
-        except psycopg.OperationalError as err:
-            raise _connection_lost(self._target, err) from err
+            with _IN_FLIGHT.track(self._conn, self._target) as running:
+                rows: list[tuple[object, ...]] = self._conn.execute(query, params).fetchall()
+        except psycopg.Error as err:
+            if (fatal := _fatal(err, running, "read the catalogs")) is None:
+                raise
+            raise fatal from err
         return rows
 
     def _row(self, query: Query, params: Sequence[object] | None = None) -> tuple[object, ...]:
@@ -741,9 +935,12 @@ class Admin:
 
     def _execute(self, query: Query, params: Sequence[object] | None = None) -> None:
         try:
-            self._conn.execute(query, params)
-        except psycopg.OperationalError as err:
-            raise _connection_lost(self._target, err) from err
+            with _IN_FLIGHT.track(self._conn, self._target) as running:
+                self._conn.execute(query, params)
+        except psycopg.Error as err:
+            if (fatal := _fatal(err, running, "set up the session")) is None:
+                raise
+            raise fatal from err
 
 
 class AdminPool:
@@ -832,8 +1029,11 @@ class DatabaseSession:
         self.name = name
         self._admin = admin
 
-    def _error(self, doing: str, err: psycopg.Error) -> PginitError:
+    def _error(self, doing: str, err: psycopg.Error, running: _Running) -> PginitError:
         """This database's trouble fails its service; a server gone fails the run."""
+        interrupted = _interrupted(err, running, f'{doing} in database "{self.name}"')
+        if interrupted is not None:
+            return interrupted
         if isinstance(err, psycopg.OperationalError) and not self._admin._alive():
             return _connection_lost(self._admin._target, err)
         reason = err.diag.message_primary or _last_line(str(err))
@@ -868,9 +1068,11 @@ class DatabaseSession:
         ]
         try:
             query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
-            found = self._conn.execute(query, {"role": role}).fetchone()
+            with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
+                found = self._conn.execute(query, {"role": role}).fetchone()
         except psycopg.Error as err:
-            raise self._error("read schema public and the extensions", err) from err
+            doing = "read schema public and the extensions"
+            raise self._error(doing, err, running) from err
         # The query always returns its one row.
         exists, usage, create, owned_by_database_owner, installed = found or (False,) + (None,) * 4
         installed_names = frozenset(
@@ -904,11 +1106,12 @@ class DatabaseSession:
             case _:
                 raise TypeError(f"not a database-level action: {action!r}")
         try:
-            self._conn.execute(statement)
+            with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
+                self._conn.execute(statement)
         except psycopg.errors.InsufficientPrivilege as err:
-            raise _service_error(action, err, self._conn) from err
+            raise _service_error(action, err, self._conn, running) from err
         except psycopg.Error as err:
-            raise self._error(action.describe(), err) from err
+            raise self._error(action.describe(), err, running) from err
         return True
 
 
@@ -980,8 +1183,14 @@ _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
 
 
 def _service_error(
-    action: Action, err: psycopg.Error, conn: psycopg.Connection[tuple[object, ...]]
-) -> ServiceError | PostgresUnavailable:
+    action: Action,
+    err: psycopg.Error,
+    conn: psycopg.Connection[tuple[object, ...]],
+    running: _Running,
+) -> PginitError:
+    interrupted = _interrupted(err, running, action.describe())
+    if interrupted is not None:
+        return interrupted
     if conn.closed or isinstance(err, psycopg.OperationalError):
         return PostgresUnavailable(
             f"lost the connection to PostgreSQL while trying to {action.describe()}: "
@@ -992,6 +1201,22 @@ def _service_error(
         needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
         return ServiceError(f"cannot {action.describe()}: {primary}; the admin needs {needed}")
     return ServiceError(f"cannot {action.describe()}: {primary} (SQLSTATE {err.sqlstate})")
+
+
+def _fatal(err: psycopg.Error, running: _Running, doing: str) -> PginitError | None:
+    """A statement the whole run needs failed: stopped, timed out, or the server gone.
+    None for anything else, which is a bug to show as one."""
+    interrupted = _interrupted(err, running, doing)
+    if isinstance(interrupted, Stopped):
+        return interrupted
+    if interrupted is not None:
+        return PostgresUnavailable(str(interrupted))
+    if isinstance(err, psycopg.OperationalError):
+        return PostgresUnavailable(
+            f"lost the connection to PostgreSQL at {running.where}: {_last_line(str(err))}; "
+            "run again once the server is back"
+        )
+    return None
 
 
 def _connection_lost(target: Target, err: psycopg.OperationalError) -> PostgresUnavailable:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from nomad_pginit import postgres
+from nomad_pginit import postgres, stopping
 from nomad_pginit.errors import ExitCode, PginitError, PostgresUnavailable, ServiceError
 from nomad_pginit.plan import (
     Action,
@@ -30,6 +31,7 @@ from nomad_pginit.scram import verifier_matches
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
 from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
+from nomad_pginit.stopping import Stopped, StopRequest
 from nomad_pginit.vault import Vault, VaultSecret
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Status(StrEnum):
     UNCHANGED = "unchanged"
     PENDING = "pending"  # plan only: changes that run would make
     FAILED = "failed"
+    # Not reached, or cut short: the run was asked to stop, or PostgreSQL went away.
+    NOT_FINISHED = "not finished"
 
 
 @dataclass
@@ -59,11 +63,17 @@ class ServiceOutcome:
     error: str | None = None
     applied: bool = True
     quiet: bool = False
+    # Its work ran to the end (whatever it found).
+    finished: bool = False
+    # Why the run did not finish this service (it has no error of its own).
+    not_finished: str | None = None
 
     @property
     def status(self) -> Status:
         if self.error is not None:
             return Status.FAILED
+        if self.not_finished is not None:
+            return Status.NOT_FINISHED
         if not self.actions:
             return Status.UNCHANGED
         if not self.applied:
@@ -87,6 +97,9 @@ class Outcome:
     leftover_actions: list[Action] = field(default_factory=list)
     # The Vault version of each password used, for watch mode to notice rotations.
     secret_versions: dict[str, int] = field(default_factory=dict)
+    # Set when a stop request (this signal) cut the run short.
+    stopped: bool = False
+    stop_signal: int | None = None
 
     @property
     def pending(self) -> bool:
@@ -101,11 +114,17 @@ class Outcome:
         return [outcome for outcome in self.services if outcome.status == Status.FAILED]
 
     @property
+    def unfinished(self) -> list[ServiceOutcome]:
+        return [outcome for outcome in self.services if outcome.status == Status.NOT_FINISHED]
+
+    @property
     def exit_code(self) -> ExitCode:
         if self.fatal is not None:
             return self.fatal.exit_code
         if self.failed:
             return ExitCode.SERVICE_FAILED
+        if self.unfinished:
+            return stopping.exit_code(self.stop_signal)
         return ExitCode.OK
 
 
@@ -116,7 +135,7 @@ def reconcile(
     apply: bool,
     disable_removed: bool = False,
     environ: Mapping[str, str] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
+    stop: StopRequest | None = None,
     quiet: bool = False,
     vault: Vault | None = None,
 ) -> Outcome:
@@ -124,21 +143,73 @@ def reconcile(
 
     Raises ConfigError, VaultUnavailable or PostgresUnavailable when nothing can
     be done at all; one service's failure is recorded in its outcome instead.
-    ``should_stop`` is asked before each service (SIGTERM lets the ones under
-    way finish); ``quiet`` leaves out the "unchanged" lines, for watch mode, which
-    also passes the ``vault`` client it keeps logged in between passes.
+    A ``stop`` request starts no other service and, after a moment's grace,
+    cancels what PostgreSQL still runs for the ones under way: those not done
+    are "not finished", left for the next run. ``quiet`` leaves out the
+    "unchanged" lines, for watch mode, which also passes the ``vault`` client
+    it keeps logged in between passes.
     """
     env = os.environ if environ is None else environ
+    stop = stop or StopRequest()
     target = postgres.target(spec.postgres)  # a bad DSN is exit 2 before Vault is asked
     outcomes = {
         service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
         for service in spec.services
     }
+    result = Outcome([], applied=apply)
+    # Whatever PostgreSQL still runs for us once a stop's grace is over is cancelled.
+    forget_stop = stop.on_stop(postgres.cancel_running)
+    try:
+        _reconcile(
+            spec,
+            target=target,
+            readiness=readiness,
+            disable_removed=disable_removed,
+            env=env,
+            stop=stop,
+            vault=vault,
+            outcomes=outcomes,
+            result=result,
+        )
+    except Stopped as err:
+        log.info("%s", err)
+    finally:
+        forget_stop()
+    if stop.is_set():
+        result.stopped, result.stop_signal = True, stop.signal
+        for outcome in outcomes.values():
+            if not outcome.finished and outcome.error is None and outcome.not_finished is None:
+                outcome.not_finished = "stopped"
+    result.services = list(outcomes.values())
+    if result.stopped and result.unfinished:
+        log.info("stopping: %s left for the next run", _count(len(result.unfinished), "service"))
+    return result
+
+
+def _reconcile(
+    spec: Spec,
+    *,
+    target: postgres.Target,
+    readiness: postgres.Readiness,
+    disable_removed: bool,
+    env: Mapping[str, str],
+    stop: StopRequest,
+    vault: Vault | None,
+    outcomes: Mapping[str, ServiceOutcome],
+    result: Outcome,
+) -> None:
+    apply = result.applied
     if vault is None:
-        vault = connect_vault(spec, env)  # before waiting: a bad token is exit 4 at once
+        # Before waiting: a bad token is exit 4 at once.
+        vault = stop.call(lambda: connect_vault(spec, env), "logging in to Vault")
     if spec.postgres.password_secret:
         assert vault is not None  # connect_vault connects when the admin's secret is in Vault
-        target = target.with_password(vault.read_admin_password(spec.postgres.password_secret))
+        reader_of_admin = vault
+        secret = spec.postgres.password_secret
+        password = stop.call(
+            lambda: reader_of_admin.read_admin_password(secret), "reading the admin's password"
+        )
+        target = target.with_password(password)
 
     with ExitStack() as stack:
         # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
@@ -146,26 +217,25 @@ def reconcile(
         # work starts as soon as its own password is in.
         reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
         # On the way out (stopped, or failed), reads not yet started are not needed.
-        stack.callback(reader.shutdown, wait=True, cancel_futures=True)
+        stack.callback(reader.shutdown, wait=False, cancel_futures=True)
         passwords = PasswordReads.start(spec, vault, reader)
-        admin = stack.enter_context(postgres.wait_until_ready(target, readiness))
+        admin = stack.enter_context(postgres.wait_until_ready(target, readiness, stop=stop))
         if apply:
-            # Another run holds the lock for as long as it takes to finish.
-            stack.enter_context(admin.exclusive(max(readiness.timeout, LOCK_WAIT_SECONDS)))
+            # Another run holds the lock for as long as it takes to finish; we wait for it
+            # no longer than for PostgreSQL itself.
+            stack.enter_context(admin.exclusive(readiness.timeout))
         cluster = admin.observe(spec.services)
         # Read before any CREATE DATABASE: PostgreSQL refuses to copy a template that
         # someone is connected to.
         creates = any(service.database not in cluster.databases for service in spec.services)
         template = admin.template_contents() if creates else None
         workers = stack.enter_context(admin.workers())
-        result = Outcome([], applied=apply)
         halted = threading.Event()  # start no more services: PostgreSQL went away, or worse
 
         def work(service: Service) -> None:
             if halted.is_set():
                 raise _NotFinished(result.fatal)
-            if should_stop():
-                raise _Skipped
+            stop.check(f"provisioning {service.name}")
             _reconcile_service(
                 service,
                 passwords=passwords,
@@ -174,9 +244,9 @@ def reconcile(
                 cluster=cluster,
                 template=template,
                 outcome=outcomes[service.name],
+                stop=stop,
             )
 
-        skipped = 0
         with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
             futures = {pool.submit(work, service): service for service in spec.services}
             try:
@@ -184,17 +254,17 @@ def reconcile(
                     outcome = outcomes[futures[future].name]
                     try:
                         future.result()
-                    except _Skipped:
-                        del outcomes[outcome.service.name]
-                        skipped += 1
+                        outcome.finished = True
+                    except Stopped:
+                        outcome.not_finished = "stopped"
                     except _NotFinished as err:
-                        outcome.error = f"not finished: {err.reason}"
+                        outcome.not_finished = str(err.reason)
                     except (Refusal, ServiceError) as err:
                         _fail(outcome, err)
                     except PostgresUnavailable as err:
                         # Nothing more can be done: say so for every service not
                         # finished, and let the next run pick up from here.
-                        outcome.error = f"not finished: {err}"
+                        outcome.not_finished = str(err)
                         if result.fatal is None:
                             result.fatal = err
                         halted.set()
@@ -202,22 +272,14 @@ def reconcile(
                 # A bug, or Ctrl-C: the services under way finish, no other one starts.
                 halted.set()
                 raise
-        if skipped:
-            log.info("stopping: %s left for the next run", _count(skipped, "service"))
         result.secret_versions = passwords.versions()
-        result.services = list(outcomes.values())
-        for outcome in result.services:
+        for outcome in outcomes.values():
             _report(outcome)
-        if result.fatal is None:
+        if result.fatal is None and not stop.is_set():
             try:
                 _handle_leftovers(admin, spec, cluster, result, disable_removed)
             except PostgresUnavailable as err:
                 result.fatal = err
-    return result
-
-
-class _Skipped(Exception):
-    """The run was asked to stop before this service started."""
 
 
 class _NotFinished(Exception):
@@ -243,9 +305,10 @@ def _reconcile_service(
     cluster: ClusterState,
     template: SchemaState | None,
     outcome: ServiceOutcome,
+    stop: StopRequest,
 ) -> None:
     """One service, start to end, on this worker's own admin connection."""
-    password = passwords.wait(service)  # SecretUnavailable fails this service alone
+    password = passwords.wait(service, stop)  # SecretUnavailable fails this service alone
     verified = _password_verified(target, service, password, cluster)
     admin = workers.admin()
     cluster_actions = plan_cluster(service, password, cluster, password_verified=verified)
@@ -361,11 +424,17 @@ class PasswordReads:
             }
         return cls(inline, reads)
 
-    def wait(self, service: Service) -> Secret:
-        """The service's password. Raises SecretUnavailable when Vault has none to give."""
+    def wait(self, service: Service, stop: StopRequest) -> Secret:
+        """The service's password. Raises SecretUnavailable when Vault has none to give,
+        Stopped when asked to stop meanwhile."""
         if service.name in self._inline:
             return self._inline[service.name]
-        return self._reads[service.name].result().password
+        read = self._reads[service.name]
+        while True:
+            try:
+                return read.result(timeout=stopping.POLL_SECONDS).password
+            except FutureTimeout:
+                stop.check(f"reading the password of {service.name}")
 
     def versions(self) -> dict[str, int]:
         """The Vault version of each password read so far, for watch mode."""
@@ -436,6 +505,6 @@ def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
 
 
 def _report(outcome: ServiceOutcome) -> None:
-    if outcome.error is None and not outcome.actions and not outcome.quiet:
+    if outcome.status == Status.UNCHANGED and not outcome.quiet:
         name = outcome.service.name
         log.info("%s: unchanged", name, extra={"service": name, "result": "unchanged"})

@@ -13,14 +13,23 @@ import time
 from typing import Final, TextIO
 
 from nomad_pginit.errors import PginitError
-from nomad_pginit.provision import Outcome, Status
+from nomad_pginit.provision import Outcome, ServiceOutcome, Status
 
 LOG_FORMATS: Final = ("plain", "json")
 # The marker an operator (or `nomad-pginit verify`) greps for in the task's log.
 SUMMARY_PREFIX: Final = "summary:"
 
 # Fields that callers attach with `extra=` and that JSON lines carry as keys.
-_EXTRA_FIELDS: Final = ("event", "service", "action", "result", "status", "counts", "failed")
+_EXTRA_FIELDS: Final = (
+    "event",
+    "service",
+    "action",
+    "result",
+    "status",
+    "counts",
+    "failed",
+    "not_finished",
+)
 
 
 class PlainFormatter(logging.Formatter):
@@ -61,6 +70,17 @@ def configure_logging(log_format: str, stream: TextIO | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# A summary names at most this many services of a kind, then says how many more.
+_NAMES_SHOWN: Final = 20
+
+
+def _names(outcomes: list[ServiceOutcome]) -> str:
+    names = [item.service.name for item in outcomes]
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def summary_line(outcome: Outcome) -> str:
     """The line that says, in one grep, whether every service is in sync."""
     total = len(outcome.services)
@@ -69,12 +89,18 @@ def summary_line(outcome: Outcome) -> str:
         for status in (Status.CREATED, Status.UPDATED, Status.PENDING, Status.UNCHANGED)
         if outcome.count(status) or status is Status.UNCHANGED
     )
-    failed = outcome.failed
-    if failed:
-        names = ", ".join(item.service.name for item in failed)
+    failed, unfinished = outcome.failed, outcome.unfinished
+    if failed or (unfinished and not outcome.stopped):
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {total} services failed ({_names(failed)})")
+        if unfinished:
+            parts.append(f"{len(unfinished)} not finished ({_names(unfinished)})")
+        return f"{SUMMARY_PREFIX} failed: {'; '.join(parts)}; others: {counts}"
+    if unfinished:
         return (
-            f"{SUMMARY_PREFIX} failed: {len(failed)} of {total} services failed ({names}); "
-            f"others: {counts}"
+            f"{SUMMARY_PREFIX} stopped: {len(unfinished)} of {total} services not finished "
+            f"({_names(unfinished)}), left for the next run; others: {counts}"
         )
     if not outcome.applied and outcome.count(Status.PENDING):
         pending = outcome.count(Status.PENDING)
@@ -83,18 +109,28 @@ def summary_line(outcome: Outcome) -> str:
     return f"{SUMMARY_PREFIX} ok: {total} {noun} in sync ({counts})"
 
 
+def summary_status(outcome: Outcome) -> str:
+    """ok, failed, stopped or pending: the summary's word, for JSON logs."""
+    if outcome.failed or (outcome.unfinished and not outcome.stopped):
+        return "failed"
+    if outcome.unfinished:
+        return "stopped"
+    if not outcome.applied and outcome.count(Status.PENDING):
+        return "pending"
+    return "ok"
+
+
 def log_summary(outcome: Outcome, logger: logging.Logger) -> None:
     """Log the summary line, with its counts as fields for JSON logs."""
-    status = "failed" if outcome.failed else "ok"
-    if not outcome.applied and outcome.count(Status.PENDING) and not outcome.failed:
-        status = "pending"
+    status = summary_status(outcome)
     extra = {
         "event": "summary",
         "status": status,
         "counts": {s.value: outcome.count(s) for s in Status},
         "failed": [item.service.name for item in outcome.failed],
+        "not_finished": [item.service.name for item in outcome.unfinished],
     }
-    level = logging.ERROR if outcome.failed else logging.INFO
+    level = logging.INFO if status in ("ok", "pending") else logging.ERROR
     logger.log(level, "%s", summary_line(outcome), extra=extra)
 
 

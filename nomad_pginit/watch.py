@@ -11,7 +11,6 @@ its token is renewed, or obtained again, before each look at Vault.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from nomad_pginit.errors import ConfigError, PginitError
 from nomad_pginit.postgres import Readiness
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
 from nomad_pginit.report import log_summary
+from nomad_pginit.stopping import StopRequest
 from nomad_pginit.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _read(path: Path) -> bytes:
 
 
 def watch(
-    path: Path, settings: WatchSettings, stop: threading.Event, environ: Mapping[str, str]
+    path: Path, settings: WatchSettings, stop: StopRequest, environ: Mapping[str, str]
 ) -> int:
     """Apply, then keep applying on change until ``stop`` is set. Returns the exit code."""
     content = _read(path)
@@ -119,7 +119,7 @@ def watch(
 def _apply(
     spec: specs.Spec,
     settings: WatchSettings,
-    stop: threading.Event,
+    stop: StopRequest,
     environ: Mapping[str, str],
     vault: _VaultSession,
 ) -> Outcome | None:
@@ -130,7 +130,7 @@ def _apply(
             apply=True,
             disable_removed=settings.disable_removed,
             environ=environ,
-            should_stop=stop.is_set,
+            stop=stop,
             quiet=True,
             vault=vault.client(spec),
         )

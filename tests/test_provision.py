@@ -4,6 +4,7 @@ pool of workers starts, stops and reports services."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -12,25 +13,31 @@ from catalog import role_exists
 from conftest import Cluster, Vault, tool_env, write_services_file
 
 from nomad_pginit import postgres, provision, spec
+from nomad_pginit.errors import ExitCode
 from nomad_pginit.provision import SERVICE_WORKERS, Status, reconcile
 from nomad_pginit.secret import Secret
 from nomad_pginit.state import ClusterState
+from nomad_pginit.stopping import StopRequest
 
 READY_NOW = postgres.Readiness(timeout=10)
 
 
-class StopAfter:
-    """``should_stop`` that lets ``allowed`` services start, then says stop."""
+class StopAfter(StopRequest):
+    """A stop request that lets ``allowed`` services start, then comes (as SIGTERM)."""
 
     def __init__(self, allowed: int) -> None:
+        super().__init__()
         self.allowed = allowed
         self.asked = 0
-        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
 
-    def __call__(self) -> bool:
-        with self._lock:  # asked from every worker thread
-            self.asked += 1
-            return self.asked > self.allowed
+    def check(self, what: str) -> None:
+        if what.startswith("provisioning "):
+            with self._count_lock:  # asked from every worker thread
+                self.asked += 1
+                if self.asked > self.allowed:
+                    self.request(signal.SIGTERM)
+        super().check(what)
 
 
 def provisioned_spec(pg: Cluster, vault: Vault, tmp_path: Path, names: list[str]) -> spec.Spec:
@@ -47,13 +54,14 @@ def test_stop_finishes_the_services_started_and_leaves_the_rest(
     stop = StopAfter(allowed=5)
     with caplog.at_level(logging.INFO, logger="nomad_pginit"):
         outcome = reconcile(
-            services, readiness=READY_NOW, apply=True, environ=tool_env(vault), should_stop=stop
+            services, readiness=READY_NOW, apply=True, environ=tool_env(vault), stop=stop
         )
-    started = [service.service.name for service in outcome.services]
+    started = [item.service.name for item in outcome.services if item.status == Status.CREATED]
     assert len(started) == 5
-    assert all(service.status == Status.CREATED for service in outcome.services)
+    # The others are there, counted and named: not finished, left for the next run.
+    assert len(outcome.unfinished) == 7
     assert outcome.fatal is None
-    assert outcome.exit_code == 0
+    assert outcome.exit_code == ExitCode.STOPPED
     made = [name for name in names if role_exists(pg, name)]
     assert sorted(made) == sorted(started)
     assert "stopping: 7 services left for the next run" in caplog.text

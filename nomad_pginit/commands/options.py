@@ -13,6 +13,8 @@ from nomad_pginit.postgres import Readiness
 from nomad_pginit.report import LOG_FORMATS
 
 DEFAULT_WAIT_TIMEOUT = 120.0
+# Longer than any start-up; beyond it, timers and PostgreSQL's timeouts overflow.
+MAX_WAIT_TIMEOUT = 86400.0
 STANDALONE_ATTEMPTS = 5
 STANDALONE_INTERVAL = 5.0
 
@@ -61,8 +63,11 @@ def readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> Readiness
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{source} must be a number of seconds, not {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{source} must be zero or more seconds, not {raw!r}")
+    if not math.isfinite(value) or value < 0 or value > MAX_WAIT_TIMEOUT:
+        raise ConfigError(
+            f"{source} must be a number of seconds from 0 to {MAX_WAIT_TIMEOUT:g} (a day), "
+            f"not {raw!r}"
+        )
     return Readiness(timeout=value)
 
 

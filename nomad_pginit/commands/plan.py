@@ -18,6 +18,7 @@ from nomad_pginit.plan import Action
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
 from nomad_pginit.report import configure_logging, log_summary
 from nomad_pginit.secret import MASK, Secret
+from nomad_pginit.stopping import StopRequest
 
 log = logging.getLogger("nomad_pginit")
 
@@ -55,12 +56,15 @@ def main(args: argparse.Namespace) -> int:
         configure_logging(args.log_format, sys.stderr)
     spec = options.load_spec(args, environ)
     warn_inline_passwords(spec)
+    stop = StopRequest()
+    stop.install()
     outcome = reconcile(
         spec,
         readiness=options.readiness(args, environ),
         apply=False,
         disable_removed=args.disable_removed,
         environ=environ,
+        stop=stop,
     )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
@@ -68,8 +72,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_document(outcome), indent=2, ensure_ascii=False))
     if outcome.exit_code != ExitCode.OK:
-        return int(outcome.exit_code)
-    return int(ExitCode.CONFIG) if outcome.pending else int(ExitCode.OK)
+        return stop.exit_now(int(outcome.exit_code))
+    return stop.exit_now(int(ExitCode.CONFIG) if outcome.pending else int(ExitCode.OK))
 
 
 def action_document(action: Action) -> dict[str, object]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 from collections.abc import Mapping
 
 from nomad_pginit import __version__
@@ -15,6 +13,7 @@ from nomad_pginit.errors import ConfigError
 from nomad_pginit.provision import reconcile, warn_inline_passwords
 from nomad_pginit.report import log_summary
 from nomad_pginit.spec import config_path as spec_path
+from nomad_pginit.stopping import StopRequest
 from nomad_pginit.watch import WatchSettings, watch
 
 log = logging.getLogger("nomad_pginit")
@@ -69,11 +68,11 @@ def register(
 
 def main(args: argparse.Namespace) -> int:
     environ = os.environ
-    stop = threading.Event()
-    # SIGTERM (nomad alloc stop, docker stop, a pod's end) lets the services under
-    # way finish (at most four), starts no other, then the command exits cleanly.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: _request_stop(stop))
+    # SIGTERM (nomad alloc stop, docker stop, a pod's end) or SIGINT starts no other
+    # service, gives those under way a second to finish, cancels what PostgreSQL
+    # still runs for them, and the command exits with its summary line.
+    stop = StopRequest()
+    stop.install()
     if _watch_mode(args, environ):
         if args.interval <= 0 or args.resync <= 0:
             raise ConfigError("--interval and --resync must be more than 0 seconds")
@@ -83,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
             readiness=options.readiness(args, environ),
             disable_removed=args.disable_removed,
         )
-        return watch(spec_path(args.config, environ), settings, stop, environ)
+        code = watch(spec_path(args.config, environ), settings, stop, environ)
+        return stop.exit_now(code)
     spec = options.load_spec(args, environ)
     log.info("nomad-pginit %s: %d services in %s", __version__, len(spec.services), spec.source)
     warn_inline_passwords(spec)
@@ -93,18 +93,12 @@ def main(args: argparse.Namespace) -> int:
         apply=True,
         disable_removed=args.disable_removed,
         environ=environ,
-        should_stop=stop.is_set,
+        stop=stop,
     )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
     log_summary(outcome, log)
-    return int(outcome.exit_code)
-
-
-def _request_stop(stop: threading.Event) -> None:
-    if not stop.is_set():
-        log.info("stop requested: finishing the services under way")
-    stop.set()
+    return stop.exit_now(int(outcome.exit_code))
 
 
 def _watch_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:

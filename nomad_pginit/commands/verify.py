@@ -27,7 +27,7 @@ log = logging.getLogger("nomad_pginit")
 # `... INFO summary: ok: ...`; a service's own lines never say "ok" after its name,
 # and the run's real summary is its last line, so the last match wins.
 _SUMMARY: Final = re.compile(
-    rf"(?:^|\s)({re.escape(SUMMARY_PREFIX)} (?:ok|failed|changes pending)\b.*)$"
+    rf"(?:^|\s)({re.escape(SUMMARY_PREFIX)} (?:ok|failed|stopped|changes pending)\b.*)$"
 )
 
 
