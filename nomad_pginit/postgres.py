@@ -122,6 +122,8 @@ class Target:
     description: str
     # The admin's SCRAM keys, when known: libpq then skips PBKDF2 on every login.
     scram_keys: ScramKeys | None = None
+    # How long our statements wait behind another session's lock, in seconds.
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS
 
     @functools.cached_property
     def secret_conninfo(self) -> str:
@@ -134,7 +136,7 @@ class Target:
         extra: dict[str, str | int] = {
             "application_name": APPLICATION_NAME,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": _session_options(self.conninfo),
+            "options": _session_options(self.conninfo, self.lock_timeout),
         }
         if self.password is not None:
             extra["password"] = self.password.reveal()
@@ -148,17 +150,23 @@ class Target:
         """What PQping is given: the target, never longer than the connect timeout."""
         return make_conninfo(self.conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS).encode()
 
+    def with_lock_timeout(self, seconds: float) -> Target:
+        """The same target, its statements waiting at most ``seconds`` behind a lock."""
+        return replace(self, lock_timeout=seconds)
+
     def with_password(self, password: Secret) -> Target:
         """The same target, logging in with ``password`` (the admin's, read from Vault)."""
         return replace(self, password=password, scram_keys=None)
 
 
-def _session_options(conninfo: str) -> str:
+def _session_options(conninfo: str, lock_timeout: float) -> str:
     """libpq's options with our sessions' lock and statement timeouts first, so that the
     DSN's own options (or PGOPTIONS, which a conninfo with options would hide) win."""
     theirs = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS") or ""
+    # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
     ours = (
-        f"-c lock_timeout={LOCK_TIMEOUT_SECONDS}s -c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
+        f"-c lock_timeout={max(1, round(lock_timeout * 1000))}ms "
+        f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
     )
     return f"{ours} {theirs}".strip()
 
@@ -240,6 +248,7 @@ class _Running:
     pid: int
     started: float
     where: str  # the target's description, for messages
+    lock_timeout: float
     # The sessions that block it, looked up once it is slow: "session 4242 (user ...)".
     blockers: str = ""
     # Cancelled because the run was asked to stop.
@@ -265,7 +274,9 @@ class _InFlight:
     def track(
         self, conn: psycopg.Connection[tuple[object, ...]], target: Target
     ) -> Iterator[_Running]:
-        running = _Running(conn, conn.info.backend_pid, time.monotonic(), target.description)
+        running = _Running(
+            conn, conn.info.backend_pid, time.monotonic(), target.description, target.lock_timeout
+        )
         with self._lock:
             self._running[id(running)] = running
             self._target = target
@@ -364,7 +375,7 @@ def _interrupted(err: psycopg.Error, running: _Running, doing: str) -> PginitErr
             else "held by another session (gone by now)"
         )
         return ServiceError(
-            f"cannot {doing}: waited {LOCK_TIMEOUT_SECONDS}s for a lock {who}; end that "
+            f"cannot {doing}: waited {running.lock_timeout:g}s for a lock {who}; end that "
             "session's transaction (or SELECT pg_terminate_backend(<pid>)) and run again"
         )
     return None

@@ -151,7 +151,11 @@ def reconcile(
     """
     env = os.environ if environ is None else environ
     stop = stop or StopRequest()
-    target = postgres.target(spec.postgres)  # a bad DSN is exit 2 before Vault is asked
+    # A bad DSN is exit 2 before Vault is asked. Behind another session's lock, our
+    # statements wait no longer than for PostgreSQL itself.
+    target = postgres.target(spec.postgres).with_lock_timeout(
+        min(postgres.LOCK_TIMEOUT_SECONDS, readiness.timeout)
+    )
     outcomes = {
         service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
         for service in spec.services

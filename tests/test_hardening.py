@@ -1065,9 +1065,12 @@ def cluster_snapshot(server: ThrowawayPostgres) -> dict[str, object]:
 
 
 def failed_in_summary(line: str) -> list[str]:
-    """The services a "summary: failed: N of M services failed (a, b); ..." line names."""
-    match = re.search(r"services? failed \((?P<names>[^)]*)\)", line)
-    return match["names"].split(", ") if match else []
+    """The services a "summary: failed: N of M services failed (a, b); K not finished (c)"
+    line names, failed or not finished."""
+    names: list[str] = []
+    for match in re.finditer(r"(?:services? failed|not finished) \((?P<names>[^)]*)\)", line):
+        names.extend(match["names"].split(", "))
+    return names
 
 
 @dataclass(frozen=True)

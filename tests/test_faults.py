@@ -1,0 +1,235 @@
+"""Waits that end: hung servers, other sessions' locks, and stop requests, against real servers.
+
+Nomad sends SIGKILL a few seconds after its kill signal, so every wait must
+end by its deadline, and a stop request must end the run within a second or
+two wherever it is, with the summary line saying what was not finished.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from catalog import database_owner, role_exists
+from conftest import (
+    Cluster,
+    Result,
+    Vault,
+    communicate,
+    run_tool,
+    start_tool,
+    superuser_connect,
+    tool_env,
+    write_services_file,
+)
+
+from nomad_pginit.errors import ExitCode
+
+# What "a second or two" is allowed to be on a loaded shared machine.
+PROMPT_SECONDS = 4.0
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(50)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not done.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    done.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def hung_config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "pginit.toml"
+    (tmp_path / "pw").write_text("pw\n", encoding="utf-8")
+    path.write_text(
+        f'[postgres]\ndsn = "postgresql://postgres@127.0.0.1:{port}/postgres"\n'
+        f'password_file = "{tmp_path}/pw"\n\n[[service]]\nname = "gitea"\n\n'
+        '[[service]]\nname = "grafana"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def stop_after(proc: subprocess.Popen[str], seconds: float, signum: int) -> float:
+    """Send ``signum`` after ``seconds``; the time it was sent."""
+    time.sleep(seconds)
+    proc.send_signal(signum)
+    return time.monotonic()
+
+
+def ended_within(proc: subprocess.Popen[str], sent: float) -> tuple[Result, float]:
+    result = communicate(proc, timeout=60)
+    return result, time.monotonic() - sent
+
+
+# --- a server that never answers -----------------------------------------------------------
+
+
+def test_a_silent_listener_ends_at_the_wait_timeout(
+    tmp_path: Path, silent_listener: int, vault: Vault
+) -> None:
+    config = hung_config(tmp_path, silent_listener)
+    vault.put("gitea", "a")
+    vault.put("grafana", "b")
+    started = time.monotonic()
+
+    result = run_tool(["run", "--config", str(config), "--wait-timeout", "3"], tool_env(vault))
+
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert time.monotonic() - started < 3 + PROMPT_SECONDS + 2  # a probe is 2 s at most
+    assert "was not ready within 3s" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_waiting_for_postgres_ends_at_once(
+    tmp_path: Path, silent_listener: int, vault: Vault, signum: int
+) -> None:
+    config = hung_config(tmp_path, silent_listener)
+    vault.put("gitea", "a")
+    vault.put("grafana", "b")
+    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], tool_env(vault))
+
+    sent = stop_after(proc, 3, signum)
+    result, took = ended_within(proc, sent)
+
+    assert took < PROMPT_SECONDS, result.output
+    assert result.returncode == 128 + signum, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert "summary: stopped: 2 of 2 services not finished (gitea, grafana)" in last
+    assert "summary: ok" not in result.stdout
+
+
+def test_the_wait_timeout_is_checked(tmp_path: Path, pg: Cluster) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    for value in ("1e300", "-1", "nan", "86401"):
+        result = run_tool(["run", "--config", str(config), "--wait-timeout", value], tool_env())
+        assert result.returncode == ExitCode.CONFIG, result.output
+        assert "--wait-timeout must be a number of seconds from 0 to 86400" in result.stdout
+        assert "bug" not in result.output
+
+
+# --- other sessions' locks --------------------------------------------------------------------
+
+
+def test_a_locked_catalog_ends_at_the_wait_timeout(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    # Logins read pg_authid: with it locked, no new session gets in.
+    with psycopg.connect(pg.server.conninfo()) as blocker:
+        blocker.execute("LOCK TABLE pg_authid IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = run_tool(["run", "--config", str(config), "--wait-timeout", "3"], tool_env(vault))
+        took = time.monotonic() - started
+        blocker.rollback()
+
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert took < 3 + PROMPT_SECONDS + 2
+    assert "was not ready within 3s" in result.stdout
+
+
+def test_a_statement_behind_another_sessions_lock_names_it(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    # The database exists, owned by someone else: run must hand it to its role.
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE squatter")
+        conn.execute('CREATE DATABASE "gitea" OWNER squatter')
+    vault.put("gitea", "gitea-pw")
+    vault.put("grafana", "grafana-pw")
+    config = write_services_file(tmp_path, pg, ["gitea", "grafana"])
+    with psycopg.connect(pg.server.conninfo(), application_name="a-migration") as blocker:
+        # An open transaction that changed the database's row: ALTER DATABASE waits.
+        blocker.execute('ALTER DATABASE "gitea" CONNECTION LIMIT 7')
+        pid = blocker.info.backend_pid
+        result = run_tool(["run", "--config", str(config), "--wait-timeout", "3"], tool_env(vault))
+        blocker.rollback()
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    (line,) = [line for line in result.stdout.splitlines() if "gitea: failed" in line]
+    assert "waited 3s for a lock held by session" in line
+    assert f"session {pid} (user " in line
+    assert 'application "a-migration"' in line
+    assert "idle in transaction" in line
+    assert "lost the connection" not in result.stdout
+    # The other service is done; the blocked one is left as it was.
+    assert role_exists(pg, "grafana")
+    assert database_owner(pg, "gitea") == "squatter"
+
+
+def test_a_stop_cancels_a_statement_blocked_by_another_session(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE squatter")
+        conn.execute('CREATE DATABASE "gitea" OWNER squatter')
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    with psycopg.connect(pg.server.conninfo()) as blocker:
+        blocker.execute('ALTER DATABASE "gitea" CONNECTION LIMIT 7')
+        proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], tool_env(vault))
+        sent = stop_after(proc, 4, signal.SIGTERM)
+        result, took = ended_within(proc, sent)
+        blocker.rollback()
+
+    assert took < PROMPT_SECONDS, result.output
+    assert result.returncode == ExitCode.STOPPED, result.output
+    assert "summary: stopped: 1 of 1 services not finished (gitea)" in result.stdout
+    with superuser_connect(pg.server) as conn:
+        # Our statement was cancelled, not left waiting in the server.
+        waiting = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nomad-pginit'"
+        ).fetchone()
+    assert waiting == (0,)
+
+
+def test_the_advisory_lock_wait_ends_and_names_the_other_run(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    with psycopg.connect(pg.server.conninfo(), autocommit=True) as other_run:
+        other_run.execute("SELECT pg_advisory_lock(%s)", (0x7067696E6974,))
+        started = time.monotonic()
+        result = run_tool(["run", "--config", str(config), "--wait-timeout", "3"], tool_env(vault))
+        took = time.monotonic() - started
+        pid = other_run.info.backend_pid
+
+        proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], tool_env(vault))
+        sent = stop_after(proc, 3, signal.SIGTERM)
+        stopped, stop_took = ended_within(proc, sent)
+
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert took < 3 + PROMPT_SECONDS
+    assert f"another nomad-pginit run (session {pid}" in result.stdout
+    assert "for more than 3s (--wait-timeout)" in result.stdout
+    assert stopped.returncode == ExitCode.STOPPED, stopped.output
+    assert stop_took < PROMPT_SECONDS, stopped.output
