@@ -84,3 +84,8 @@ class ServiceError(PginitError):
 
 class SecretUnavailable(ServiceError):
     """One service's password could not be read from Vault."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        # Vault did not answer (down, sealed, a timeout): not this secret's problem.
+        self.unreachable = unreachable

@@ -26,7 +26,7 @@ The only module that imports python-hcl2.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +37,8 @@ from hcl2.api import parses_to_tree
 from nomad_pginit.errors import ConfigError
 
 ENV_PREFIX: Final = "NOMAD_VAR_"
+# The name a -var value is parsed under, to check that it is one expression.
+_PROBE: Final = "nomad_pginit_value"
 # The types whose -var and NOMAD_VAR_ values Nomad takes as literal text.
 _LITERAL_TYPES: Final = frozenset({"string", "number", None})
 # The types Nomad's submission record keeps as flags rather than as var-file text.
@@ -153,6 +155,7 @@ def _type_of(settings: Mapping[str, str]) -> str | None:
 def read_var_file(path: Path) -> list[Assignment]:
     """The assignments of one var file: HCL, or HCL's JSON when it starts with ``{``."""
     origin = f"--var-file {path}"
+    where = f"{path} (--var-file)"
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -160,21 +163,42 @@ def read_var_file(path: Path) -> list[Assignment]:
     # jobspec2/parse.go isJSON: the first character that is not a space.
     if text.lstrip(" ").startswith("{"):
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_no_duplicates(where))
         except ValueError as err:
-            raise ConfigError(f"{path} (--var-file) is not valid JSON: {err}") from err
+            raise ConfigError(f"{where} is not valid JSON: {err}") from err
         if not isinstance(document, dict):
-            raise ConfigError(f"{path} (--var-file) must be a JSON object of variables")
+            raise ConfigError(f"{where} must be a JSON object of variables")
         return [
             Assignment(str(name), _hcl_literal(value), origin) for name, value in document.items()
         ]
-    (body,) = _children(_tree(text, f"{path} (--var-file)"), "body")
+    (body,) = _children(_tree(text, where), "body")
     if blocks := _children(body, "block"):
         kind = _identifier(blocks[0].children[0])
         raise ConfigError(
-            f"{path} (--var-file) may only set variables (name = value), not declare a {kind} block"
+            f"{where} may only set variables (name = value), not declare a {kind} block"
         )
-    return [Assignment(name, expression, origin) for name, expression in _attributes(text, body)]
+    assignments = [
+        Assignment(name, expression, origin) for name, expression in _attributes(text, body)
+    ]
+    _refuse_duplicates([item.name for item in assignments], where)
+    return assignments
+
+
+def _refuse_duplicates(names: Sequence[str], where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            # hclsyntax's "Attribute redefined": nomad job run refuses the file.
+            raise ConfigError(f'{where} sets "{name}" twice: each variable may be set only once')
+        seen.add(name)
+
+
+def _no_duplicates(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        _refuse_duplicates([name for name, _ in items], where)
+        return dict(items)
+
+    return pairs
 
 
 def _hcl_literal(value: object) -> str:
@@ -192,10 +216,24 @@ def _hcl_literal(value: object) -> str:
     raise ConfigError(f"unsupported JSON value {value!r} in a var file")
 
 
-def _flag_expression(declared: Declared, value: str) -> str:
-    """How nomad job run reads a -var or NOMAD_VAR_ value for this variable."""
+def _flag_expression(declared: Declared, value: str, origin: str) -> str:
+    """How nomad job run reads a -var or NOMAD_VAR_ value for this variable: literal
+    text, or one HCL expression (hclsyntax.ParseExpression: nothing after it)."""
     if declared.type in _LITERAL_TYPES:
         return _hcl_literal(value)
+    probe = f"{_PROBE} = {value}\n"
+    try:
+        (body,) = _children(parses_to_tree(probe), "body")
+    except (lark.exceptions.LarkError, ValueError) as err:
+        raise ConfigError(
+            f"{origin} {declared.name} is a {declared.type}: its value must be one HCL "
+            f'expression, such as ["dc1"] for a list, not {value!r}'
+        ) from err
+    if [name for name, _ in _attributes(probe, body)] != [_PROBE] or _children(body, "block"):
+        raise ConfigError(
+            f"{origin} {declared.name}: its value must be one HCL expression and nothing "
+            "after it (nomad job run says: Extra characters after expression)"
+        )
     return value
 
 
@@ -224,9 +262,8 @@ def compose(
     }
     for name, value in env_values.items():
         if name in declared:  # undeclared ones are skipped, as nomad job run skips them
-            chosen[name] = Assignment(
-                name, _flag_expression(declared[name], value), f"${ENV_PREFIX}{name}"
-            )
+            origin = f"${ENV_PREFIX}{name}"
+            chosen[name] = Assignment(name, _flag_expression(declared[name], value, origin), origin)
     file_texts: list[str] = []
     for path in var_files:
         for assignment in read_var_file(path):
@@ -244,7 +281,7 @@ def compose(
         if name not in declared:
             problems.append(f'--var "{name}": {source} declares no such variable')
             continue
-        chosen[name] = Assignment(name, _flag_expression(declared[name], value), "--var")
+        chosen[name] = Assignment(name, _flag_expression(declared[name], value, "--var"), "--var")
     if problems:
         known = ", ".join(sorted(declared)) or "none"
         raise ConfigError(

@@ -28,14 +28,10 @@ TIMEOUT_SECONDS: Final = 10
 # (capped by the client's max_kill_timeout, 30 s by default), plus this margin.
 RESTART_MARGIN_SECONDS: Final = 30
 DEFAULT_KILL_TIMEOUT_SECONDS: Final = 5  # api/tasks.go, when a task sets none
-# Register answers 500 for these, which are the cluster's trouble, not the job's.
-_TRANSIENT_SERVER_ERRORS: Final = (
-    "No cluster leader",
-    "rpc error",
-    "timeout",
-    "EOF",
-    "connection refused",
-)
+# Register's admission checks refuse a job with go-multierror's text, "1 error
+# occurred:\n\t* ..." (nomad/job_endpoint_hooks.go validate): HTTP 500, like the
+# cluster's own trouble ("No cluster leader"), which has no such header.
+_REFUSAL: Final = re.compile(r"^\d+ errors? occurred:")
 # The poststart task that runs `nomad-pginit run` in the postgresql job.
 INIT_TASK: Final = "init-databases"
 
@@ -435,7 +431,7 @@ class Nomad:
                 refused is not None
                 and isinstance(response, requests.Response)
                 and response.status_code == 500
-                and not any(marker in response.text for marker in _TRANSIENT_SERVER_ERRORS)
+                and _REFUSAL.match(response.text)
             ):
                 raise ConfigError(
                     f"{refused}: {_server_errors(response.text)}; nothing was registered: fix "
@@ -447,6 +443,12 @@ class Nomad:
             raise NomadUnavailable(
                 f"{where} answered the request to {what} with something unexpected "
                 f"({type(err).__name__}): is NOMAD_ADDR the address of a Nomad agent?"
+            ) from err
+        except OSError as err:
+            # requests raises plain OSError for TLS files it cannot load.
+            raise ConfigError(
+                f"cannot reach {where} with the TLS files in NOMAD_CACERT, NOMAD_CAPATH, "
+                f"NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY: {err}"
             ) from err
 
 
@@ -570,15 +572,40 @@ def _body(err: nomad.api.exceptions.BaseNomadException) -> str:
     return type(response).__name__
 
 
+def _tls_failure(err: requests.exceptions.SSLError, where: str) -> str:
+    """Which side of the TLS handshake failed, and the variable that fixes it."""
+    text = str(err)
+    if "CERTIFICATE_VERIFY_FAILED" in text and "hostname" in text.lower():
+        return (
+            f"TLS verification of {where} failed: its certificate does not name the host in "
+            "NOMAD_ADDR; set NOMAD_TLS_SERVER_NAME to the name it carries (agents': "
+            "server.<region>.nomad)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"TLS verification of {where} failed: its certificate is not signed by a CA we "
+            "trust; set NOMAD_CACERT (or NOMAD_CAPATH) to your CA (or NOMAD_SKIP_VERIFY=true "
+            "for a test cluster)"
+        )
+    if "CERTIFICATE_REQUIRED" in text or "certificate required" in text.lower():
+        return f"{where} requires a client certificate: set NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY"
+    if "BAD_CERTIFICATE" in text or "KEY_VALUES_MISMATCH" in text or "PEM lib" in text:
+        return (
+            f"the TLS handshake with {where} failed on our client certificate: check "
+            "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY (the key must match the certificate, and "
+            "the agent's CA must have signed it)"
+        )
+    if "WRONG_VERSION_NUMBER" in text:
+        return f"{where} does not speak TLS: use http:// in NOMAD_ADDR"
+    return f"the TLS handshake with {where} failed: {text.splitlines()[0][:200]}"
+
+
 def _reason(err: nomad.api.exceptions.BaseNomadException, where: str) -> str:
     """Why a call failed, without the URL noise requests adds."""
     cause = getattr(err, "nomad_resp", None)
     # SSLError is a ConnectionError: test it first.
     if isinstance(cause, requests.exceptions.SSLError):
-        return (
-            f"TLS verification of {where} failed: set NOMAD_CACERT to your CA bundle "
-            "(or NOMAD_SKIP_VERIFY=1 for a test cluster)"
-        )
+        return _tls_failure(cause, where)
     if isinstance(cause, requests.Timeout):
         return f"{where} did not answer within {TIMEOUT_SECONDS}s; check NOMAD_ADDR"
     if isinstance(cause, requests.ConnectionError):

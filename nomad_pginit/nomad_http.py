@@ -13,9 +13,14 @@ is given, with an adapter for each case that plain requests does not cover.
 
 from __future__ import annotations
 
+import atexit
+import os
+import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -30,6 +35,9 @@ from nomad_pginit.secret import Secret
 DEFAULT_ADDR: Final = "http://127.0.0.1:4646"  # the nomad CLI's own default
 # What the nomad CLI puts in the URL when it dials a unix socket (api/api.go).
 UNIX_URL: Final = "http://127.0.0.1"
+_PEM_CERTIFICATE: Final = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----"
+)
 
 
 def parse_bool(value: str | None) -> bool | None:
@@ -69,22 +77,20 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        given = (environ.get("NOMAD_ADDR") or DEFAULT_ADDR).strip()
         # python-nomad turns a trailing slash into `//` in every URL.
-        address = (environ.get("NOMAD_ADDR") or DEFAULT_ADDR).strip().rstrip("/")
+        address = given if given.startswith("unix://") else given.rstrip("/")
         parts = urlsplit(address)
         if parts.scheme == "unix":
-            if not address[len("unix://") :]:
-                raise ConfigError(f"NOMAD_ADDR={address!r} names no socket: unix:///path/to.sock")
+            if not address[len("unix://") :].strip("/"):
+                raise ConfigError(f"NOMAD_ADDR={given!r} names no socket: unix:///path/to.sock")
         elif parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(
                 f"NOMAD_ADDR={address!r} is not an http(s) or unix:// address: set it like "
                 f"{DEFAULT_ADDR}"
             )
         skip = parse_bool(environ.get("NOMAD_SKIP_VERIFY"))
-        # NOMAD_CACERT wins over NOMAD_CAPATH, as in the nomad CLI (command/meta.go).
-        verify: bool | str = (
-            False if skip else environ.get("NOMAD_CACERT") or environ.get("NOMAD_CAPATH") or True
-        )
+        verify: bool | str = False if skip else _ca_bundle(environ)
         client_cert = environ.get("NOMAD_CLIENT_CERT") or ""
         client_key = environ.get("NOMAD_CLIENT_KEY") or ""
         if bool(client_cert) != bool(client_key):
@@ -92,6 +98,12 @@ class Settings:
                 "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY go together: set both, or neither "
                 "(the nomad CLI says: Both client cert and client key must be provided)"
             )
+        for variable, path in (
+            ("NOMAD_CLIENT_CERT", client_cert),
+            ("NOMAD_CLIENT_KEY", client_key),
+        ):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{variable}={path} is not a file: name the PEM file")
         token = (environ.get("NOMAD_TOKEN") or "").strip()
         auth = environ.get("NOMAD_HTTP_AUTH") or ""
         user, _, password = auth.partition(":")
@@ -110,6 +122,51 @@ class Settings:
         """Nomad at ADDR (namespace N), for messages."""
         namespace = f" (namespace {self.namespace})" if self.namespace else ""
         return f"Nomad at {self.address}{namespace}"
+
+
+def _ca_bundle(environ: Mapping[str, str]) -> bool | str:
+    """What TLS trusts: NOMAD_CACERT, else every certificate in NOMAD_CAPATH, else the system's.
+
+    NOMAD_CACERT wins over NOMAD_CAPATH, as in the nomad CLI (command/meta.go). The
+    CLI loads every file of the directory (go-rootcerts LoadCAPath), where OpenSSL's
+    own CA directory would need `c_rehash` links: the files are gathered into one
+    bundle instead.
+    """
+    cacert = environ.get("NOMAD_CACERT") or ""
+    if cacert:
+        if not os.path.isfile(cacert):
+            raise ConfigError(f"NOMAD_CACERT={cacert} is not a file: name your CA's PEM file")
+        return cacert
+    capath = environ.get("NOMAD_CAPATH") or ""
+    if not capath:
+        return True
+    if not os.path.isdir(capath):
+        raise ConfigError(f"NOMAD_CAPATH={capath} is not a directory of CA certificates")
+    certificates: list[str] = []
+    for root, _dirs, files in sorted(os.walk(capath)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                text = Path(path).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigError(f"cannot read {path} in NOMAD_CAPATH: {err}") from err
+            found = _PEM_CERTIFICATE.findall(text)
+            if not found:
+                # go-rootcerts: "Error loading file from CAPath"
+                raise ConfigError(f"{path} in NOMAD_CAPATH holds no PEM certificate")
+            certificates.extend(found)
+    if not certificates:
+        raise ConfigError(f"NOMAD_CAPATH={capath} holds no certificate")
+    return _bundle_file("".join(f"{certificate}\n" for certificate in certificates))
+
+
+def _bundle_file(text: str) -> str:
+    """A file with these CA certificates, for requests (removed when the process ends)."""
+    handle, name = tempfile.mkstemp(prefix="nomad-pginit-ca-", suffix=".pem")
+    with os.fdopen(handle, "w", encoding="ascii") as bundle:
+        bundle.write(text)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    return name
 
 
 def session(settings: Settings) -> requests.Session:

@@ -134,6 +134,7 @@ class Templates:
 
     def job(self, spec: Spec) -> str:
         """The postgresql job, with the services file as the init task sees it."""
+        _check_admin_secret(spec)
         services_file = self.services_file(spec)
         _check_renderable(
             spec, (("services file line", line) for line in services_file.splitlines())
@@ -278,13 +279,19 @@ def _check_renderable(spec: Spec, texts: Iterable[tuple[str, str]]) -> None:
         for where, text in texts
         if "{{" in text or "}}" in text
     ]
-    problems.extend(
+    if problems:
+        raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
+
+
+def _check_admin_secret(spec: Spec) -> None:
+    """No service may share the superuser's secret: the job's (default postgres/admin)."""
+    problems = [
         f"[[service]] {service.name!r}: its Vault secret {spec.vault.cli_path(service.name)} "
         "is the PostgreSQL superuser's password ([postgres] password_secret): rename the "
         "service or change [vault] path"
         for service in spec.services
         if spec.vault.secret_path(service.name) == task_postgres(spec).password_secret
-    )
+    ]
     if problems:
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
 

@@ -598,6 +598,14 @@ class ThrowawayVault:
     def server_log(self) -> str:
         return _read_text(self.logfile)
 
+    @property
+    def unseal_key(self) -> str:
+        """The dev server's one unseal key, as it printed it: for tests that seal it."""
+        match = re.search(r"Unseal Key: (\S+)", self.server_log())
+        if match is None:
+            raise SandboxError("the OpenBao dev server printed no unseal key")
+        return match.group(1)
+
     def __enter__(self) -> Self:
         try:
             self.start()

@@ -227,7 +227,23 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def _segments_problem(value: str) -> str | None:
+    """Why a Vault path cannot be used as it is written, or None.
+
+    Vault (and the HTTP client before it) folds "a//b", "./" and "../", so such a
+    path would name another secret than it seems to, or one outside the mount.
+    """
+    if value.startswith("/") or value.endswith("/"):
+        return "must not start or end with '/'"
+    if any(segment in ("", ".", "..") for segment in value.split("/")):
+        return "must not contain empty, '.' or '..' segments"
+    return None
+
+
 def _check_vault_path(path: str, where: str, problems: _Problems) -> None:
+    # A leading "/" has its own message below.
+    if not path.startswith("/") and (problem := _segments_problem(path)) is not None:
+        problems.add(where, f"'path' {problem}")
     if "{service}" not in path:
         problems.add(
             where, "'path' must contain {service}, or every service would share one secret"
@@ -253,7 +269,9 @@ def _check_admin_secret(postgres: PostgresSettings, problems: _Problems) -> None
         )
     if secret == "":
         problems.add("[postgres]", "'password_secret' must not be empty")
-    elif secret.startswith("/") or secret.startswith("data/") or "{" in secret:
+    elif (problem := _segments_problem(secret)) is not None:
+        problems.add("[postgres]", f"'password_secret' {problem}")
+    elif secret.startswith("data/") or "{" in secret:
         problems.add(
             "[postgres]",
             "'password_secret' is a path in the [vault] mount, without '/data/' and without "
@@ -328,6 +346,10 @@ def _parse(
     for key in ("mount", "key", "jwt_path"):
         if getattr(vault, key) == "":
             problems.add("[vault]", f"'{key}' must not be empty")
+    for key in ("mount", "jwt_path"):
+        value = getattr(vault, key)
+        if value and (problem := _segments_problem(value)) is not None:
+            problems.add("[vault]", f"'{key}' {problem}")
     if vault.jwt_path.startswith(("/", "auth/")) or vault.jwt_path.endswith("/"):
         problems.add(
             "[vault]",
@@ -382,6 +404,17 @@ def _parse(
         services.append(service)
 
     _check_unique(services, problems)
+    if postgres.password_secret:
+        for index, service in enumerate(services, start=1):
+            if service.password is None and vault.secret_path(service.name) == (
+                postgres.password_secret
+            ):
+                problems.add(
+                    f"[[service]] #{index} ({service.name!r})",
+                    f"its Vault secret {vault.cli_path(service.name)} is the PostgreSQL "
+                    "superuser's password ([postgres] password_secret): its role would get that "
+                    "password; rename the service or change [vault] path",
+                )
     if problems.items:
         count = len(problems.items)
         raise ConfigError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -49,7 +50,11 @@ def _truthy(value: str | None) -> bool:
 def _tls_verify(environ: Mapping[str, str]) -> bool | str:
     if _truthy(environ.get("VAULT_SKIP_VERIFY")):
         return False
-    return environ.get("VAULT_CACERT") or True
+    cacert = environ.get("VAULT_CACERT") or environ.get("VAULT_CAPATH") or ""
+    if cacert and not os.path.exists(cacert):
+        variable = "VAULT_CACERT" if environ.get("VAULT_CACERT") else "VAULT_CAPATH"
+        raise VaultUnavailable(f"{variable}={cacert} does not exist: name your CA's PEM file")
+    return cacert or True
 
 
 def default_jwt_file(environ: Mapping[str, str]) -> Path | None:
@@ -61,9 +66,27 @@ def default_jwt_file(environ: Mapping[str, str]) -> Path | None:
 
 
 def _jwt_file(settings: VaultSettings, environ: Mapping[str, str]) -> Path | None:
+    """The JWT file to log in with, or None when there is none to look for here."""
     if settings.jwt_file:
-        return Path(os.path.expandvars(settings.jwt_file))
+        expanded = _expand(settings.jwt_file, environ)
+        # ${NOMAD_SECRETS_DIR}/... outside a Nomad task: no JWT here, other sources apply.
+        return None if expanded is None else Path(expanded)
     return default_jwt_file(environ)
+
+
+def _expand(text: str, environ: Mapping[str, str]) -> str | None:
+    """$NAME and ${NAME} replaced from ``environ``; None when one of them is not set."""
+    unset: list[str] = []
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in environ:
+            unset.append(name)
+            return ""
+        return environ[name]
+
+    expanded = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", value, text)
+    return None if unset else expanded
 
 
 class SourceKind(Enum):
@@ -171,6 +194,8 @@ class Vault:
         env = os.environ if environ is None else environ
         client = hvac.Client(
             url=env.get("VAULT_ADDR") or DEFAULT_ADDR,
+            # Not hvac's own guess (VAULT_TOKEN, ~/.vault-token): the source chosen below.
+            token="",
             namespace=env.get("VAULT_NAMESPACE") or None,  # hvac does not read it itself
             verify=_tls_verify(env),
             timeout=TIMEOUT_SECONDS,
@@ -307,9 +332,19 @@ class Vault:
                 f"needs a policy with read on {self.settings.mount}/data/{policy_path}"
             ) from err
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
-        data = response["data"]["data"] or {}
-        value = data.get(key)
+            unreachable = isinstance(err, requests.RequestException | hvac.exceptions.VaultDown)
+            raise SecretUnavailable(
+                f"cannot read {cli_path} from Vault: {_reason(err)}", unreachable=unreachable
+            ) from err
+        body = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            raise SecretUnavailable(
+                f"the answer for {cli_path} is not a KV version 2 secret: is [vault] mount "
+                f"({self.settings.mount}) a KV v1 mount? nomad-pginit reads KV v2 (vault kv "
+                f"enable-versioning {self.settings.mount}/ upgrades it)"
+            )
+        data = body.get("data") or {}
+        value = data.get(key) if isinstance(data, dict) else None
         if not isinstance(value, str) or value == "":
             found = ", ".join(sorted(data)) or "no keys"
             raise SecretUnavailable(
@@ -322,7 +357,7 @@ class Vault:
             raise SecretUnavailable(
                 f"the '{key}' at {cli_path} is not valid UTF-8 text: write it again"
             ) from None
-        version = int(response["data"]["metadata"]["version"])
+        version = int(body["metadata"].get("version") or 0)
         return VaultSecret(password=Secret(value), version=version)
 
     def create_password(self, service: str, password: Secret) -> bool:
@@ -340,7 +375,11 @@ class Vault:
         except hvac.exceptions.InvalidPath:
             pass  # no secret yet: write it below
         except hvac.exceptions.Forbidden:
-            pass  # a write-only policy may not read metadata; cas=0 still protects it
+            # A policy that may read the secret but not its metadata (the job's own
+            # read-only policy): reading it says whether it exists. A write-only one
+            # may read neither; cas=0 still protects an existing secret then.
+            if self._readable(path):
+                return False
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
             raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
         else:
@@ -365,6 +404,16 @@ class Vault:
             raise SecretUnavailable(f"cannot write {cli_path} to Vault: {_reason(err)}") from err
         return True
 
+    def _readable(self, path: str) -> bool:
+        """Whether a secret exists at ``path`` and this token may read it."""
+        try:
+            self._client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.settings.mount, raise_on_deleted_version=False
+            )
+        except (requests.RequestException, hvac.exceptions.VaultError):
+            return False
+        return True
+
     def secret_version(self, service: str) -> int | None:
         """The current KV v2 version of a service's secret, None when there is none."""
         try:
@@ -373,6 +422,8 @@ class Vault:
             )
         except hvac.exceptions.InvalidPath:
             return None
+        except hvac.exceptions.Forbidden:
+            return None  # the policy may read the secret, not its metadata: version unknown
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
             cli_path = self.settings.cli_path(service)
             raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
@@ -397,13 +448,17 @@ def _read_token_file(path: Path, address: str) -> str:
 
 def _read_jwt(path: Path) -> str:
     """The workload identity's JWT: Nomad writes it for an identity block with file = true."""
+    if path.exists() and not path.is_file():
+        raise VaultUnavailable(f"{path} is not a regular file: it cannot hold the JWT to log in")
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError as err:
         raise VaultUnavailable(
             f"no JWT at {path} for the Vault login: the task needs the identity block that "
             f'nomad-pginit render writes (identity {{ name = "{IDENTITY_NAME}", aud = '
-            '["vault.io"], file = true }), or set [vault] jwt_file to where the JWT is'
+            '["vault.io"], file = true }), or set [vault] jwt_file to where the JWT is; with '
+            "the block in the job, Nomad gave up signing it in time (it starts the task "
+            "anyway after a minute): the task is restarted and logs in once it is there"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
         raise VaultUnavailable(f"cannot read the JWT at {path} for the Vault login: {err}") from err
@@ -452,12 +507,17 @@ def _login_errors(source: TokenSource, address: str) -> Iterator[None]:
             f"cannot reach Vault at {address}: {_reason(err)}; check VAULT_ADDR and that "
             "Vault is up (VAULT_CACERT for a private CA)"
         ) from err
+    except OSError as err:
+        # requests raises plain OSError for a CA file it cannot load.
+        raise VaultUnavailable(f"cannot reach Vault at {address}: {err}") from err
 
 
 def _reason(err: BaseException) -> str:
     """A short reason without hvac's URL noise; never includes response bodies."""
     # SSLError is a ConnectionError: test it first.
     if isinstance(err, requests.exceptions.SSLError):
+        if "WRONG_VERSION_NUMBER" in str(err):
+            return "the server does not speak TLS: use http:// in VAULT_ADDR"
         return "TLS verification failed (set VAULT_CACERT to your CA bundle)"
     if isinstance(err, requests.Timeout):
         return f"no answer within {TIMEOUT_SECONDS:g}s"

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nomad_pginit import spec as specs
-from nomad_pginit.errors import ConfigError, PginitError
+from nomad_pginit.errors import ConfigError, PginitError, SecretUnavailable, VaultUnavailable
 from nomad_pginit.postgres import Readiness
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
 from nomad_pginit.report import log_summary
-from nomad_pginit.stopping import StopRequest
+from nomad_pginit.stopping import Stopped, StopRequest
 from nomad_pginit.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,26 @@ class WatchSettings:
 
 
 class _VaultSession:
-    """The Vault client that watch mode keeps between passes, refreshed before each use."""
+    """The Vault client that watch mode keeps between passes, refreshed before each use.
+
+    It says once when Vault stops answering, and once when it answers again, not
+    at every look.
+    """
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
         self._client: Vault | None = None
+        self._trouble: str | None = None
+
+    def trouble(self, message: str) -> None:
+        if self._trouble is None:
+            log.warning("%s; rotations wait until it answers", message)
+        self._trouble = message
+
+    def fine(self) -> None:
+        if self._trouble is not None:
+            log.info("Vault answers again: looking for rotated passwords as before")
+        self._trouble = None
 
     def client(self, spec: specs.Spec) -> Vault | None:
         """A usable client for ``spec``, or None when no password is in Vault.
@@ -111,7 +126,7 @@ def watch(
             warn_inline_passwords(spec)
             continue
         if reason is None:
-            reason = _rotated(spec, versions, vault)
+            reason = _rotated(spec, versions, vault, stop)
     log.info("stopped")
     return 0
 
@@ -124,6 +139,8 @@ def _apply(
     vault: _VaultSession,
 ) -> Outcome | None:
     try:
+        # Logging in may wait for Vault's timeout: the stop request does not wait for it.
+        client = stop.call(lambda: vault.client(spec), "logging in to Vault")
         outcome = reconcile(
             spec,
             readiness=settings.readiness,
@@ -132,8 +149,10 @@ def _apply(
             environ=environ,
             stop=stop,
             quiet=True,
-            vault=vault.client(spec),
+            vault=client,
         )
+    except Stopped:
+        return None
     except PginitError as err:
         log.error("%s", err)
         return None
@@ -152,24 +171,38 @@ def _read_or_keep(path: Path, previous: bytes) -> bytes:
         return previous
 
 
-def _rotated(spec: specs.Spec, versions: Mapping[str, int], session: _VaultSession) -> str | None:
+def _rotated(
+    spec: specs.Spec, versions: Mapping[str, int], session: _VaultSession, stop: StopRequest
+) -> str | None:
     """Why to re-apply because of Vault, or None: a secret got a new version, or appeared."""
     from_vault = [service for service in spec.services if service.password is None]
     if not from_vault:
         return None
-    try:
+
+    def look() -> str | None:
         vault = session.client(spec)
+        if vault is None:
+            return None
+        for service in from_vault:
+            if stop.is_set():
+                return None
+            try:
+                version = vault.read_password(service.name).version
+            except SecretUnavailable as err:
+                if err.unreachable:
+                    raise VaultUnavailable(str(err)) from err
+                continue  # still missing or unreadable: the last pass reported it
+            if versions.get(service.name) != version:
+                return f"{spec.vault.cli_path(service.name)} has version {version}"
+        return None
+
+    try:
+        # Each read may wait for Vault's timeout: the stop request does not wait for them.
+        reason = stop.call(look, "looking for rotated passwords in Vault")
+    except Stopped:
+        return None
     except PginitError as err:
-        log.warning("cannot check Vault for rotated passwords: %s", err)
+        session.trouble(f"cannot look for rotated passwords in Vault: {err}")
         return None
-    if vault is None:
-        return None
-    for service in from_vault:
-        try:
-            version = vault.read_password(service.name).version
-        except PginitError:
-            continue  # still missing or unreadable: the last pass reported it
-        if versions.get(service.name) != version:
-            cli_path = spec.vault.cli_path(service.name)
-            return f"{cli_path} has version {version}"
-    return None
+    session.fine()
+    return reason

@@ -35,6 +35,21 @@ LOGGED_SETTINGS = {
 PASSWORD_MARKER = "pw-marker-"
 
 
+# The repository's own files that a command run from the wrong directory would
+# rewrite (render and add-service update ./README.md's services table).
+_GUARDED = ("README.md", "jobs/services/databases/postgresql/postgresql.nomad.hcl")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched() -> Iterator[None]:
+    """Fail the session if a test wrote to the checkout's README or committed job."""
+    root = Path(__file__).resolve().parent.parent
+    before = {name: (root / name).read_bytes() for name in _GUARDED}
+    yield
+    changed = [name for name in _GUARDED if (root / name).read_bytes() != before[name]]
+    assert not changed, f"a test rewrote {', '.join(changed)} in the checkout"
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[ThrowawayPostgres]:
     with ThrowawayPostgres(settings=LOGGED_SETTINGS) as cluster:

@@ -355,3 +355,106 @@ def test_a_unix_socket_address(job_dir: Path, tmp_path_factory: pytest.TempPathF
     assert {request.headers["host"] for request in nomad.requests} == {"127.0.0.1"}
     assert missing.returncode == ExitCode.NOMAD, missing.output
     assert "unreachable" in missing.stdout
+
+
+# --- what the review found ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("NOMAD_CACERT", "NOMAD_CACERT=/nonexistent is not a file"),
+        ("NOMAD_CAPATH", "NOMAD_CAPATH=/nonexistent is not a directory"),
+        ("NOMAD_CLIENT_CERT", "NOMAD_CLIENT_CERT=/nonexistent is not a file"),
+    ],
+)
+def test_a_missing_tls_file_is_a_usage_error(
+    job_dir: Path, tls_files: TlsFiles, variable: str, message: str
+) -> None:
+    env = tool_env(None, NOMAD_ADDR="https://127.0.0.1:1", **{variable: "/nonexistent"})
+    if variable == "NOMAD_CLIENT_CERT":
+        env["NOMAD_CLIENT_KEY"] = str(tls_files.client_key)
+
+    result = nomad_tool("verify", job_dir, env)
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert message in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_a_ca_directory_works_as_the_nomad_cli_reads_it(
+    job_dir: Path, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    # Any file name: the nomad CLI loads every file (go-rootcerts), no c_rehash links.
+    capath = tmp_path / "cas"
+    capath.mkdir()
+    (capath / "our-ca.pem").write_bytes(tls_files.ca.read_bytes())
+    with NomadDouble(token=NOMAD_TOKEN, tls=(tls_files.server_cert, tls_files.server_key)) as nomad:
+        result = nomad_tool(
+            "deploy",
+            job_dir,
+            nomad_env(nomad, NOMAD_CAPATH=str(capath), NOMAD_TLS_SERVER_NAME=SERVER_NAME),
+        )
+
+    assert result.returncode == ExitCode.OK, result.output
+
+
+def test_a_validation_error_mentioning_a_timeout_is_still_the_jobs(
+    nomad: NomadDouble, job_dir: Path
+) -> None:
+    nomad.admission_errors.append(
+        "Task group postgresql validation failed: service check validation failed: "
+        "timeout (500ms) is lower than required minimum timeout 1s"
+    )
+
+    result = nomad_tool("deploy", job_dir, nomad_env(nomad))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "Nomad refused job postgresql: Task group postgresql validation failed" in result.stdout
+
+
+@pytest.mark.parametrize("trouble", ["leadership lost while committing log", "No cluster leader"])
+def test_the_clusters_own_trouble_at_register_is_exit_5(
+    nomad: NomadDouble, job_dir: Path, trouble: str
+) -> None:
+    nomad.register_trouble = trouble
+
+    result = nomad_tool("deploy", job_dir, nomad_env(nomad))
+
+    assert result.returncode == ExitCode.NOMAD, result.output
+    assert trouble in result.stdout
+    assert "fix the job file" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ('pginit_image = "a"\npginit_image = "b"\n', [], 'sets "pginit_image" twice'),
+        ('{"pginit_image": "a", "pginit_image": "b"}', [], 'sets "pginit_image" twice'),
+        (
+            "",
+            ["--var", 'datacenters=["dc1"]\npginit_image = "evil"'],
+            "one HCL expression and nothing after it",
+        ),
+    ],
+)
+def test_variable_inputs_nomad_job_run_refuses_are_refused(
+    nomad: NomadDouble, job_dir: Path, content: str, args: list[str], message: str
+) -> None:
+    var_file = job_dir / "site.hcl"
+    var_file.write_text(content, encoding="utf-8")
+
+    result = nomad_tool("deploy", job_dir, nomad_env(nomad), "--var-file", str(var_file), *args)
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert message in result.stdout
+    assert not nomad.requests_at("POST", "/v1/jobs")
+
+
+def test_a_var_value_that_is_not_a_constant_is_refused_by_nomads_parser(
+    nomad: NomadDouble, job_dir: Path
+) -> None:
+    result = nomad_tool("deploy", job_dir, nomad_env(nomad), "--var", "datacenters=garbage")
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "Variables not allowed" in result.stdout

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hvac
 import psycopg
 import pytest
 from catalog import database_owner, role_exists
@@ -31,6 +32,7 @@ from conftest import (
 )
 
 from nomad_pginit.errors import ExitCode
+from nomad_pginit.sandbox import ThrowawayVault
 
 # What "a second or two" is allowed to be on a loaded shared machine.
 PROMPT_SECONDS = 4.0
@@ -233,3 +235,49 @@ def test_the_advisory_lock_wait_ends_and_names_the_other_run(
     assert "for more than 3s (--wait-timeout)" in result.stdout
     assert stopped.returncode == ExitCode.STOPPED, stopped.output
     assert stop_took < PROMPT_SECONDS, stopped.output
+
+
+# --- watch mode and Vault -------------------------------------------------------------------------
+
+
+def test_watch_mode_stops_at_once_while_vault_does_not_answer(
+    tmp_path: Path, pg: Cluster, silent_listener: int
+) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea", "grafana"])
+    env = tool_env(None, VAULT_ADDR=f"http://127.0.0.1:{silent_listener}", VAULT_TOKEN="a-token")
+    proc = start_tool(["run", "--watch", "--interval", "1", "--config", str(config)], env)
+
+    sent = stop_after(proc, 3, signal.SIGTERM)
+    result, took = ended_within(proc, sent)
+
+    assert took < PROMPT_SECONDS, result.output
+    assert result.returncode == 0, result.output
+
+
+def test_watch_mode_says_once_that_vault_is_away_and_once_that_it_is_back(
+    tmp_path: Path, pg: Cluster
+) -> None:
+    with ThrowawayVault() as vault:
+        client = hvac.Client(url=vault.addr, token=vault.token)
+        client.secrets.kv.v2.create_or_update_secret(
+            path="postgres/gitea", secret={"password": "gitea-pw"}, mount_point="secret"
+        )
+        config = write_services_file(tmp_path, pg, ["gitea"])
+        env = tool_env(None, VAULT_ADDR=vault.addr, VAULT_TOKEN=vault.token)
+        proc = start_tool(["run", "--watch", "--interval", "0.5", "--config", str(config)], env)
+        try:
+            time.sleep(3)
+            client.sys.seal()  # type: ignore[no-untyped-call]
+            time.sleep(4)  # eight looks at Vault while it is sealed
+            client.sys.submit_unseal_key(vault.unseal_key)
+            time.sleep(3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        result = communicate(proc, timeout=30)
+
+    assert result.returncode == 0, result.output
+    lines = result.stdout.splitlines()
+    away = [line for line in lines if "rotations wait until it answers" in line]
+    assert len(away) == 1, result.stdout
+    assert "sealed" in away[0]
+    assert len([line for line in lines if "Vault answers again" in line]) == 1, result.stdout

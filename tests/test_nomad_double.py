@@ -300,3 +300,33 @@ def test_the_schema_covers_the_blocks_the_job_renders() -> None:
 
     tree = parses_to_tree(COMMITTED_JOB.read_text(encoding="utf-8"))
     assert check_schema("", tree.children[0]) == []
+
+
+@pytest.mark.parametrize(
+    ("variables", "refusal"),
+    [
+        ('datacenters = "dc1"\n', "list of string required"),
+        ("datacenters = garbage\n", "Variables not allowed"),
+        ('pginit_image = "${upper("x")}"\n', "Function calls not allowed"),
+    ],
+)
+def test_variables_must_be_constants_of_the_declared_type(variables: str, refusal: str) -> None:
+    # jobspec2 evaluates var-file values with no context (no variables, no
+    # functions) and converts them to the variable's type (types.variables.go).
+    with pytest.raises(JobspecError, match=refusal):
+        parse_job(COMMITTED_JOB.read_text(encoding="utf-8"), variables)
+
+
+@pytest.mark.parametrize(
+    ("variables", "image"),
+    [
+        ("postgres_version = true\n", "postgres:true"),
+        ("postgres_version = 1e3\n", "postgres:1000"),
+        ('pginit_image = "a$${x}"\n', "a${x}"),
+        ('{"pginit_image": "a${x}"}', "a${x}"),
+    ],
+)
+def test_variables_are_converted_as_cty_converts_them(variables: str, image: str) -> None:
+    job = parse_job(COMMITTED_JOB.read_text(encoding="utf-8"), variables)
+    tasks = job["TaskGroups"][0]["Tasks"]
+    assert image in (tasks[0]["Config"]["image"], tasks[1]["Config"]["image"])

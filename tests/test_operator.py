@@ -595,25 +595,27 @@ def test_judge_needs_all_three() -> None:
     assert not judge("postgresql", _allocation(None), "", "").ok
 
 
-def test_nomad_settings_from_the_environment() -> None:
+def test_nomad_settings_from_the_environment(tmp_path: Path) -> None:
     default = Settings.from_environ({})
     assert default.address == "http://127.0.0.1:4646"
     assert default.verify is True  # python-nomad alone would not verify TLS
     assert default.token is None
+    for name in ("ca.pem", "c.pem", "k.pem"):
+        (tmp_path / name).write_text("-", encoding="utf-8")
     settings = Settings.from_environ(
         {
             "NOMAD_ADDR": "https://nomad.example:4646/",
             "NOMAD_TOKEN": "abc-secret",
-            "NOMAD_CACERT": "/etc/nomad/ca.pem",
+            "NOMAD_CACERT": str(tmp_path / "ca.pem"),
             "NOMAD_NAMESPACE": "infra",
             "NOMAD_REGION": "eu",
-            "NOMAD_CLIENT_CERT": "/c.pem",
-            "NOMAD_CLIENT_KEY": "/k.pem",
+            "NOMAD_CLIENT_CERT": str(tmp_path / "c.pem"),
+            "NOMAD_CLIENT_KEY": str(tmp_path / "k.pem"),
         }
     )
     assert settings.address == "https://nomad.example:4646"
-    assert settings.verify == "/etc/nomad/ca.pem"
-    assert settings.cert == ("/c.pem", "/k.pem")
+    assert settings.verify == str(tmp_path / "ca.pem")
+    assert settings.cert == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     assert (settings.namespace, settings.region) == ("infra", "eu")
     assert "abc-secret" not in repr(settings)
     skip = {"NOMAD_CACERT": "/ca.pem", "NOMAD_SKIP_VERIFY": "true"}

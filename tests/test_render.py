@@ -535,3 +535,15 @@ def test_snippet_for_an_unknown_service_lists_the_known_ones() -> None:
     assert "no service 'uptime-kuma'" in output
     assert "did you mean 'uptimekuma'?" in output
     assert ", ".join(TODAYS_SERVICES) in output
+
+
+def test_render_with_output_leaves_the_readme_here_alone(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Another project\n\n{render.TABLE_BEGIN}\nold\n{render.TABLE_END}\n")
+    write_services(tmp_path, '[[service]]\nname = "gitea"\n')
+
+    result = pginit(["render", "--config", "pginit.toml", "--output", "job.hcl"], tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "job.hcl").is_file()
+    assert "old" in readme.read_text(encoding="utf-8")

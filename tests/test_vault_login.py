@@ -10,6 +10,8 @@ carry Nomad's claims (``sandbox.WorkloadIdentities``).
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import threading
 import time
@@ -349,3 +351,122 @@ def test_watch_mode_keeps_a_working_token_as_the_jwt_is_rewritten(
     assert "logged in to Vault at" in result.stdout
     assert "again" in result.stdout
     assert "ERROR" not in result.stdout, result.stdout
+
+
+# --- what the review found ---------------------------------------------------------------------
+
+
+def test_a_missing_vault_ca_file_is_exit_4_without_a_traceback(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    env = tool_env(vault, VAULT_ADDR="https://127.0.0.1:1", VAULT_CACERT="/nonexistent")
+
+    result = run(config, env)
+
+    assert result.returncode == ExitCode.VAULT, result.output
+    assert "VAULT_CACERT=/nonexistent does not exist" in result.stdout
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("postgres", "vault_table", "message"),
+    [
+        ('password_secret = "../../sys/health"', "", "'password_secret' must not contain"),
+        ('password_secret = "postgres/admin/"', "", "'password_secret' must not start or end"),
+        ('password_secret = "postgres//admin"', "", "'password_secret' must not contain"),
+        ("", 'path = "postgres/../{service}"', "'path' must not contain"),
+        ("", 'mount = "secret/"', "'mount' must not start or end"),
+    ],
+)
+def test_vault_paths_that_would_name_another_secret_are_refused(
+    tmp_path: Path, pg: Cluster, postgres: str, vault_table: str, message: str
+) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea"], extra=f"[vault]\n{vault_table}\n")
+    if postgres:
+        text = config.read_text(encoding="utf-8")
+        text = re.sub(r"password_file = .*\n", postgres + "\n", text)
+        config.write_text(text, encoding="utf-8")
+
+    result = run(config, tool_env(None))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert message in result.stdout
+
+
+def test_a_service_may_not_get_the_superusers_password(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("admin", pg.server.password)
+    config = write_services_file(tmp_path, pg, ["admin"], admin_secret="postgres/admin")
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "is the PostgreSQL superuser's password" in result.stdout
+    assert not pg.connect().execute("SELECT 1 FROM pg_roles WHERE rolname = 'admin'").fetchone()
+
+
+def test_add_service_keeps_an_existing_secret_with_a_read_only_token(
+    tmp_path: Path, pg: Cluster, vault: Vault, task: Task
+) -> None:
+    # The job's own policy reads secret/data/postgres/*, and nothing else.
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"], extra=JWT_SETTINGS)
+    task.write_jwt()
+
+    # From the test's own directory: add-service renders ./README.md's table too.
+    result = run_tool(["add-service", "gitea", "--config", str(config)], task.env(), cwd=tmp_path)
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert "a secret already exists in Vault at secret/postgres/gitea" in result.stdout
+    assert "kept it" in result.stdout
+
+
+def test_a_blank_vault_token_is_no_token(
+    tmp_path: Path, pg: Cluster, vault: Vault, task: Task
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"], extra=JWT_SETTINGS)
+    task.write_jwt()
+
+    result = run(config, task.env(VAULT_TOKEN="   "))
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert "a JWT login to auth/jwt-nomad" in result.stdout
+
+
+def test_a_jwt_file_naming_an_unset_variable_is_not_looked_for(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    # The README's jwt_file, run by hand: no NOMAD_SECRETS_DIR, so the token comes
+    # from the next source (here ~/.vault-token).
+    vault.put("gitea", "gitea-pw")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".vault-token").write_text(vault.token, encoding="utf-8")
+    config = write_services_file(
+        tmp_path,
+        pg,
+        ["gitea"],
+        extra=(
+            '[vault]\njwt_role = "postgresql"\njwt_file = "${NOMAD_SECRETS_DIR}/nomad_vault.jwt"\n'
+        ),
+    )
+
+    result = run(config, tool_env(None, VAULT_ADDR=vault.addr, HOME=str(home)))
+
+    assert result.returncode == ExitCode.OK, result.output
+
+
+def test_a_jwt_path_that_is_not_a_file(
+    tmp_path: Path, pg: Cluster, vault: Vault, task: Task
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"], extra=JWT_SETTINGS)
+    os.mkfifo(task.secrets_dir / f"nomad_{spec.IDENTITY_NAME}.jwt")
+
+    result = run_tool(["run", "--config", str(config)], task.env(), timeout=30)
+
+    assert result.returncode == ExitCode.VAULT, result.output
+    assert "is not a regular file" in result.stdout

@@ -45,7 +45,7 @@ def register(
         "--readme",
         metavar="PATH",
         help="the README whose services table to update "
-        f"(default: ./{repository.README} if it exists)",
+        f"(default: ./{repository.README} if it exists, unless --output is given)",
     )
     parser.add_argument(
         "--check",
@@ -79,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
         readme = Path(args.readme)
         if not readme.is_file():
             raise ConfigError(f"{readme} does not exist: check --readme")
-    else:
+    elif not args.output:
+        # With --output the job goes elsewhere: the README here may be another project's.
         readme = repository.readme_if_present()
     files = render.job_files(templates, services, output, readme)
     if readme is not None and len(files) == 1:

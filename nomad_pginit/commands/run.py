@@ -31,7 +31,8 @@ def register(
             "Wait for PostgreSQL, read each service's password from Vault, and create or "
             "repair its login role, database and privileges. Exit codes: 0 every service in "
             "sync, 1 a service failed, 2 invalid configuration, 3 PostgreSQL not ready or the "
-            "admin cannot log in, 4 Vault unreachable or the token rejected."
+            "admin cannot log in, 4 Vault unreachable or the token rejected, 143/130 stopped by "
+            "SIGTERM/SIGINT before every service was in sync."
         ),
     )
     options.add_wait_timeout(parser)
@@ -46,8 +47,8 @@ def register(
         action="store_true",
         default=None,
         help="keep running: re-apply when the services file changes or a password gets a new "
-        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it once the "
-        "services under way are done",
+        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it within a second "
+        "or two, exit 0",
     )
     parser.add_argument(
         "--interval",

@@ -240,21 +240,55 @@ def _variable_values(text: str) -> dict[str, Any]:
             )
         )
     _raise(problems, "unable to parse var content: ")
-    values: dict[str, Any] = hcl2.loads(text, serialization_options=_PLAIN)
+    # hcl2's default keeps strings quoted, so that a string and a bare word differ.
+    values: dict[str, Any] = hcl2.loads(text)
     values.pop("__comments__", None)
-    # Evaluated with no context (types.variables.go): templates are literal text,
-    # and the escapes $${ and %%{ stand for ${ and %{.
-    return {name: _unescape(value) for name, value in values.items()}
+    return {name: _constant(name, value) for name, value in values.items()}
 
 
-def _unescape(value: Any) -> Any:
+_NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _constant(name: str, value: Any) -> Any:
+    """A var file's value, evaluated as jobspec2 does it: with no EvalContext
+    (types.variables.go), so no variable and no function call, only constants."""
     if isinstance(value, list):
-        return [_unescape(item) for item in value]
+        return [_constant(name, item) for item in value]
     if isinstance(value, dict):
-        return {key: _unescape(item) for key, item in value.items()}
-    if isinstance(value, str):
-        return value.replace("$${", "${").replace("%%{", "%{")
-    return value
+        return {_constant(name, key): _constant(name, item) for key, item in value.items()}
+    if not isinstance(value, str):
+        return value
+    if value.startswith('"<<') and value.endswith('"'):
+        body = value[1:-1].split("\n", 1)[1].rsplit("\n", 1)[0] + "\n"
+        return _template_constant(name, body)
+    if value.startswith('"') and value.endswith('"'):
+        try:
+            text = json.loads(value)
+        except ValueError:
+            text = value[1:-1]
+        return _template_constant(name, text)
+    whole = re.fullmatch(r"\$\{(.*)\}", value, re.S)
+    expression = whole.group(1).strip() if whole else value
+    if _NUMBER.fullmatch(expression):
+        number = float(expression)
+        return int(number) if number.is_integer() and "." not in expression else number
+    return _not_constant(name, expression)
+
+
+def _template_constant(name: str, text: str) -> str:
+    if _INTERPOLATION.search(text):
+        return str(_not_constant(name, _INTERPOLATION.search(text).group(1)))  # type: ignore[union-attr]
+    return text.replace("$${", "${").replace("%%{", "%{")
+
+
+def _not_constant(name: str, expression: str) -> Any:
+    if re.match(r"^[A-Za-z_][A-Za-z0-9_]*\s*\(", expression):
+        summary, detail = "Function calls not allowed", "Functions may not be called here."
+    else:
+        summary, detail = "Variables not allowed", "Variables may not be used here."
+    raise JobspecError(
+        f"unable to parse var content: <nil>: {summary}; {detail} (in the value of {name})"
+    )
 
 
 def _declared(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -265,19 +299,56 @@ def _declared(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return declared
 
 
+def _to_type(name: str, value: Any, declared: str) -> Any:
+    """cty's convert to a variable's type (types.variables.go: "Invalid value for variable")."""
+
+    def refuse(required: str) -> JobspecError:
+        return JobspecError(
+            f"<nil>: Invalid value for variable; The value for {name} is not compatible with "
+            f"the variable's type constraint: {required} required."
+        )
+
+    if declared in ("", "any"):
+        return value
+    if declared == "string":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(int(value)) if float(value).is_integer() else repr(value)
+        if isinstance(value, str):
+            return value
+        raise refuse("string")
+    if declared == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            return float(value) if "." in value or "e" in value.lower() else int(value)
+        raise refuse("a number")
+    if declared == "bool":
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return value == "true"
+        raise refuse("bool")
+    inner = re.fullmatch(r"(list|set|tuple|map|object)\((.*)\)", declared)
+    if inner and inner.group(1) in ("list", "set", "tuple"):
+        if not isinstance(value, list):
+            raise refuse(f"list of {inner.group(2)}")
+        return [_to_type(name, item, inner.group(2)) for item in value]
+    if inner and inner.group(1) in ("map", "object"):
+        if not isinstance(value, dict):
+            raise refuse(f"map of {inner.group(2)}")
+        return {key: _to_type(name, item, inner.group(2)) for key, item in value.items()}
+    return value
+
+
 def _resolve_variables(document: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     unset = []
     for name, body in _declared(document).items():
         if name in given:
-            value = given[name]
-            declared_type = str(body.get("type", "")).strip("${}")
-            if declared_type == "string" and isinstance(value, list | dict):
-                raise JobspecError(
-                    f"<nil>: Invalid value for variable; The value for {name} is not compatible "
-                    "with the variable's type constraint: string required."
-                )
-            values[name] = value
+            declared_type = str(body.get("type", "")).removeprefix("${").removesuffix("}")
+            values[name] = _to_type(name, given[name], declared_type.replace(" ", ""))
         elif "default" in body:
             values[name] = body["default"]
         else:

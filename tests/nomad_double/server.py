@@ -156,6 +156,11 @@ class NomadDouble:
         self.vault_enabled = True
         # How long a running task takes to stop on a restart: the call waits for it.
         self.stop_seconds = 0.0
+        # The cluster's own trouble at register, e.g. "No cluster leader": a 500 with
+        # that text (command/agent/http.go: an uncoded error is a 500).
+        self.register_trouble: str | None = None
+        # Extra admission errors, as validators add them (nomad/job_endpoint_hooks.go).
+        self.admission_errors: list[str] = []
         self.requests: list[Recorded] = []
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._allocs: dict[str, Allocation] = {}
@@ -380,7 +385,10 @@ class NomadDouble:
             or DEFAULT_NAMESPACE
         )
         body = {**body, "Namespace": namespace}
+        if self.register_trouble is not None:
+            raise _Failure(500, self.register_trouble)
         errors, warnings = self._admission(body, namespace)
+        errors = errors + self.admission_errors
         if errors:
             # go-multierror's format (job_endpoint_hooks.go validate)
             items = "\n\t".join(f"* {error}" for error in errors)
