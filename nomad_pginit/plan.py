@@ -86,6 +86,25 @@ class RestoreLogin(Action):
 
 
 @dataclass(frozen=True)
+class ClearValidUntil(Action):
+    """A VALID UNTIL makes the role's password stop working then, or already."""
+
+    role: str
+    valid_until: str
+    expired: bool
+
+    def describe(self) -> str:
+        when = "expired" if self.expired else "expires"
+        return (
+            f'remove the VALID UNTIL of role "{self.role}" (its password {when} at '
+            f"{self.valid_until}): VALID UNTIL 'infinity'"
+        )
+
+    def done(self) -> str:
+        return f'VALID UNTIL of role "{self.role}" removed (was {self.valid_until})'
+
+
+@dataclass(frozen=True)
 class GrantRoleToAdmin(Action):
     """A non-superuser admin must be a member of a role to give it a database."""
 
@@ -268,13 +287,16 @@ def plan_cluster(
     cluster: ClusterState,
     *,
     password_verified: bool | None = None,
+    service_databases: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """The role- and database-level actions one service needs, in the order to run them.
 
     ``password_verified`` says whether the role's password already equals
     Vault's, when observe found out (from the stored verifier, or by logging in
     as the role); None lets the planner compare the verifier itself, where it
-    can. Raises Refusal when the service must not be touched.
+    can. ``service_databases`` are every service's databases in this run: a role
+    that owns one of them is not foreign because of it, as the run hands it to
+    its own service. Raises Refusal when the service must not be touched.
     """
     missing = [name for name in service.extensions if name not in cluster.available_extensions]
     if missing:
@@ -285,13 +307,17 @@ def plan_cluster(
             "the service's extensions"
         )
     actions: list[Action] = []
-    actions += _plan_role(service, password, cluster, password_verified)
+    actions += _plan_role(service, password, cluster, password_verified, service_databases)
     actions += _plan_database(service, cluster)
     return actions
 
 
 def _plan_role(
-    service: Service, password: Secret, cluster: ClusterState, password_verified: bool | None
+    service: Service,
+    password: Secret,
+    cluster: ClusterState,
+    password_verified: bool | None,
+    service_databases: frozenset[str],
 ) -> list[Action]:
     actions: list[Action] = []
     admin = cluster.admin
@@ -301,9 +327,11 @@ def _plan_role(
         if service.connection_limit not in (None, -1):
             actions.append(SetConnectionLimit(service.name, service.user, service.connection_limit))
         return actions
-    _refuse_foreign_role(service, cluster)
+    _refuse_foreign_role(service, cluster, service_databases)
     if not role.can_login:
         actions.append(RestoreLogin(service.name, service.user))
+    if role.valid_until is not None:
+        actions.append(ClearValidUntil(service.name, service.user, role.valid_until, role.expired))
     matches = password_verified
     if matches is None and admin.can_read_verifiers:
         matches = verifier_matches(role.verifier, password.reveal())
@@ -374,8 +402,12 @@ def plan_leftovers(
         if role in users:
             continue
         note = f'leftover role "{role}": no longer in the services file, kept'
+        protected = cluster.protected_roles.get(role)
         if not can_login:
             note += " (NOLOGIN)"
+        elif protected is not None:
+            # It carries our comment, but so could anything: never lock out the admin.
+            note += f"; never set NOLOGIN by nomad-pginit: {protected}"
         elif disable:
             actions.append(DisableRole(role, role))
         else:
@@ -388,7 +420,9 @@ def plan_leftovers(
     return notes, actions
 
 
-def _refuse_foreign_role(service: Service, cluster: ClusterState) -> None:
+def _refuse_foreign_role(
+    service: Service, cluster: ClusterState, service_databases: frozenset[str]
+) -> None:
     role = cluster.roles[service.user]
     if role.superuser:
         raise Refusal(
@@ -396,7 +430,20 @@ def _refuse_foreign_role(service: Service, cluster: ClusterState) -> None:
             "manage it or change its password: give the service another user "
             f'(user = "..." under its [[service]]), or remove SUPERUSER from the role by hand'
         )
-    others = [name for name in role.owned_databases if name != service.database]
+    if role.elevated and not service.allow_privileged_role:
+        raise Refusal(
+            f'role "{service.user}" already exists and {", ".join(role.elevated)}: a '
+            "service's password and database would hand those powers to whoever has the "
+            "password, so nomad-pginit leaves the role untouched: give the service another "
+            "user, take them away by hand, or set allow_privileged_role = true under its "
+            "[[service]] if that is intended"
+        )
+    # A database of another service in this run is handed to that service's own role.
+    others = [
+        name
+        for name in role.owned_databases
+        if name != service.database and name not in service_databases
+    ]
     if others:
         listed = ", ".join(f'"{name}"' for name in sorted(others))
         raise Refusal(

@@ -30,6 +30,7 @@ from nomad_pginit.errors import ConfigError, PginitError, PostgresUnavailable, S
 from nomad_pginit.plan import (
     Action,
     ChangeDatabaseOwner,
+    ClearValidUntil,
     CreateDatabase,
     CreateExtension,
     CreateRole,
@@ -85,14 +86,42 @@ TEMPLATE_DATABASE: Final = "template1"
 # bigint works, this one spells "pginit".
 ADVISORY_LOCK_KEY: Final = 0x7067696E6974
 
-# Settings that would copy a password statement into the server log.
+# Settings that would copy a password statement (its SCRAM verifier) somewhere it
+# stays: the server log (log_*, and debug_print_* which print the parse tree,
+# settable by anyone) or pg_stat_statements' table. Each is switched off for the
+# statement's transaction, where the admin may set it.
 _STATEMENT_LOG_SETTINGS: Final = {
     "log_statement": "none",
     "log_min_duration_statement": "-1",
     "log_min_error_statement": "panic",
     "log_min_duration_sample": "-1",
     "log_transaction_sample_rate": "0",
+    "debug_print_parse": "off",
+    "debug_print_rewritten": "off",
+    "debug_print_plan": "off",
+    "pg_stat_statements.track": "none",
 }
+# Levels at which log_min_error_statement logs a statement that fails with ERROR.
+_LOGS_FAILED_STATEMENTS: Final = frozenset(
+    {"debug5", "debug4", "debug3", "debug2", "debug1", "info", "notice", "warning", "error"}
+)
+
+
+def _would_keep_statement(name: str, value: str, settings: Mapping[str, str]) -> bool:
+    """Whether ``name`` at ``value`` logs (or stores) a password statement."""
+    match name:
+        case "log_statement":
+            return value in ("ddl", "mod", "all")
+        case "log_min_duration_statement" | "log_min_duration_sample":
+            return value != "-1"
+        case "log_transaction_sample_rate":
+            return value not in ("0", "0.0")
+        case "log_min_error_statement":
+            return value in _LOGS_FAILED_STATEMENTS  # when the statement fails
+        case "pg_stat_statements.track":
+            return value != "none" and settings.get("pg_stat_statements.track_utility") == "on"
+    return value == "on"  # debug_print_*
+
 
 # SQLSTATEs that mean "someone else created it first": the state we want exists.
 _ALREADY_EXISTS = (
@@ -338,6 +367,50 @@ class _InFlight:
                 monitor.close()
 
 
+# Predefined roles that reach beyond one database: a service's role that is a member
+# (directly or not) could read or write every tenant's data, or the server's files.
+_PRIVILEGED_ROLES: Final = (
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_signal_backend",
+    "pg_create_subscription",
+    "pg_checkpoint",
+    "pg_read_all_stats",
+    "pg_monitor",
+    "pg_use_reserved_connections",
+    "pg_maintain",
+)
+# What makes role r more than a service's login: its own attributes, and the roles
+# it is a member of, directly or not, that are superusers, have such attributes or
+# are privileged predefined roles (its first parameter: _PRIVILEGED_ROLES).
+_ELEVATED: Final = sql.SQL(
+    """
+    ARRAY(
+        SELECT attribute FROM unnest(ARRAY[
+            CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
+            CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+            CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
+            CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END]) AS attribute
+        WHERE attribute IS NOT NULL
+        UNION ALL
+        (WITH RECURSIVE up(roleid) AS (
+             SELECT m.roleid FROM pg_auth_members m WHERE m.member = r.oid
+             UNION
+             SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
+         )
+         SELECT 'is a member of "' || g.rolname || '"' ||
+                CASE WHEN g.rolsuper THEN ' (a superuser)' ELSE '' END
+         FROM up JOIN pg_roles g ON g.oid = up.roleid
+         WHERE g.rolsuper OR g.rolcreatedb OR g.rolcreaterole OR g.rolreplication
+               OR g.rolbypassrls OR g.rolname = ANY(%s)
+         ORDER BY 1)
+    )
+    """
+)
+
 # Who blocks each waiting backend; never their query, which may hold a password.
 _BLOCKERS: Final = sql.SQL(
     """
@@ -456,6 +529,7 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
             "check [postgres] dsn and the PG* environment variables"
         )
     if status == pq.Ping.NO_RESPONSE:
+        _refuse_tls_mismatch(target)
         return "no response (not started, or not listening yet)"
     if status == pq.Ping.REJECT:
         return "rejecting connections (starting up, shutting down, or recovering)"
@@ -485,6 +559,36 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
             "is connected to it; connect to postgres instead"
         )
     return Admin(conn, target)
+
+
+# What a server that answers says when the connection's TLS settings cannot work:
+# waiting would not change it, so it is said at once.
+_TLS_MISMATCHES: Final = (
+    "does not support SSL",
+    "certificate verify failed",
+    "SSL error",
+    "root certificate file",
+    "server certificate for",
+)
+
+
+def _refuse_tls_mismatch(target: Target) -> None:
+    """PQping says "no response" when sslmode asks for TLS the server cannot give (or
+    its certificate is refused): a connection attempt tells which, and that is final."""
+    params = conninfo_to_dict(target.conninfo)
+    sslmode = str(params.get("sslmode") or os.environ.get("PGSSLMODE") or "")
+    if sslmode not in ("require", "verify-ca", "verify-full"):
+        return
+    try:
+        psycopg.connect(target.secret_conninfo, autocommit=True).close()
+    except psycopg.OperationalError as err:
+        message = _last_line(str(err))
+        if any(marker in message for marker in _TLS_MISMATCHES):
+            raise PostgresUnavailable(
+                f"PostgreSQL at {target.description} cannot be reached with sslmode={sslmode} "
+                f"([postgres] dsn or PGSSLMODE): {message}; enable SSL on the server, or "
+                "change sslmode (and sslrootcert for verify-ca/verify-full)"
+            ) from err
 
 
 def _last_line(message: str) -> str:
@@ -594,14 +698,18 @@ class Admin:
                    ARRAY(SELECT d.datname::text FROM pg_database d
                          WHERE d.datdba = r.oid ORDER BY d.datname),
                    r.rolconnlimit,
-                   shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %s
+                   shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %s,
+                   CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END,
+                   r.rolvaliduntil < now(),
+                   {elevated}
             FROM pg_roles r
             WHERE r.rolname = ANY(%s)
             """
-        ).format(verifier=verifier_query)
+        ).format(verifier=verifier_query, elevated=_ELEVATED)
         roles: dict[str, RoleState] = {}
-        for row in self._rows(query, (marker, users)):
-            name, login, superuser, verifier, member, owned, limit, managed = row
+        for row in self._rows(query, (marker, list(_PRIVILEGED_ROLES), users)):
+            name, login, superuser, verifier, member, owned, limit, managed = row[:8]
+            valid_until, expired, elevated = row[8:]
             roles[str(name)] = RoleState(
                 name=str(name),
                 can_login=bool(login),
@@ -611,6 +719,11 @@ class Admin:
                 owned_databases=tuple(owned) if isinstance(owned, list) else (),
                 connection_limit=int(str(limit)),
                 managed=bool(managed),
+                valid_until=str(valid_until) if valid_until is not None else None,
+                expired=bool(expired),
+                elevated=tuple(str(item) for item in elevated)
+                if isinstance(elevated, list)
+                else (),
             )
         databases: dict[str, DatabaseState] = {}
         for name, owner, public, managed in self._rows(
@@ -664,16 +777,31 @@ class Admin:
                 str(row[0])
                 for row in self._rows(sql.SQL("SELECT name FROM pg_available_extensions"))
             )
-        managed_roles = {
-            str(name): bool(login)
-            for name, login in self._rows(
-                sql.SQL(
-                    "SELECT rolname, rolcanlogin FROM pg_roles "
-                    "WHERE shobj_description(oid, 'pg_authid') = %s"
-                ),
-                (marker,),
-            )
-        }
+        managed_roles: dict[str, bool] = {}
+        protected: dict[str, str] = {}
+        for name, login, superuser, is_admin, group, elevated in self._rows(
+            sql.SQL(
+                """
+                SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolname = current_user,
+                       EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+                               WHERE m.roleid = r.oid AND u.rolname <> current_user),
+                       {elevated}
+                FROM pg_roles r
+                WHERE shobj_description(r.oid, 'pg_authid') = %s
+                """
+            ).format(elevated=_ELEVATED),
+            (list(_PRIVILEGED_ROLES), marker),
+        ):
+            managed_roles[str(name)] = bool(login)
+            # The comment alone proves nothing: anyone may have put it there.
+            if superuser:
+                protected[str(name)] = "it is a superuser"
+            elif is_admin:
+                protected[str(name)] = "it is the admin nomad-pginit logs in as"
+            elif isinstance(elevated, list) and elevated:
+                protected[str(name)] = f"it {', '.join(str(item) for item in elevated)}"
+            elif group:
+                protected[str(name)] = "other roles are members of it (a group role)"
         managed_databases = frozenset(
             str(row[0])
             for row in self._rows(
@@ -692,6 +820,7 @@ class Admin:
             available_extensions=available,
             managed_roles=managed_roles,
             managed_databases=managed_databases,
+            protected_roles=protected,
         )
 
     def _observe_admin(self) -> AdminState:
@@ -705,14 +834,25 @@ class Admin:
             )
         )
         name, superuser, createdb, createrole, read_authid = row
+        # Who may set each: a superuser anything, anyone a "user" setting, others
+        # what they were granted (GRANT SET ON PARAMETER, PostgreSQL 15+).
+        granted = (
+            sql.SQL("has_parameter_privilege(name, 'SET')")
+            if self.server_version >= 150000
+            else sql.SQL("false")
+        )
+        names = [*_STATEMENT_LOG_SETTINGS, "pg_stat_statements.track_utility"]
+        settings: dict[str, str] = {}
         silenceable: set[str] = set()
-        if superuser:
-            silenceable = set(_STATEMENT_LOG_SETTINGS)
-        elif self.server_version >= 150000:
-            for setting in _STATEMENT_LOG_SETTINGS:
-                query = sql.SQL("SELECT has_parameter_privilege(%s, 'SET')")
-                if self._scalar(query, (setting,)):
-                    silenceable.add(setting)
+        for setting, value, context, allowed in self._rows(
+            sql.SQL(
+                "SELECT name, setting, context, {} FROM pg_settings WHERE name = ANY(%s)"
+            ).format(granted),
+            (names,),
+        ):
+            settings[str(setting)] = str(value).lower()
+            if setting in _STATEMENT_LOG_SETTINGS and (superuser or context == "user" or allowed):
+                silenceable.add(str(setting))
         self._admin = AdminState(
             name=str(name),
             superuser=bool(superuser),
@@ -721,12 +861,21 @@ class Admin:
             can_read_verifiers=bool(read_authid),
             silenceable_settings=frozenset(silenceable),
         )
-        if "log_statement" not in silenceable:
+        exposed = [
+            f"{setting} = {value}"
+            for setting, value in settings.items()
+            if setting in _STATEMENT_LOG_SETTINGS
+            and setting not in silenceable
+            and _would_keep_statement(setting, value, settings)
+        ]
+        if exposed:
             log.warning(
-                'the admin "%s" may not switch off log_statement: if the server logs '
-                "statements, it logs the SCRAM verifiers that nomad-pginit sets (never the "
-                "passwords); GRANT SET ON PARAMETER log_statement TO %s avoids it",
+                'the admin "%s" may not switch off %s: the statements that set passwords '
+                "may be logged or stored with their SCRAM verifiers (never the passwords "
+                "themselves); GRANT SET ON PARAMETER %s TO %s avoids it",
                 name,
+                ", ".join(exposed),
+                ", ".join(item.split(" = ")[0] for item in exposed),
                 name,
             )
         return self._admin
@@ -853,6 +1002,11 @@ class Admin:
             case DisableRole(role=role):
                 return self._run(
                     action, sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role))
+                )
+            case ClearValidUntil(role=role):
+                return self._run(
+                    action,
+                    sql.SQL("ALTER ROLE {} VALID UNTIL 'infinity'").format(sql.Identifier(role)),
                 )
         raise TypeError(f"not a cluster-level action: {action!r}")
 
@@ -1190,6 +1344,7 @@ _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
     IsolateDatabase: "ownership of the database (membership in its owner)",
     CreateExtension: "superuser, or a trusted extension and CREATE on the database",
     DisableRole: "CREATEROLE",
+    ClearValidUntil: "CREATEROLE",
 }
 
 

@@ -138,6 +138,7 @@ def reconcile(
     stop: StopRequest | None = None,
     quiet: bool = False,
     vault: Vault | None = None,
+    known_leftovers: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Bring every service in ``spec`` in line (or, with apply=False, say what that takes).
 
@@ -147,7 +148,8 @@ def reconcile(
     cancels what PostgreSQL still runs for the ones under way: those not done
     are "not finished", left for the next run. ``quiet`` leaves out the
     "unchanged" lines, for watch mode, which also passes the ``vault`` client
-    it keeps logged in between passes.
+    it keeps logged in between passes, and ``known_leftovers``, the leftovers it
+    has reported already.
     """
     env = os.environ if environ is None else environ
     stop = stop or StopRequest()
@@ -174,6 +176,7 @@ def reconcile(
             vault=vault,
             outcomes=outcomes,
             result=result,
+            known_leftovers=known_leftovers,
         )
     except Stopped as err:
         log.info("%s", err)
@@ -201,6 +204,7 @@ def _reconcile(
     vault: Vault | None,
     outcomes: Mapping[str, ServiceOutcome],
     result: Outcome,
+    known_leftovers: frozenset[str],
 ) -> None:
     apply = result.applied
     if vault is None:
@@ -235,6 +239,7 @@ def _reconcile(
         template = admin.template_contents() if creates else None
         workers = stack.enter_context(admin.workers())
         halted = threading.Event()  # start no more services: PostgreSQL went away, or worse
+        service_databases = frozenset(service.database for service in spec.services)
 
         def work(service: Service) -> None:
             if halted.is_set():
@@ -249,6 +254,7 @@ def _reconcile(
                 template=template,
                 outcome=outcomes[service.name],
                 stop=stop,
+                service_databases=service_databases,
             )
 
         with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
@@ -281,7 +287,14 @@ def _reconcile(
             _report(outcome)
         if result.fatal is None and not stop.is_set():
             try:
-                _handle_leftovers(admin, spec, cluster, result, disable_removed)
+                _handle_leftovers(
+                    admin,
+                    spec,
+                    cluster,
+                    result,
+                    disable_removed=disable_removed,
+                    known_leftovers=known_leftovers,
+                )
             except PostgresUnavailable as err:
                 result.fatal = err
 
@@ -310,12 +323,19 @@ def _reconcile_service(
     template: SchemaState | None,
     outcome: ServiceOutcome,
     stop: StopRequest,
+    service_databases: frozenset[str],
 ) -> None:
     """One service, start to end, on this worker's own admin connection."""
     password = passwords.wait(service, stop)  # SecretUnavailable fails this service alone
     verified = _password_verified(target, service, password, cluster)
     admin = workers.admin()
-    cluster_actions = plan_cluster(service, password, cluster, password_verified=verified)
+    cluster_actions = plan_cluster(
+        service,
+        password,
+        cluster,
+        password_verified=verified,
+        service_databases=service_databases,
+    )
     for action in cluster_actions:
         _record(outcome, action, admin.apply(action) if outcome.applied else True)
     _reconcile_database_level(
@@ -346,12 +366,16 @@ def _handle_leftovers(
     spec: Spec,
     cluster: ClusterState,
     result: Outcome,
+    *,
     disable_removed: bool,
+    known_leftovers: frozenset[str],
 ) -> None:
     notes, actions = plan_leftovers(spec.services, cluster, disable=disable_removed)
     result.leftovers = notes
     for note in notes:
-        log.warning("%s", note, extra={"event": "leftover"})
+        # Watch mode says each once, not at every pass.
+        if note not in known_leftovers:
+            log.warning("%s", note, extra={"event": "leftover"})
     for action in actions:
         try:
             if result.applied:

@@ -21,6 +21,8 @@ from nomad_pginit.secret import Secret
 
 # PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
 MAX_NAME_BYTES: Final = 63
+# CONNECTION LIMIT is an int4.
+MAX_CONNECTION_LIMIT: Final = 2**31 - 1
 
 # Names PostgreSQL reserves, or that would collide with what every cluster has.
 RESERVED_NAMES: Final = frozenset(
@@ -112,6 +114,9 @@ class Service:
     extensions: tuple[str, ...] = ()
     # The role's CONNECTION LIMIT; None leaves whatever the role has.
     connection_limit: int | None = None
+    # Manage an existing role that has CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS,
+    # or is a member of a superuser or a privileged role (refused otherwise).
+    allow_privileged_role: bool = False
     # Given inline only by the JSON format; otherwise read from Vault.
     password: Secret | None = field(default=None, compare=False, repr=False)
 
@@ -147,7 +152,14 @@ _VAULT_KEYS: Final = {
     "jwt_file": str,
 }
 _OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
-_SERVICE_KEYS: Final = {"name": str, "database": str, "user": str, **_OPTION_KEYS}
+_SERVICE_KEYS: Final = {
+    "name": str,
+    "database": str,
+    "user": str,
+    # Per service only, never from [defaults]: it must be said of each role.
+    "allow_privileged_role": bool,
+    **_OPTION_KEYS,
+}
 # The JSON format of the standalone provisioner (config.json).
 _JSON_TOP_KEYS: Final = {
     "root_connection_string": str,
@@ -237,6 +249,17 @@ def _segments_problem(value: str) -> str | None:
         return "must not start or end with '/'"
     if any(segment in ("", ".", "..") for segment in value.split("/")):
         return "must not contain empty, '.' or '..' segments"
+    return None
+
+
+def password_problem(password: object) -> str | None:
+    """Why PostgreSQL cannot hold this password, or None. It must be a non-empty
+    string without a NUL byte: libpq stops at the NUL, so what it stored would never
+    equal the password, and every run would set it again."""
+    if not isinstance(password, str) or password == "":
+        return "must be a non-empty string (leave it out to read the password from Vault)"
+    if "\x00" in password:
+        return "contains a NUL character, which PostgreSQL cannot store: choose another"
     return None
 
 
@@ -381,6 +404,11 @@ def _parse(
         raw = dict(table)
         # Only config.json carries passwords inline; the TOML file keeps them in Vault.
         inline_password = raw.pop("password", None) if inline_passwords else None
+        if inline_password is not None:
+            problem = password_problem(inline_password)
+            if problem is not None:
+                problems.add(where, f"'password' {problem}")
+                inline_password = None
         entry = _check_keys(raw, _SERVICE_KEYS, where, problems)
         if "name" not in entry:
             if "name" not in raw:
@@ -394,6 +422,7 @@ def _parse(
             isolate=options.get("isolate", True),
             extensions=options.get("extensions", ()),
             connection_limit=options.get("connection_limit"),
+            allow_privileged_role=entry.get("allow_privileged_role", False),
             password=Secret(inline_password) if inline_password else None,
         )
         # A database or user defaulted from the name shares its problems: report them once.
@@ -449,8 +478,11 @@ def _check_options(table: Mapping[str, Any], where: str, problems: _Problems) ->
             options["extensions"] = tuple(names)
     if "connection_limit" in table:
         limit = table["connection_limit"]
-        if limit < -1:
-            problems.add(where, "'connection_limit' must be -1 (no limit) or more")
+        if not -1 <= limit <= MAX_CONNECTION_LIMIT:
+            problems.add(
+                where,
+                f"'connection_limit' must be -1 (no limit) to {MAX_CONNECTION_LIMIT}, not {limit}",
+            )
         else:
             options["connection_limit"] = limit
     return options

@@ -51,6 +51,14 @@ class RoleState:
     connection_limit: int = -1
     # Carries MANAGED_COMMENT.
     managed: bool = False
+    # Its VALID UNTIL, when one is set (not 'infinity'): its password stops working then.
+    valid_until: str | None = None
+    # Whether that moment has passed: the role cannot log in with any password.
+    expired: bool = False
+    # What makes it more than a service's login: CREATEDB, CREATEROLE, REPLICATION,
+    # BYPASSRLS, or membership (direct or not) in a superuser, in a role with those
+    # attributes, or in a predefined role that reads or writes beyond its database.
+    elevated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class ClusterState:
     available_extensions: frozenset[str] = frozenset()
     # Every role carrying MANAGED_COMMENT -> whether it can log in, services or not.
     managed_roles: Mapping[str, bool] = field(default_factory=dict)
+    # Roles carrying it that must never be disabled, and why: a superuser, the admin
+    # itself, a role the admin is a member of (the comment alone proves nothing).
+    protected_roles: Mapping[str, str] = field(default_factory=dict)
     # Every database carrying MANAGED_COMMENT.
     managed_databases: frozenset[str] = frozenset()
 

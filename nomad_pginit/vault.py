@@ -324,7 +324,7 @@ class Vault:
                 path=path, mount_point=self.settings.mount, raise_on_deleted_version=True
             )
         except hvac.exceptions.InvalidPath as err:
-            raise SecretUnavailable(missing) from err
+            raise SecretUnavailable(self._why_missing(path, key) or missing) from err
         except hvac.exceptions.Forbidden as err:
             self._denied = True
             raise SecretUnavailable(
@@ -345,6 +345,11 @@ class Vault:
             )
         data = body.get("data") or {}
         value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str) and "\x00" in value:
+            raise SecretUnavailable(
+                f"the '{key}' at {cli_path} contains a NUL character, which PostgreSQL cannot "
+                f"store (libpq stops at it): write another with vault kv patch {cli_path} {key}=..."
+            )
         if not isinstance(value, str) or value == "":
             found = ", ".join(sorted(data)) or "no keys"
             raise SecretUnavailable(
@@ -359,6 +364,49 @@ class Vault:
             ) from None
         version = int(body["metadata"].get("version") or 0)
         return VaultSecret(password=Secret(value), version=version)
+
+    def _why_missing(self, path: str, key: str) -> str | None:
+        """Why Vault has no readable version at ``path``, when it is not just absent:
+        the newest version deleted or destroyed, or a mount that is not KV version 2."""
+        cli_path = f"{self.settings.mount}/{path}"
+        try:
+            metadata = self._client.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=self.settings.mount
+            )
+        except hvac.exceptions.InvalidPath:
+            return self._kv_version_problem()
+        except (requests.RequestException, hvac.exceptions.VaultError):
+            return None
+        data = _mapping(_mapping(metadata).get("data"))
+        current = data.get("current_version")
+        version = _mapping(_mapping(data.get("versions")).get(str(current)))
+        if version.get("destroyed"):
+            return (
+                f"the newest version ({current}) of {cli_path} was destroyed: write a new one "
+                f'with vault kv put {cli_path} {key}="$(openssl rand -base64 32)"'
+            )
+        if version.get("deletion_time"):
+            return (
+                f"the newest version ({current}) of {cli_path} was deleted: undelete it with "
+                f"vault kv undelete -versions={current} {cli_path}, or write a new version "
+                f'with vault kv put {cli_path} {key}="$(openssl rand -base64 32)"'
+            )
+        return None
+
+    def _kv_version_problem(self) -> str | None:
+        """Say so when the mount is KV version 1, whose paths have no data/ (nor metadata/)."""
+        mount = self.settings.mount
+        try:
+            answer = self._client.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}")
+        except (requests.RequestException, hvac.exceptions.VaultError):
+            return None
+        data = _mapping(_mapping(answer).get("data"))
+        if data.get("type") == "kv" and _mapping(data.get("options")).get("version") == "1":
+            return (
+                f"{mount}/ is a KV version 1 mount: nomad-pginit reads KV version 2; upgrade it "
+                f"with vault kv enable-versioning {mount}/ (or set [vault] mount to a KV v2 mount)"
+            )
+        return None
 
     def create_password(self, service: str, password: Secret) -> bool:
         """Write a service's first password with check-and-set 0.

@@ -95,12 +95,13 @@ def watch(
     versions: dict[str, int] = {}
     last_pass = 0.0
     vault = _VaultSession(environ)
+    leftovers: frozenset[str] = frozenset()  # reported already: said once, not each pass
     while not stop.is_set():
         if reason is None and time.monotonic() - last_pass >= settings.resync:
             reason = "periodic check for drift"
         if reason is not None:
             log.info("applying (%s)", reason)
-            outcome = _apply(spec, settings, stop, environ, vault)
+            outcome = _apply(spec, settings, stop, environ, vault, leftovers=leftovers)
             last_pass = time.monotonic()
             if outcome is None or outcome.fatal is not None:
                 # PostgreSQL or Vault was away: try again at the next tick. A service
@@ -110,6 +111,8 @@ def watch(
                 reason = None
             if outcome is not None:
                 versions = outcome.secret_versions
+                if outcome.fatal is None and not outcome.stopped:
+                    leftovers = frozenset(outcome.leftovers)
         if stop.wait(settings.interval):
             break
         new_content = _read_or_keep(path, content)
@@ -137,6 +140,8 @@ def _apply(
     stop: StopRequest,
     environ: Mapping[str, str],
     vault: _VaultSession,
+    *,
+    leftovers: frozenset[str],
 ) -> Outcome | None:
     try:
         # Logging in may wait for Vault's timeout: the stop request does not wait for it.
@@ -150,6 +155,7 @@ def _apply(
             stop=stop,
             quiet=True,
             vault=client,
+            known_leftovers=leftovers,
         )
     except Stopped:
         return None

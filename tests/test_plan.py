@@ -364,6 +364,8 @@ def _example(kind: type[Action]) -> Action:
             values[item.name] = f"{item.name}-x"
         elif hint is int:
             values[item.name] = 7
+        elif hint is bool:
+            values[item.name] = True
         elif hint is Secret:
             values[item.name] = PASSWORD
         else:

@@ -270,3 +270,25 @@ def test_standalone_mode_retries_five_times_five_seconds_apart(
     assert result.returncode == 3
     assert "not ready within 20s" in result.stdout
     assert 18 <= elapsed < 45
+
+
+def test_leftovers_are_reported_once_not_at_every_pass(
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    vault.put("wiki", "wiki-pw")
+    both = write_services_file(tmp_path, pg, ["gitea", "wiki"])
+    assert run_tool(["run", "--config", str(both)], tool_env(vault)).returncode == 0
+    config = write_services_file(tmp_path, pg, ["gitea"])  # wiki left the file
+    tool = watcher(config, {})
+    tool.wait_for(lambda line: "summary: ok" in line)
+    # Several passes: the file is read again and applied each time it changes.
+    for extra in ("# one\n", "# two\n"):
+        config.write_text(config.read_text(encoding="utf-8") + extra, encoding="utf-8")
+        tool.wait_for(lambda line: "services file changed" in line)
+        tool.wait_for(lambda line: "summary: ok" in line)
+    tool.process.send_signal(signal.SIGTERM)
+    assert tool.process.wait(timeout=WAIT) == 0
+    output = tool.drain()
+    assert output.count('leftover role "wiki"') == 1, output
+    assert output.count('leftover database "wiki"') == 1, output

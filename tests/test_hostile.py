@@ -1,0 +1,367 @@
+"""Hostile state, against real servers: privileged roles, planted comments, expired
+passwords, verifiers that could reach logs, passwords PostgreSQL cannot store, and
+the messages that must send an operator the right way."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import hvac
+import psycopg
+import pytest
+from catalog import database_exists, database_owner, scalar
+from conftest import (
+    PASSWORD_MARKER,
+    Cluster,
+    Result,
+    Vault,
+    run_tool,
+    superuser_connect,
+    tool_env,
+    write_services_file,
+)
+from psycopg import sql
+
+from nomad_pginit.errors import ExitCode
+from nomad_pginit.sandbox import ThrowawayPostgres
+
+
+def run(config: Path, env: dict[str, str], *extra: str) -> Result:
+    return run_tool(["run", "--config", str(config), *extra], env)
+
+
+def verifier(pg: Cluster, role: str) -> object:
+    return scalar(pg, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", role)
+
+
+def can_login(server: ThrowawayPostgres, user: str, password: str) -> bool:
+    try:
+        psycopg.connect(server.conninfo(user=user, password=password, dbname="postgres")).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+# --- roles with more than a service's rights --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (["ALTER ROLE squatter CREATEDB"], "has CREATEDB"),
+        (["ALTER ROLE squatter CREATEROLE"], "has CREATEROLE"),
+        (["ALTER ROLE squatter REPLICATION"], "has REPLICATION"),
+        (["ALTER ROLE squatter BYPASSRLS"], "has BYPASSRLS"),
+        (["GRANT postgres TO squatter"], 'is a member of "postgres" (a superuser)'),
+        (
+            [
+                "CREATE ROLE readers NOLOGIN",
+                "GRANT pg_read_all_data TO readers",
+                "GRANT readers TO squatter",
+            ],
+            'is a member of "pg_read_all_data"',
+        ),
+    ],
+)
+def test_an_existing_privileged_role_is_refused_and_left_untouched(
+    tmp_path: Path, pg: Cluster, vault: Vault, setup: list[str], reason: str
+) -> None:
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE squatter LOGIN PASSWORD 'the-squatters-own'")
+        for statement in setup:
+            conn.execute(statement)
+    before = verifier(pg, "squatter")
+    vault.put("squatter", f"{PASSWORD_MARKER}squatter")
+    config = write_services_file(tmp_path, pg, ["squatter"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    (line,) = [line for line in result.stdout.splitlines() if "squatter: failed" in line]
+    assert reason in line
+    assert "allow_privileged_role = true" in line
+    assert verifier(pg, "squatter") == before
+    assert not database_exists(pg, "squatter")
+
+
+def test_allow_privileged_role_takes_it_over_on_purpose(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE replicator LOGIN REPLICATION")
+    vault.put("replicator", "replicator-pw")
+    config = write_services_file(
+        tmp_path, pg, [{"name": "replicator", "allow_privileged_role": True}]
+    )
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert can_login(pg.server, "replicator", "replicator-pw")
+    assert database_owner(pg, "replicator") == "replicator"
+
+
+def test_allow_privileged_role_cannot_come_from_defaults(tmp_path: Path, pg: Cluster) -> None:
+    config = write_services_file(
+        tmp_path, pg, ["gitea"], extra="[defaults]\nallow_privileged_role = true\n"
+    )
+
+    result = run(config, tool_env(None))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "unknown key 'allow_privileged_role'" in result.stdout
+
+
+# --- --disable-removed and planted comments ---------------------------------------------------
+
+
+def test_disable_removed_never_locks_out_a_superuser_the_admin_or_a_group(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    planted = ["postgres", "other_super", "team", "old_service"]
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE other_super LOGIN SUPERUSER")
+        conn.execute("CREATE ROLE team LOGIN")
+        conn.execute("CREATE ROLE member_of_team LOGIN")
+        conn.execute("GRANT team TO member_of_team")
+        conn.execute("CREATE ROLE old_service LOGIN")
+        for role in planted:
+            conn.execute(
+                sql.SQL("COMMENT ON ROLE {} IS 'managed by nomad-pginit'").format(
+                    sql.Identifier(role)
+                )
+            )
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+
+    result = run(config, tool_env(vault), "--disable-removed")
+
+    assert result.returncode == ExitCode.OK, result.output
+    with superuser_connect(pg.server) as conn:
+        rows = conn.execute(
+            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (planted,)
+        ).fetchall()
+    logins = {str(name): bool(login) for name, login in rows}
+    # Only the plain leftover loses LOGIN.
+    assert logins == {"postgres": True, "other_super": True, "team": True, "old_service": False}
+    assert 'leftover role "postgres": no longer in the services file, kept; never set ' in (
+        result.stdout
+    )
+    assert "it is a superuser" in result.stdout
+    assert "other roles are members of it" in result.stdout
+    psycopg.connect(pg.server.conninfo()).close()  # the admin still logs in
+
+
+# --- VALID UNTIL ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("until", ["2001-01-01", "2999-01-01"])
+def test_a_valid_until_is_drift_repaired(
+    tmp_path: Path, pg: Cluster, vault: Vault, until: str
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    assert run(config, tool_env(vault)).returncode == ExitCode.OK
+    with superuser_connect(pg.server) as conn:
+        conn.execute(sql.SQL("ALTER ROLE gitea VALID UNTIL {}").format(sql.Literal(until)))
+    if until < "2026":
+        assert not can_login(pg.server, "gitea", "gitea-pw")
+
+    planned = run_tool(["plan", "--config", str(config)], tool_env(vault))
+    repaired = run(config, tool_env(vault))
+    again = run(config, tool_env(vault))
+
+    assert planned.returncode == ExitCode.CONFIG, planned.output  # changes pending
+    assert 'would remove the VALID UNTIL of role "gitea"' in planned.stdout
+    assert repaired.returncode == ExitCode.OK, repaired.output
+    assert 'VALID UNTIL of role "gitea" removed' in repaired.stdout
+    assert can_login(pg.server, "gitea", "gitea-pw")
+    assert "gitea: unchanged" in again.stdout
+
+
+# --- verifiers and the server's logs ----------------------------------------------------------
+
+
+def test_a_limited_admin_is_warned_of_each_setting_that_would_log_verifiers(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE limited LOGIN CREATEDB CREATEROLE PASSWORD 'limited-pw'")
+        conn.execute("GRANT SET ON PARAMETER log_statement TO limited")
+        conn.execute("ALTER ROLE limited SET log_min_duration_statement = 0")
+    vault.put("gitea", "gitea-pw")
+    password_file = tmp_path / "limited"
+    password_file.write_text("limited-pw\n", encoding="utf-8")
+    config = write_services_file(tmp_path, pg, ["gitea"], password_file=password_file)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("postgres@", "limited@"), encoding="utf-8"
+    )
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.OK, result.output
+    (warning,) = [line for line in result.stdout.splitlines() if "may not switch off" in line]
+    assert "log_min_duration_statement = 0" in warning
+    assert "log_statement" not in warning.split("avoids it")[0].split("off ")[1].split(":")[0]
+
+
+def test_debug_print_parse_never_prints_a_verifier(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    # Anyone may set debug_print_parse; the parse tree holds the statement's literals.
+    with superuser_connect(pg.server) as conn:
+        conn.execute("ALTER ROLE postgres SET debug_print_parse = on")
+    try:
+        vault.put("gitea", f"{PASSWORD_MARKER}gitea")
+        config = write_services_file(tmp_path, pg, ["gitea"])
+        offset = pg.log_offset()
+        result = run(config, tool_env(vault))
+        logged = pg.log_since(offset)
+    finally:
+        with superuser_connect(pg.server) as conn:
+            conn.execute("ALTER ROLE postgres RESET debug_print_parse")
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert "SCRAM-SHA-256$" not in logged
+    assert PASSWORD_MARKER not in logged
+
+
+def test_pg_stat_statements_never_stores_a_verifier(tmp_path: Path, vault: Vault) -> None:
+    with ThrowawayPostgres(settings={"shared_preload_libraries": "pg_stat_statements"}) as server:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+        vault.put("gitea", "gitea-pw")
+        (tmp_path / "pw").write_text(server.password + "\n", encoding="utf-8")
+        config = tmp_path / "pginit.toml"
+        config.write_text(
+            f'[postgres]\ndsn = "postgresql://postgres@127.0.0.1:{server.port}/postgres"\n'
+            f'password_file = "{tmp_path}/pw"\n\n[[service]]\nname = "gitea"\n',
+            encoding="utf-8",
+        )
+        result = run(config, tool_env(vault))
+        vault.put("gitea", "gitea-pw-2")
+        rotated = run(config, tool_env(vault))
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            stored = [
+                str(row[0])
+                for row in conn.execute("SELECT query FROM pg_stat_statements").fetchall()
+            ]
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert rotated.returncode == ExitCode.OK, rotated.output
+    assert not [query for query in stored if "SCRAM-SHA-256$" in query], stored
+
+
+# --- passwords PostgreSQL cannot store --------------------------------------------------------
+
+
+def test_a_password_with_a_nul_byte_is_refused_not_set_for_ever(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "before\x00after")
+    vault.put("grafana", "grafana-pw")
+    config = write_services_file(tmp_path, pg, ["gitea", "grafana"])
+
+    first = run(config, tool_env(vault))
+    second = run(config, tool_env(vault))
+
+    for result in (first, second):
+        assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+        assert "contains a NUL character, which PostgreSQL cannot store" in result.stdout
+        assert "updated" not in result.stdout or "gitea: password" not in result.stdout
+    assert "grafana: unchanged" in second.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"password": ""}, "'password' must be a non-empty string"),
+        ({"password": "a\x00b"}, "contains a NUL character"),
+        ({"connection_limit": 2147483648}, "'connection_limit' must be -1 (no limit) to"),
+    ],
+)
+def test_values_postgresql_cannot_take_are_refused_up_front(
+    tmp_path: Path, pg: Cluster, entry: dict[str, object], message: str
+) -> None:
+    document = {
+        "root_connection_string": f"postgresql://postgres@127.0.0.1:{pg.port}/postgres",
+        "databases": [{"database": "gitea", "user": "gitea", **entry}],
+    }
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(document), encoding="utf-8")
+
+    result = run(config, tool_env(None))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert message in result.stdout
+
+
+# --- a refusal made from state the run itself changes -----------------------------------------
+
+
+def test_a_role_owning_another_services_database_converges_in_one_run(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE xb LOGIN")
+        conn.execute("CREATE DATABASE xa OWNER xb")
+    vault.put("xa", "xa-pw")
+    vault.put("xb", "xb-pw")
+    config = write_services_file(tmp_path, pg, ["xa", "xb"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert database_owner(pg, "xa") == "xa"
+    assert database_owner(pg, "xb") == "xb"
+
+
+# --- messages that send the operator the right way --------------------------------------------
+
+
+def test_a_deleted_secret_says_how_to_bring_it_back(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    vault.client.secrets.kv.v2.delete_latest_version_of_secret(
+        path="postgres/gitea", mount_point="secret"
+    )
+    config = write_services_file(tmp_path, pg, ["gitea"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    assert "the newest version (1) of secret/postgres/gitea was deleted" in result.stdout
+    assert "vault kv undelete -versions=1 secret/postgres/gitea" in result.stdout
+
+
+def test_a_kv_version_1_mount_is_named(tmp_path: Path, pg: Cluster, vault: Vault) -> None:
+    client = hvac.Client(url=vault.addr, token=vault.token)
+    client.sys.enable_secrets_engine("kv", path="kv1", options={"version": "1"})
+    try:
+        client.write_data("kv1/postgres/gitea", data={"password": "gitea-pw"})
+        config = write_services_file(tmp_path, pg, ["gitea"], extra='[vault]\nmount = "kv1"\n')
+        result = run(config, tool_env(vault))
+    finally:
+        client.sys.disable_secrets_engine("kv1")  # type: ignore[no-untyped-call]
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    assert "kv1/ is a KV version 1 mount" in result.stdout
+    assert "vault kv enable-versioning kv1/" in result.stdout
+
+
+def test_sslmode_require_against_a_server_without_ssl_is_said_at_once(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    text = config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r"/postgres\"", '/postgres?sslmode=require"', text), "utf-8")
+
+    result = run(config, tool_env(vault), "--wait-timeout", "60")
+
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert "server does not support SSL, but SSL was required" in result.stdout
+    assert "waiting for PostgreSQL" not in result.stdout
