@@ -42,6 +42,7 @@ class Kind(StrEnum):
     DATABASE_MISSING = "database_missing"
     ROLE_MISSING = "role_missing"
     NOLOGIN = "nologin"
+    PASSWORD_EXPIRED = "password_expired"  # noqa: S105 (a problem's name, not a secret)
     WRONG_OWNER = "wrong_owner"
     PASSWORD_DIFFERS = "password_differs"  # noqa: S105 (a problem's name, not a secret)
     LOGIN_FAILED = "login_failed"
@@ -235,6 +236,14 @@ def check_service(
         problems.append(Problem(Kind.ROLE_MISSING, f'role "{service.user}" does not exist'))
     elif not role.can_login:
         problems.append(Problem(Kind.NOLOGIN, f'role "{service.user}" cannot log in (NOLOGIN)'))
+    if role is not None and role.expired:
+        problems.append(
+            Problem(
+                Kind.PASSWORD_EXPIRED,
+                f'the password of role "{service.user}" expired at {role.valid_until} '
+                "(VALID UNTIL): no password logs it in",
+            )
+        )
     if database is not None and role is not None and database.owner != role.name:
         problems.append(
             Problem(
@@ -243,7 +252,8 @@ def check_service(
                 f'not by "{service.user}"',
             )
         )
-    can_try = database is not None and role is not None and role.can_login
+    # An expired role fails every login as "password authentication failed": no news.
+    can_try = database is not None and role is not None and role.can_login and not role.expired
     if can_try and password is not None:
         login = postgres.try_service_login(target, service.user, service.database, password)
         if not login.logged_in:
