@@ -168,6 +168,10 @@ def test_a_valid_until_is_drift_repaired(
         conn.execute(sql.SQL("ALTER ROLE gitea VALID UNTIL {}").format(sql.Literal(until)))
     if until < "2026":
         assert not can_login(pg.server, "gitea", "gitea-pw")
+        checked = run_tool(["check", "--config", str(config), "--json"], tool_env(vault))
+        assert checked.returncode == ExitCode.SERVICE_FAILED, checked.output
+        (service,) = json.loads(checked.stdout)["services"]
+        assert [problem["kind"] for problem in service["problems"]] == ["password_expired"]
 
     planned = run_tool(["plan", "--config", str(config)], tool_env(vault))
     repaired = run(config, tool_env(vault))
