@@ -29,6 +29,7 @@ COMMANDS: Final = {
     "render": "render",
     "snippet": "snippet",
     "add-service": "add_service",
+    "publish": "publish",
     "deploy": "deploy",
     "verify": "verify",
     "check": "check",

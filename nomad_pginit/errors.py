@@ -76,6 +76,12 @@ class NomadUnavailable(PginitError):
     exit_code = ExitCode.NOMAD
 
 
+class VariableChanged(PginitError):
+    """Someone else wrote a Nomad variable between our read and our write (HTTP 409)."""
+
+    exit_code = ExitCode.SERVICE_FAILED
+
+
 class ServiceError(PginitError):
     """One service could not be provisioned; the others go on."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -19,7 +19,7 @@ import nomad.api.exceptions
 import requests
 
 from nomad_pginit import nomad_http
-from nomad_pginit.errors import ConfigError, NomadUnavailable
+from nomad_pginit.errors import ConfigError, NomadUnavailable, VariableChanged
 from nomad_pginit.jobspec import JobVariables
 from nomad_pginit.nomad_http import Settings
 
@@ -124,7 +124,7 @@ class Job:
     job_modify_index: int
     status: str
     stop: bool
-    # In watch mode ([job] watch = true) init-databases is a sidecar that keeps running.
+    # In live mode ([job] mode = "live") init-databases is a sidecar that keeps running.
     init_sidecar: bool = False
 
 
@@ -143,6 +143,10 @@ class ParsedJob:
         return init_is_sidecar(self.body)
 
     @property
+    def services_variable(self) -> str | None:
+        return services_variable(self.body)
+
+    @property
     def kill_timeout(self) -> float:
         """The longest kill_timeout of the job's tasks, in seconds (Nomad's JSON has ns)."""
         longest = float(DEFAULT_KILL_TIMEOUT_SECONDS)
@@ -154,14 +158,50 @@ class ParsedJob:
         return longest
 
 
-def init_is_sidecar(job: Mapping[str, Any]) -> bool:
-    """Whether the job runs init-databases as a poststart sidecar (watch mode)."""
+# consul-template's `nomadVar "path"` in a template of the init task: live mode.
+_VARIABLE_READ: Final = re.compile(r'nomadVar\s+"([^"@]+)')
+
+
+def _init_task(job: Mapping[str, Any]) -> Mapping[str, Any]:
     for group in job.get("TaskGroups") or []:
         for raw in _mapping(group).get("Tasks") or []:
             task = _mapping(raw)
             if task.get("Name") == INIT_TASK:
-                return bool(_mapping(task.get("Lifecycle")).get("Sidecar"))
-    return False
+                return task
+    return {}
+
+
+def services_variable(job: Mapping[str, Any]) -> str | None:
+    """The Nomad variable the init task's template reads the services file from
+    (live mode), or None when the job carries the services file itself."""
+    for raw in _init_task(job).get("Templates") or []:
+        found = _VARIABLE_READ.search(str(_mapping(raw).get("EmbeddedTmpl") or ""))
+        if found:
+            return found.group(1)
+    return None
+
+
+def init_is_sidecar(job: Mapping[str, Any]) -> bool:
+    """Whether the job runs init-databases as a poststart sidecar (watch mode)."""
+    return bool(_mapping(_init_task(job).get("Lifecycle")).get("Sidecar"))
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A Nomad variable (GET /v1/var/:path): its items and the index CAS writes name."""
+
+    path: str
+    items: Mapping[str, str]
+    modify_index: int
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a job version was registered from (GET /v1/job/:id/submission)."""
+
+    source: str
+    variables: str
+    variable_flags: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -377,6 +417,78 @@ class Nomad:
                 timeout=(TIMEOUT_SECONDS, kill_timeout + RESTART_MARGIN_SECONDS),
             )
 
+    def variable(self, path: str) -> Variable | None:
+        """The variable at ``path``, or None when there is none."""
+        try:
+            with self._translate(
+                f"read variable {path}", capability="variables read", not_found=""
+            ):
+                # get_variable() sends no namespace unless told (python-nomad 2.1).
+                body = self._api.variable.get_variable(path, namespace=self.settings.namespace)
+        except _NotFound:
+            return None
+        return _variable(_mapping(body), path)
+
+    def write_variable(self, path: str, items: Mapping[str, str], cas: int) -> Variable:
+        """Write the variable's items if its ModifyIndex is still ``cas`` (0: if it does
+        not exist yet), as `nomad var put -check-index` does. Raises VariableChanged
+        when someone else wrote it in between: nothing is overwritten."""
+        try:
+            with self._translate(
+                f"write variable {path}", capability="variables write", bad_request_is_config=True
+            ):
+                body = self._api.variable.create_variable(
+                    path,
+                    {"Path": path, "Items": dict(items)},
+                    namespace=self.settings.namespace,
+                    cas=cas,
+                )
+        except _Conflict as err:
+            current = _variable(err.body, path) if err.body else None
+            index = current.modify_index if current else "none"
+            raise VariableChanged(
+                f"variable {path} changed in {self.settings.where()} since it was read "
+                f"(its ModifyIndex is now {index}, not {cas}): someone else published in "
+                "between; nothing was overwritten: look at it (nomad var get "
+                f"{path}) and publish again"
+            ) from err
+        return _variable(_mapping(body), path)
+
+    def job_submission(self, job_id: str, version: int) -> Submission | None:
+        """What version ``version`` of the job was registered from, None when Nomad kept
+        no source for it (registered without one, or too large)."""
+        try:
+            with self._translate(
+                f"read the source of job {job_id}", capability="read-job", not_found=""
+            ):
+                body = self._api.job.request(
+                    quote(job_id, safe=""),
+                    "submission",
+                    method="get",
+                    params={"version": version, **self._namespace_params()},
+                ).json()
+        except _NotFound:
+            return None
+        answer = _mapping(body)
+        flags = _mapping(answer.get("VariableFlags"))
+        return Submission(
+            source=_str(answer, "Source"),
+            variables=_str(answer, "Variables"),
+            variable_flags={str(key): str(value) for key, value in flags.items()},
+        )
+
+    def signal_task(self, alloc_id: str, task: str, signal: str) -> None:
+        """Send ``signal`` to one task of an allocation, as `nomad alloc signal` does."""
+        with self._translate(
+            f"signal task {task} of allocation {alloc_id[:8]}",
+            capability="alloc-lifecycle",
+            not_found=f"allocation {alloc_id} not found in {self.settings.where()}: "
+            "it may have been stopped; run nomad-pginit verify",
+        ):
+            self._api.client.allocation.request(
+                alloc_id, "signal", method="post", json={"Signal": signal, "Task": task}
+            )
+
     def _namespace_params(self) -> dict[str, str]:
         return {"namespace": self.settings.namespace} if self.settings.namespace else {}
 
@@ -414,6 +526,13 @@ class Nomad:
             raise NomadUnavailable(
                 f"{where} denied the request to {what} (403 {_body(err)}): {hint}"
             ) from err
+        except nomad.api.exceptions.VariableConflict as err:
+            response = getattr(err, "nomad_resp", None)
+            body: Mapping[str, Any] = {}
+            if isinstance(response, requests.Response):
+                with suppress(ValueError):
+                    body = _mapping(response.json())
+            raise _Conflict(body) from err
         except nomad.api.exceptions.URLNotFoundNomadException as err:
             if not_found == "":
                 raise _NotFound from err
@@ -454,6 +573,23 @@ class Nomad:
 
 class _NotFound(Exception):
     """A 404 that the caller expects and handles."""
+
+
+class _Conflict(Exception):
+    """A 409 on a check-and-set write, with the current variable Nomad sent back."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__("conflict")
+        self.body = body
+
+
+def _variable(data: Mapping[str, Any], path: str) -> Variable:
+    items = _mapping(data.get("Items"))
+    return Variable(
+        path=_str(data, "Path") or path,
+        items={str(key): str(value) for key, value in items.items()},
+        modify_index=_int(data, "ModifyIndex"),
+    )
 
 
 # --- JSON helpers -----------------------------------------------------------------------------

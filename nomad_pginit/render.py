@@ -133,12 +133,17 @@ class Templates:
         ]
 
     def job(self, spec: Spec) -> str:
-        """The postgresql job, with the services file as the init task sees it."""
+        """The postgresql job: with the services file as the init task sees it (oneshot),
+        or reading it from a Nomad variable (live: the job does not depend on the
+        services, so adding one never changes the job)."""
         _check_admin_secret(spec)
         services_file = self.services_file(spec)
-        _check_renderable(
-            spec, (("services file line", line) for line in services_file.splitlines())
-        )
+        if spec.job.live:
+            services_file = ""  # in the variable: `nomad-pginit publish`
+        else:
+            _check_renderable(
+                spec, (("services file line", line) for line in services_file.splitlines())
+            )
         vault = task_vault(spec)
         return self._render(
             JOB_TEMPLATE,
@@ -152,6 +157,7 @@ class Templates:
             admin_secret_key=ADMIN_VAULT_KEY,
             vault_role=vault.jwt_role,
             identity_name=IDENTITY_NAME,
+            variable_item=spec_module.VARIABLE_ITEM,
             job=spec.job,
         )
 

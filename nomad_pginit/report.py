@@ -18,6 +18,16 @@ from nomad_pginit.provision import Outcome, ServiceOutcome, Status
 LOG_FORMATS: Final = ("plain", "json")
 # The marker an operator (or `nomad-pginit verify`) greps for in the task's log.
 SUMMARY_PREFIX: Final = "summary:"
+# Watch mode starts each pass with "applying (<reason>)": deploy and verify find
+# the passes in the sidecar's log by these words.
+APPLYING: Final = "applying"
+REASON_START: Final = "start"
+REASON_RELOAD: Final = "SIGHUP: services file read again"
+REASON_CHANGED: Final = "services file changed"
+# The passes that read the services file anew: deploy waits for one after it publishes.
+READING_REASONS: Final = (REASON_START, REASON_RELOAD, REASON_CHANGED)
+# Logged when a new services file is refused and the last good one kept.
+INVALID_NEW_FILE: Final = "is invalid; keeping the last good configuration"
 
 # Fields that callers attach with `extra=` and that JSON lines carry as keys.
 _EXTRA_FIELDS: Final = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from nomad_pginit.secret import Secret
 
 # PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
 MAX_NAME_BYTES: Final = 63
+# Nomad's variable paths (nomad/structs/variables.go: ^[a-zA-Z0-9-_~/]{1,128}$).
+_NOMAD_VARIABLE_PATH: Final = re.compile(r"[a-zA-Z0-9_~/-]{1,128}")
 # CONNECTION LIMIT is an int4.
 MAX_CONNECTION_LIMIT: Final = 2**31 - 1
 
@@ -91,14 +94,30 @@ class VaultSettings:
         return f"{self.mount}/{self.secret_path(service)}"
 
 
+# How the job delivers the services file and runs init-databases.
+ONESHOT: Final = "oneshot"  # in the job; a poststart task that provisions and exits
+LIVE: Final = "live"  # in a Nomad variable; a sidecar that applies every change
+MODES: Final = (ONESHOT, LIVE)
+# The job's own variable: its tasks read it with no ACL policy (their workload
+# identity may read nomad/jobs/<job>, .../<group> and .../<group>/<task>).
+DEFAULT_VARIABLE: Final = "nomad/jobs/postgresql"
+# The variable's item that holds the services file.
+VARIABLE_ITEM: Final = "pginit_toml"
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """How `nomad-pginit render` shapes the init-databases task of the Nomad job."""
 
-    # Run as a poststart sidecar in watch mode: rotations apply without redeploys.
-    watch: bool = False
-    # Watch mode's --interval, in seconds.
+    mode: str = ONESHOT
+    # Live mode: how often the sidecar looks at Vault for rotated passwords.
     interval: int = 10
+    # Live mode: the Nomad variable that carries the services file.
+    variable: str = DEFAULT_VARIABLE
+
+    @property
+    def live(self) -> bool:
+        return self.mode == LIVE
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,7 @@ _TOP_KEYS: Final = {
     "job": dict,
     "service": list,
 }
-_JOB_KEYS: Final = {"watch": bool, "interval": int}
+_JOB_KEYS: Final = {"mode": str, "interval": int, "variable": str}
 _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str, "password_secret": str}
 _VAULT_KEYS: Final = {
     "mount": str,
@@ -380,10 +399,30 @@ def _parse(
             f'for example "{DEFAULT_JWT_PATH}", not {vault.jwt_path!r}',
         )
 
-    job_table = _check_keys(top.get("job", {}), _JOB_KEYS, "[job]", problems)
+    raw_job = dict(top.get("job", {}))
+    if "watch" in raw_job:
+        raw_job.pop("watch")
+        problems.add(
+            "[job]",
+            "'watch' is gone: write mode = \"live\" for a sidecar that applies every change "
+            "(new services from a Nomad variable, rotated passwords) without restarting "
+            'PostgreSQL, or mode = "oneshot" (the default) for a task that provisions and '
+            "exits",
+        )
+    job_table = _check_keys(raw_job, _JOB_KEYS, "[job]", problems)
     job = JobSettings(**job_table)
     if job.interval < 1:
         problems.add("[job]", "'interval' must be 1 second or more")
+    if job.mode not in MODES:
+        problems.add("[job]", f'\'mode\' must be "oneshot" or "live", not {job.mode!r}')
+    if not _NOMAD_VARIABLE_PATH.fullmatch(job.variable) or (
+        _segments_problem(job.variable) is not None
+    ):
+        problems.add(
+            "[job]",
+            f"'variable' must be a Nomad variable path such as {DEFAULT_VARIABLE!r} (letters, "
+            f"digits, -, _, ~ and /), not {job.variable!r}",
+        )
 
     defaults_table = _check_keys(top.get("defaults", {}), _OPTION_KEYS, "[defaults]", problems)
     defaults = _check_options(defaults_table, "[defaults]", problems)
@@ -521,6 +560,14 @@ def load(path: Path) -> Spec:
 
 def loads(text: str, path: Path) -> Spec:
     """Validate a services file's text: JSON when it is named *.json or starts with '{'."""
+    if not text.strip():
+        # In live mode the file is what Nomad's template made of the variable: empty
+        # while the variable has no services item.
+        raise ConfigError(
+            f"{path} is empty: write one [[service]] per service in it; in live mode Nomad "
+            f"writes it from the item {VARIABLE_ITEM!r} of the job's Nomad variable, which "
+            "nomad-pginit publish (or deploy) fills in"
+        )
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             document = json.loads(text)

@@ -11,6 +11,7 @@ its token is renewed, or obtained again, before each look at Vault.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +21,21 @@ from nomad_pginit import spec as specs
 from nomad_pginit.errors import ConfigError, PginitError, SecretUnavailable, VaultUnavailable
 from nomad_pginit.postgres import Readiness
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
-from nomad_pginit.report import log_summary
+from nomad_pginit.report import (
+    APPLYING,
+    INVALID_NEW_FILE,
+    REASON_CHANGED,
+    REASON_RELOAD,
+    REASON_START,
+    log_summary,
+)
 from nomad_pginit.stopping import Stopped, StopRequest
 from nomad_pginit.vault import Vault
 
 log = logging.getLogger(__name__)
+
+# How soon a SIGHUP is noticed while watch mode waits.
+_RELOAD_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,23 @@ def _read(path: Path) -> bytes:
 
 
 def watch(
-    path: Path, settings: WatchSettings, stop: StopRequest, environ: Mapping[str, str]
+    path: Path,
+    settings: WatchSettings,
+    stop: StopRequest,
+    environ: Mapping[str, str],
+    reload: threading.Event | None = None,
 ) -> int:
-    """Apply, then keep applying on change until ``stop`` is set. Returns the exit code."""
+    """Apply, then keep applying on change until ``stop`` is set. Returns the exit code.
+
+    ``reload`` (SIGHUP: Nomad re-rendered the services file) makes it read the file
+    again and apply at once, whatever the interval.
+    """
+    reload = reload or threading.Event()
     content = _read(path)
     spec = specs.loads(content.decode("utf-8", errors="replace"), path)  # exit 2 if broken now
     log.info("watching %s and the Vault secrets every %gs", path, settings.interval)
     warn_inline_passwords(spec)
-    reason: str | None = "start"
+    reason: str | None = REASON_START
     versions: dict[str, int] = {}
     last_pass = 0.0
     vault = _VaultSession(environ)
@@ -100,7 +120,7 @@ def watch(
         if reason is None and time.monotonic() - last_pass >= settings.resync:
             reason = "periodic check for drift"
         if reason is not None:
-            log.info("applying (%s)", reason)
+            log.info("%s (%s)", APPLYING, reason)
             outcome = _apply(spec, settings, stop, environ, vault, leftovers=leftovers)
             last_pass = time.monotonic()
             if outcome is None or outcome.fatal is not None:
@@ -113,19 +133,19 @@ def watch(
                 versions = outcome.secret_versions
                 if outcome.fatal is None and not outcome.stopped:
                     leftovers = frozenset(outcome.leftovers)
-        if stop.wait(settings.interval):
+        if _sleep(settings.interval, stop, reload):
             break
+        reloaded = reload.is_set()
+        reload.clear()
         new_content = _read_or_keep(path, content)
-        if new_content != content:
+        if new_content != content or reloaded:
             content = new_content
             try:
                 spec = specs.loads(content.decode("utf-8", errors="replace"), path)
             except ConfigError as err:
-                log.error(
-                    "the new %s is invalid; keeping the last good configuration: %s", path, err
-                )
+                log.error("the new %s %s: %s", path, INVALID_NEW_FILE, err)
                 continue
-            reason = "services file changed"
+            reason = REASON_RELOAD if reloaded else REASON_CHANGED
             warn_inline_passwords(spec)
             continue
         if reason is None:
@@ -166,6 +186,18 @@ def _apply(
         log.error("%s", outcome.fatal)
     log_summary(outcome, log)
     return outcome
+
+
+def _sleep(seconds: float, stop: StopRequest, reload: threading.Event) -> bool:
+    """Wait ``seconds``, less when SIGHUP or a stop comes; True when asked to stop."""
+    deadline = time.monotonic() + seconds
+    while not reload.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if stop.wait(min(remaining, _RELOAD_POLL_SECONDS)):
+            return True
+    return stop.is_set()
 
 
 def _read_or_keep(path: Path, previous: bytes) -> bytes:

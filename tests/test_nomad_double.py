@@ -32,11 +32,9 @@ def call(nomad: NomadDouble, method: str, path: str, **kwargs: Any) -> requests.
 
 
 def test_the_rendered_jobs_use_only_what_nomads_job_specification_has(tmp_path: Path) -> None:
-    for watch in (False, True):
+    for mode in spec.MODES:
         services = tmp_path / "pginit.toml"
-        services.write_text(
-            f'[job]\nwatch = {str(watch).lower()}\n\n[[service]]\nname = "gitea"\n', "utf-8"
-        )
+        services.write_text(f'[job]\nmode = "{mode}"\n\n[[service]]\nname = "gitea"\n', "utf-8")
         parse_job(render.Templates(None).job(spec.load(services)))
     job = parse_job(COMMITTED_JOB.read_text(encoding="utf-8"))
     assert job["ID"] == "postgresql"

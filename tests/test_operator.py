@@ -295,11 +295,17 @@ def test_deploy_rejects_a_bad_timeout(nomad: NomadDouble, job_dir: Path, value: 
 def watch_job_dir(job_dir: Path) -> Path:
     """The same services in watch mode: init-databases becomes a sidecar that keeps running."""
     services = job_dir / "pginit.toml"
-    services.write_text("[job]\nwatch = true\n\n" + SERVICES_TOML, encoding="utf-8")
+    services.write_text('[job]\nmode = "live"\n\n' + SERVICES_TOML, encoding="utf-8")
     job = render.Templates(None).job(spec.load(services))
     (job_dir / render.JOB_FILE_NAME).write_text(job, encoding="utf-8")
     assert parse_job(job)["TaskGroups"][0]["Tasks"][1]["Lifecycle"]["Sidecar"] is True
     return job_dir
+
+
+def publish_services(nomad: NomadDouble, job_dir: Path) -> None:
+    """The variable a live job's sidecar reads, as publish writes it."""
+    view = render.Templates(None).services_file(spec.load(job_dir / "pginit.toml"))
+    nomad.set_variable(spec.DEFAULT_VARIABLE, {spec.VARIABLE_ITEM: view})
 
 
 def test_deploy_in_watch_mode_waits_for_the_first_summary(
@@ -319,6 +325,7 @@ def test_deploy_in_watch_mode_waits_for_the_first_summary(
 def test_deploy_rerun_in_watch_mode_is_not_fooled_by_the_kill(
     nomad: NomadDouble, watch_job_dir: Path
 ) -> None:
+    publish_services(nomad, watch_job_dir)
     nomad.seed(job_text(watch_job_dir), TaskRun.watching("summary: ok: old pass"))
     nomad.next_run = TaskRun.watching("summary: ok: 2 services in sync (new pass)")
 
@@ -331,6 +338,7 @@ def test_deploy_rerun_in_watch_mode_is_not_fooled_by_the_kill(
 
 
 def test_verify_in_watch_mode(nomad: NomadDouble, watch_job_dir: Path) -> None:
+    publish_services(nomad, watch_job_dir)
     nomad.seed(job_text(watch_job_dir), TaskRun.watching())
 
     result = nomad_tool("verify", watch_job_dir, nomad_env(nomad))

@@ -215,10 +215,10 @@ def test_init_task_is_a_poststart_task_that_never_fails_for_good(job_text: str) 
     assert destinations == {"local/pginit.toml"}
 
 
-def test_watch_option_runs_the_init_task_as_a_watching_sidecar(tmp_path: Path) -> None:
+def test_live_mode_runs_the_init_task_as_a_watching_sidecar(tmp_path: Path) -> None:
     path = write_services(
         tmp_path,
-        '[job]\nwatch = true\ninterval = 15\n\n[[service]]\nname = "gitea"\n',
+        '[job]\nmode = "live"\ninterval = 15\n\n[[service]]\nname = "gitea"\n',
     )
     text = render.Templates(local_dir=None).job(spec.load(path))
     _, _, tasks = job_parts(text)

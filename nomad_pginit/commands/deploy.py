@@ -20,13 +20,16 @@ from typing import Final
 from nomad_pginit import jobspec, render, spec
 from nomad_pginit.commands import repository, verify
 from nomad_pginit.errors import ConfigError, ExitCode, PginitError
+from nomad_pginit.live import publish
 from nomad_pginit.nomad import (
     ALLOC_DONE,
     EVAL_DONE,
     INIT_TASK,
     Allocation,
     Evaluation,
+    Job,
     Nomad,
+    ParsedJob,
     TaskState,
     newest,
 )
@@ -127,6 +130,14 @@ def register(
         f"(as nomad alloc restart -all-tasks does: postgres restarts too) so that {INIT_TASK} "
         "runs again",
     )
+    parser.add_argument(
+        "--now",
+        action="store_true",
+        help=f'live mode ([job] mode = "live"): when neither the job nor the services changed, '
+        f"send SIGHUP to the running {INIT_TASK} sidecar through Nomad's API so that it "
+        "applies the services file again at once (a rotated password, without waiting for "
+        "--interval); PostgreSQL is not restarted",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -162,8 +173,38 @@ def main(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         kill_timeout=parsed.kill_timeout,
     )
+    live = _live_services(args, parsed)
+    if args.now and live is None:
+        raise ConfigError(
+            '--now is for live mode ([job] mode = "live"), where init-databases keeps '
+            "running; this job runs it once per allocation: deploy --rerun runs it again"
+        )
     before = client.find_job(parsed.id)
     known = {alloc.id for alloc in client.allocations(parsed.id)} if before else set()
+    if live is not None:
+        return _deploy_live(deployment, parsed, live, before, known, now=args.now, rerun=args.rerun)
+    return _register_and_follow(deployment, parsed, before, known, rerun=args.rerun)
+
+
+def _register_and_follow(
+    deployment: Deployment, parsed: ParsedJob, before: Job | None, known: set[str], *, rerun: bool
+) -> int:
+    """Oneshot mode: register the job, then follow the init task of the new allocation."""
+    evaluation = _register(deployment, parsed)
+    allocation = _wait_for_new_allocation(deployment, evaluation, known)
+    if allocation is not None:
+        if rerun:
+            log.info("a new allocation runs %s anyway: --rerun is not needed", INIT_TASK)
+        return _follow_and_report(deployment, allocation)
+    why, running = _still_running(deployment, before, evaluation)
+    if not rerun:
+        return _report_unchanged(deployment, running, why)
+    return _rerun(deployment, running, why)
+
+
+def _register(deployment: Deployment, parsed: ParsedJob) -> Evaluation:
+    """Register the job and wait until the scheduler is done with its evaluation."""
+    client = deployment.client
     registration = client.register_job(parsed)
     log.info(
         "job %s submitted to %s: evaluation %s",
@@ -173,29 +214,233 @@ def main(args: argparse.Namespace) -> int:
     )
     for warning in filter(None, registration.warnings.splitlines()):
         log.warning("Nomad warns: %s", warning.strip())
+    return _wait_for_evaluation(deployment, registration.eval_id)
 
-    evaluation = _wait_for_evaluation(deployment, registration.eval_id)
-    allocation = _wait_for_new_allocation(deployment, evaluation, known)
-    if allocation is not None:
-        if args.rerun:
-            log.info("a new allocation runs %s anyway: --rerun is not needed", INIT_TASK)
-        return _follow_and_report(deployment, allocation)
 
-    after = client.job(parsed.id)
+def _still_running(
+    deployment: Deployment, before: Job | None, evaluation: Evaluation
+) -> tuple[str, Allocation]:
+    """When the registration made no new allocation: why, and the one that runs."""
+    client = deployment.client
+    after = client.job(deployment.job_id)
     if before is not None and after.job_modify_index == before.job_modify_index:
-        why = f"job {parsed.id} is unchanged (version {after.version})"
+        why = f"job {deployment.job_id} is unchanged (version {after.version})"
     else:
-        why = f"Nomad updated job {parsed.id} (version {after.version}) in place"
-    running = _running_allocation(client.allocations(parsed.id))
+        why = f"Nomad updated job {deployment.job_id} (version {after.version}) in place"
+    running = _running_allocation(client.allocations(deployment.job_id))
     if running is None:
         raise DeployFailed(
             f"{why} and has no running allocation: Nomad created none for evaluation "
             f"{evaluation.id[:8]} ({evaluation.status_description or evaluation.status}); "
-            f"look at nomad job status {parsed.id}"
+            f"look at nomad job status {deployment.job_id}"
         )
-    if not args.rerun:
-        return _report_unchanged(deployment, running, why)
-    return _rerun(deployment, running, why)
+    return why, running
+
+
+# --- live mode -------------------------------------------------------------------------------
+
+
+def _live_services(args: argparse.Namespace, parsed: ParsedJob) -> spec.Spec | None:
+    """The services file to publish when the job is a live-mode job, else None.
+
+    The job and the services file must agree: a live job reads the variable the
+    services file names, and a live services file needs a job rendered live.
+    """
+    config = repository.services_file(args, os.environ)
+    variable = parsed.services_variable
+    if variable is None:
+        if config.is_file():
+            services = spec.load(config)
+            if services.job.live:
+                raise ConfigError(
+                    f'{config} says [job] mode = "live", but the job file carries the services '
+                    "file itself (a oneshot job): run nomad-pginit render, then deploy again"
+                )
+        return None
+    if not config.is_file():
+        raise ConfigError(
+            f"the job reads its services file from Nomad variable {variable} (live mode), and "
+            f"deploy publishes it there from the services file, but {config} does not exist: "
+            "pass --config PATH"
+        )
+    services = spec.load(config)
+    if not services.job.live:
+        raise ConfigError(
+            f"the job reads its services file from Nomad variable {variable} (live mode), but "
+            f"{config} says [job] mode = {services.job.mode!r}: run nomad-pginit render, then "
+            "deploy again"
+        )
+    if services.job.variable != variable:
+        raise ConfigError(
+            f"the job reads its services file from Nomad variable {variable}, but {config} "
+            f"says [job] variable = {services.job.variable!r}: run nomad-pginit render, then "
+            "deploy again"
+        )
+    return services
+
+
+def _same_submission(client: Nomad, parsed: ParsedJob, before: Job | None) -> bool:
+    """Whether Nomad runs this very job: the version it runs was registered from the
+    same job file with the same variables (its submission record)."""
+    if before is None or before.stop:
+        return False
+    submission = client.job_submission(parsed.id, before.version)
+    if submission is None:
+        return False  # no record to compare with: register, Nomad tells what changed
+    return (
+        submission.source == parsed.source
+        and submission.variables == parsed.variables.submission_variables
+        and dict(submission.variable_flags) == dict(parsed.variables.submission_flags)
+    )
+
+
+def _deploy_live(
+    deployment: Deployment,
+    parsed: ParsedJob,
+    services: spec.Spec,
+    before: Job | None,
+    known: set[str],
+    *,
+    now: bool,
+    rerun: bool,
+) -> int:
+    """Live mode: publish the services, register the job only when it differs from the
+    one Nomad runs, and wait for the sidecar's pass that applies them."""
+    client = deployment.client
+    running = _running_allocation(client.allocations(parsed.id)) if before else None
+    # The sidecar's log so far: the pass that applies this publication comes after it.
+    earlier = (
+        (
+            client.task_log(running.id, INIT_TASK, "stdout"),
+            client.task_log(running.id, INIT_TASK, "stderr"),
+        )
+        if running is not None
+        else ("", "")
+    )
+    publication = publish(client, services, render.Templates(render.LOCAL_TEMPLATES))
+    if publication.changed:
+        log.info(
+            "published %d services to variable %s in %s (ModifyIndex %d)",
+            len(services.services),
+            publication.path,
+            client.settings.where(),
+            publication.modify_index,
+        )
+    else:
+        log.info(
+            "variable %s already holds these %d services",
+            publication.path,
+            len(services.services),
+        )
+    if rerun:
+        if running is not None:
+            log.info(
+                "--rerun restarts every task, postgres too; in live mode deploy --now applies "
+                "the services again without a restart"
+            )
+        return _register_and_follow(deployment, parsed, before, known, rerun=True)
+    if _same_submission(client, parsed, before) and running is not None:
+        assert before is not None
+        log.info(
+            "job %s version %d is the one Nomad runs (same job file and variables): not "
+            "registered again; PostgreSQL keeps running",
+            parsed.id,
+            before.version,
+        )
+    else:
+        evaluation = _register(deployment, parsed)
+        allocation = _wait_for_new_allocation(deployment, evaluation, known)
+        if allocation is not None:
+            if now:
+                log.info("a new allocation reads the services at its start: --now is not needed")
+            return _follow_and_report(deployment, allocation)
+        read_from = running.id if running is not None else None
+        _, running = _still_running(deployment, before, evaluation)
+        if running.id != read_from:
+            earlier = ("", "")
+    if not publication.changed and not now:
+        log.info(
+            "neither the job nor the services changed: %s did not apply anything new (it "
+            "applies a password rotated in Vault within its interval by itself)",
+            INIT_TASK,
+        )
+        return _report_last(
+            deployment,
+            running,
+            "pass",
+            f"to apply again at once: nomad-pginit deploy --now (sends SIGHUP to {INIT_TASK}; "
+            "PostgreSQL keeps running)",
+        )
+    if not publication.changed:
+        client.signal_task(running.id, INIT_TASK, "SIGHUP")
+        log.info(
+            "--now: sent SIGHUP to %s in allocation %s: it applies the services file again",
+            INIT_TASK,
+            running.short_id,
+        )
+    else:
+        log.info(
+            "Nomad re-renders the services file of %s in allocation %s and signals it (SIGHUP); "
+            "waiting for the pass that applies it",
+            INIT_TASK,
+            running.short_id,
+        )
+    return _wait_for_pass(deployment, running, earlier)
+
+
+def _wait_for_pass(deployment: Deployment, running: Allocation, earlier: tuple[str, str]) -> int:
+    """Wait until the sidecar logs a pass that read the services file after ``earlier``."""
+    client = deployment.client
+    interval = FIRST_POLL_SECONDS
+    last_line = ""
+    while True:
+        allocation = next(
+            (a for a in client.allocations(deployment.job_id) if a.id == running.id), None
+        )
+        if allocation is None:
+            raise DeployFailed(
+                f"allocation {running.short_id} disappeared from job {deployment.job_id}: look "
+                f"at nomad job status {deployment.job_id}"
+            )
+        task = allocation.task(INIT_TASK)
+        line = _progress(allocation, task)
+        if line != last_line:
+            log.info("%s", line)
+            last_line = line
+        text = verify.without_prefix(
+            client.task_log(allocation.id, INIT_TASK, "stdout"), earlier[0]
+        )
+        refused = verify.refused_file(text)
+        if refused is not None:
+            log.error("%s refused the services file: %s", INIT_TASK, refused)
+            raise DeployFailed(
+                f"{INIT_TASK} in allocation {allocation.short_id} refused the published "
+                "services file and keeps applying the last good one: is its image older than "
+                "this nomad-pginit? Fix the file and deploy again"
+            )
+        applied = verify.reading_pass(text)
+        if applied is not None:
+            stderr = verify.without_prefix(
+                client.task_log(allocation.id, INIT_TASK, "stderr"), earlier[1]
+            )
+            verdict = verify.judge(deployment.job_id, allocation, applied, stderr, sidecar=True)
+            verify.show_log("stdout", verdict.stdout, allocation, deployment.log_format)
+            verify.show_log(
+                "stderr", verdict.stderr, allocation, deployment.log_format, always=False
+            )
+            verify.report_checks(verdict)
+            return verify.conclude(verdict, "deploy")
+        if allocation.client_status in ALLOC_DONE:
+            raise DeployFailed(
+                f"allocation {allocation.short_id} is {allocation.client_status}: {INIT_TASK} "
+                f"will not apply the services; look at nomad alloc status {allocation.id}"
+            )
+        interval = deployment.sleep(
+            interval,
+            f"{INIT_TASK} in allocation {allocation.short_id} has not logged a pass that applies "
+            "the published services file. It may still come: nomad-pginit verify shows the "
+            f"last pass later (or nomad alloc logs {allocation.id} {INIT_TASK})",
+        )
 
 
 def _warn_if_stale(args: argparse.Namespace, path: Path, hcl: str) -> None:
@@ -283,23 +528,32 @@ def _running_allocation(allocations: list[Allocation]) -> Allocation | None:
 
 def _report_unchanged(deployment: Deployment, running: Allocation, why: str) -> int:
     log.info("%s: Nomad created no new allocation, so %s did not run again", why, INIT_TASK)
+    return _report_last(
+        deployment,
+        running,
+        "run",
+        f"to run it again: nomad-pginit deploy --rerun (restarts every task of allocation "
+        f"{running.short_id}, postgres too)",
+    )
+
+
+def _report_last(deployment: Deployment, running: Allocation, what: str, hint: str) -> int:
+    """Judge the init task's last run (oneshot) or last pass (live) in ``running``."""
     verdict = verify.read_verdict(
         deployment.client, deployment.job_id, running, sidecar=deployment.sidecar
     )
-    hint = (
-        f"to run it again: nomad-pginit deploy --rerun (restarts every task of allocation "
-        f"{running.short_id}, postgres too)"
-    )
     if verdict.ok:
         log.info(
-            "its last run in allocation %s succeeded: %s; %s",
+            "its last %s in allocation %s succeeded: %s; %s",
+            what,
             running.short_id,
             verdict.summary,
             hint,
         )
         return int(ExitCode.OK)
     log.error(
-        "its last run in allocation %s did not succeed: %s; nomad-pginit verify shows its log; %s",
+        "its last %s in allocation %s did not succeed: %s; nomad-pginit verify shows its log; %s",
+        what,
         running.short_id,
         verdict.failures(),
         hint,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from collections.abc import Mapping
 
 from nomad_pginit import __version__
@@ -46,9 +48,9 @@ def register(
         "--watch",
         action="store_true",
         default=None,
-        help="keep running: re-apply when the services file changes or a password gets a new "
-        "version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT stops it within a second "
-        "or two, exit 0",
+        help="keep running: re-apply when the services file changes (at once on SIGHUP) or a "
+        "password gets a new version in Vault (default: $WATCH_MODE); SIGTERM or SIGINT "
+        "stops it within a second or two, exit 0",
     )
     parser.add_argument(
         "--interval",
@@ -83,7 +85,10 @@ def main(args: argparse.Namespace) -> int:
             readiness=options.readiness(args, environ),
             disable_removed=args.disable_removed,
         )
-        code = watch(spec_path(args.config, environ), settings, stop, environ)
+        # SIGHUP: Nomad re-rendered the services file (live mode's template): apply now.
+        reload = threading.Event()
+        signal.signal(signal.SIGHUP, lambda *_: reload.set())
+        code = watch(spec_path(args.config, environ), settings, stop, environ, reload)
         return stop.exit_now(code)
     spec = options.load_spec(args, environ)
     log.info("nomad-pginit %s: %d services in %s", __version__, len(spec.services), spec.source)

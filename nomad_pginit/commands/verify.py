@@ -20,7 +20,13 @@ from typing import Final
 from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
 from nomad_pginit.nomad import INIT_TASK, Allocation, Nomad, TaskState, newest
-from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
+from nomad_pginit.report import (
+    APPLYING,
+    INVALID_NEW_FILE,
+    READING_REASONS,
+    SUMMARY_PREFIX,
+    configure_logging,
+)
 
 log = logging.getLogger("nomad_pginit")
 
@@ -83,10 +89,26 @@ class Verdict:
         }
 
 
-def summary_line(text: str) -> str | None:
-    """The last summary line of a `nomad-pginit run` log, plain or JSON."""
-    found: str | None = None
-    for raw in text.splitlines():
+# `2026-11-21T23:30:00Z INFO applying (SIGHUP: services file read again)`
+_PASS: Final = re.compile(rf"^\S+ [A-Z]+ {re.escape(APPLYING)} \((.*)\)$")
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line of a task's log, where it starts in the text, and what it says."""
+
+    start: int
+    summary: str | None  # the summary it logs, if it is the summary line
+    pass_reason: str | None  # why a watch-mode pass starts, if it starts one
+    message: str
+
+
+def _lines(text: str) -> list[_Line]:
+    """The log's lines, plain or JSON (one record per line), with their offsets."""
+    found: list[_Line] = []
+    offset = 0
+    for raw in text.splitlines(keepends=True):
+        start, offset = offset, offset + len(raw)
         line = raw.strip()
         if line.startswith("{"):
             try:
@@ -95,13 +117,64 @@ def summary_line(text: str) -> str | None:
                 entry = None
             if isinstance(entry, dict):
                 message = entry.get("message")
-                if entry.get("event") == "summary" and isinstance(message, str):
-                    found = message
+                if not isinstance(message, str):
+                    continue
+                summary = message if entry.get("event") == "summary" else None
+                reason = None
+                if message.startswith(f"{APPLYING} (") and message.endswith(")"):
+                    reason = message[len(APPLYING) + 2 : -1]
+                found.append(_Line(start, summary, reason, message))
                 continue
         match = _SUMMARY.search(line)
-        if match:
-            found = match.group(1)
+        started = _PASS.match(line)
+        found.append(
+            _Line(
+                start,
+                match.group(1) if match else None,
+                started.group(1) if started else None,
+                line,
+            )
+        )
     return found
+
+
+def summary_line(text: str) -> str | None:
+    """The last summary line of a `nomad-pginit run` log, plain or JSON."""
+    summaries = [line.summary for line in _lines(text) if line.summary is not None]
+    return summaries[-1] if summaries else None
+
+
+def last_pass(text: str) -> str:
+    """A watch-mode log from the start of its last finished pass (its "applying"
+    line): what the sidecar did last, not since the allocation started. The
+    whole text when no pass has both started and finished in it."""
+    lines = _lines(text)
+    summaries = [line.start for line in lines if line.summary is not None]
+    if not summaries:
+        return text
+    starts = [line.start for line in lines if line.pass_reason is not None]
+    before = [start for start in starts if start < summaries[-1]]
+    return text[before[-1] :] if before else text
+
+
+def reading_pass(text: str) -> str | None:
+    """The log of the first pass in ``text`` that read the services file anew (at
+    start, on SIGHUP, or on a change), up to its summary line; None until that
+    pass has logged its summary."""
+    lines = _lines(text)
+    for index, line in enumerate(lines):
+        if line.pass_reason in READING_REASONS:
+            for position, later in enumerate(lines[index:], start=index):
+                if later.summary is not None:
+                    end = lines[position + 1].start if position + 1 < len(lines) else len(text)
+                    return text[line.start : end]
+            return None
+    return None
+
+
+def refused_file(text: str) -> str | None:
+    """The line in which watch mode refused a new services file, if any."""
+    return next((line.message for line in _lines(text) if INVALID_NEW_FILE in line.message), None)
 
 
 def judge(
@@ -113,6 +186,9 @@ def judge(
     summary; running is then the good state, and there is no exit code yet.
     """
     task = allocation.task(INIT_TASK)
+    if sidecar:
+        # Each pass logs its own summary: judge the last one, show its log only.
+        stdout = last_pass(stdout)
     summary = summary_line(stdout) or summary_line(stderr)
     if sidecar and task is not None and task.state == "running":
         checks = (

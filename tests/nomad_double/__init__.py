@@ -9,10 +9,11 @@ behaviour names the file of hashicorp/nomad it follows.
 
 from .allocations import INIT_TASK, TaskRun
 from .jobspec import JobspecError, parse_job
-from .server import WRITE, NomadDouble, Recorded, Token
+from .server import VARIABLES, WRITE, NomadDouble, Recorded, Token
 
 __all__ = [
     "INIT_TASK",
+    "VARIABLES",
     "WRITE",
     "JobspecError",
     "NomadDouble",

@@ -51,6 +51,8 @@ USER_RESTART: Final = "User requested all tasks to restart"  # client/client.go
 EXCEEDED_DELAY: Final = "Exceeded allowed attempts, applying a delay"  # restarts.go
 # {{ with secret "path" }} or {{ secret "path" }} in a template (consul-template).
 _SECRET_READ: Final = re.compile(r'\{\{-?\s*(?:with\s+)?secret\s+"([^"]+)"')
+# {{ with nomadVar "path" }}: consul-template's blocking read of a Nomad variable.
+_VARIABLE_READ: Final = re.compile(r'nomadVar\s+"([^"@]+)')
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class TaskRun:
             stdout=(
                 "2026-11-21T23:24:21Z INFO watching /local/pginit.toml and the Vault secrets "
                 "every 10s\n"
+                "2026-11-21T23:24:21Z INFO applying (start)\n"
                 f"2026-11-21T23:24:22Z INFO {summary}\n"
             ),
             keeps_running=True,
@@ -158,7 +161,11 @@ class Task:
     kill_timeout: int
     vault_role: str | None  # None: no vault block
     template_secrets: tuple[str, ...]  # Vault paths the task's templates read
+    # Nomad variables its templates read (nomadVar), and whether a change signals
+    # the task (change_mode = "signal") or restarts it.
     clock: Clock
+    template_variables: tuple[str, ...] = ()
+    signals_on_change: bool = False
     state: str = "pending"
     failed: bool = False
     restarts: int = 0
@@ -187,7 +194,9 @@ class Task:
             "FailsTask": details.get("fails_task") == "true",
             "RestartReason": details.get("restart_reason", ""),
             "ExitCode": int(details.get("exit_code", "0")),
-            "Signal": int(details.get("signal", "0")),
+            # SetSignal writes a number; SetSignalText (the signal API) words in Details only.
+            "Signal": int(details["signal"]) if details.get("signal", "").isdigit() else 0,
+            "TaskSignal": details.get("task_signal", ""),
             "KillTimeout": 0,
             "StartDelay": int(details.get("start_delay", "0")),
             "FailedSibling": details.get("failed_sibling", ""),
@@ -234,6 +243,14 @@ class Behaviour:
     unreadable_secrets: set[str] = field(default_factory=set)
     # The postgres task's own output.
     main_stdout: str = "LOG:  database system is ready to accept connections\n"
+    # What the init task prints after a SIGHUP (a template re-rendered, or the
+    # signal API): one pass of a live-mode sidecar.
+    reload_output: str = (
+        "2026-11-21T23:30:00Z INFO applying (SIGHUP: services file read again)\n"
+        "2026-11-21T23:30:01Z INFO summary: ok: 3 services in sync (1 created, 2 unchanged)\n"
+    )
+    # The variables Nomad holds, (namespace, path) -> items: templates read them.
+    variables: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def next_run(self) -> TaskRun:
         return self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
@@ -284,6 +301,15 @@ class Allocation:
                     path
                     for template in raw.get("Templates") or []
                     for path in _SECRET_READ.findall(template.get("EmbeddedTmpl") or "")
+                ),
+                template_variables=tuple(
+                    path
+                    for template in raw.get("Templates") or []
+                    for path in _VARIABLE_READ.findall(template.get("EmbeddedTmpl") or "")
+                ),
+                signals_on_change=any(
+                    template.get("ChangeMode") == "signal"
+                    for template in raw.get("Templates") or []
                 ),
                 clock=clock,
             )
@@ -418,6 +444,21 @@ class Allocation:
                 hook_message=f"vault: failed to derive Vault token: {reason}",
             )
             return False
+        missing = [
+            path
+            for path in task.template_variables
+            if (self.namespace, path) not in self.behaviour.variables
+        ]
+        if missing:
+            # consul-template's nomadVar blocks on a variable that does not exist: the
+            # task waits, with a "Missing" event every few seconds (template.go).
+            if not task.events or task.events[-1]["Type"] != "Template":
+                task.event(
+                    "Template",
+                    f"Missing: nomad.var.block({missing[0]}@{self.namespace}.global)",
+                )
+            self.steps.append(functools.partial(self._retry_start, task))
+            return False
         unreadable = [
             path for path in task.template_secrets if path in self.behaviour.unreadable_secrets
         ]
@@ -457,6 +498,33 @@ class Allocation:
         for task in self.tasks.values():
             if task.hook == "poststart" and task.state == "pending" and self._start(task):
                 self.steps.append(functools.partial(self._finish_run, task))
+
+    def _retry_start(self, task: Task) -> None:
+        if task.state == "pending" and self._start(task):
+            self.steps.append(functools.partial(self._finish_run, task))
+
+    def variable_changed(self, path: str) -> None:
+        """A variable a running task's template reads was written: Nomad re-renders the
+        template and, with change_mode = "signal", signals the task
+        (client/allocrunner/taskrunner/template/template.go handleTemplateRerenders)."""
+        for task in self.tasks.values():
+            if (
+                path in task.template_variables
+                and task.state == "running"
+                and task.signals_on_change
+            ):
+                # template.go: SetTaskSignal(s) (Go's name for SIGHUP) and its own display.
+                task.event("Signaling", "Template re-rendered", task_signal="hangup")
+                task.stdout += self.behaviour.reload_output
+
+    def signal(self, task_name: str, signal: str) -> None:
+        """POST /v1/client/allocation/:id/signal (alloc_runner.go Signal)."""
+        task = self.tasks[task_name]
+        # alloc_runner.go Signal: SetSignalText only, so Nomad's display message is
+        # structs.go's "Task being sent a signal".
+        task.event("Signaling", "Task being sent a signal", signal=signal)
+        if signal == "SIGHUP":
+            task.stdout += self.behaviour.reload_output
 
     def _finish_run(self, task: Task) -> None:
         run = task.run

@@ -63,8 +63,19 @@ PERMISSION_DENIED: Final = "Permission denied"
 DEFAULT_NAMESPACE: Final = "default"
 # Capabilities of a namespace rule's policy = "write" (acl/policy.go expandNamespacePolicy).
 WRITE: Final = frozenset(
-    {"parse-job", "submit-job", "read-job", "read-logs", "alloc-lifecycle", "list-jobs"}
+    {
+        "parse-job",
+        "submit-job",
+        "read-job",
+        "read-logs",
+        "alloc-lifecycle",
+        "list-jobs",
+    }
 )
+# A variables block's capabilities (acl/policy.go VariablesPolicy): namespace
+# policy "write" does not include them. The double grants them per namespace,
+# not per path.
+VARIABLES: Final = frozenset({"variables-read", "variables-write"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,8 @@ class _Job:
     modify_index: int
     create_index: int
     submission: dict[str, Any] | None = None
+    # Each version's submission (GET /v1/job/:id/submission?version=N).
+    submissions: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +178,10 @@ class NomadDouble:
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._allocs: dict[str, Allocation] = {}
         self._evals: dict[str, _Eval] = {}
+        # (namespace, path) -> (CreateIndex, ModifyIndex); the items are in the behaviour.
+        self._variable_meta: dict[tuple[str, str], tuple[int, int]] = {}
+        # Writes another operator makes just before the next PUT to a path (a race).
+        self._racing_writes: dict[tuple[str, str], dict[str, str]] = {}
         self._index = 10
         self._clock = Clock()
         self._lock = threading.RLock()
@@ -322,6 +339,16 @@ class NomadDouble:
                 return self._logs(request, alloc_id)
             case (_, ["v1", "client", "allocation", alloc_id, "restart"]):
                 return self._restart(request, alloc_id)
+            case (method, ["v1", "client", "allocation", alloc_id, "signal"]) if method in writes:
+                return self._signal(request, alloc_id)
+            case ("GET", ["v1", "job", job_id, "submission"]):
+                return self._submission(request, job_id)
+            case ("GET", ["v1", "vars"]):
+                return self._list_variables(request)
+            case ("GET", ["v1", "var", *path]) if path:
+                return self._read_variable(request, "/".join(path))
+            case (method, ["v1", "var", *path]) if path and method in writes:
+                return self._write_variable(request, "/".join(path))
         raise _Failure(404, "Invalid URL")
 
     # --- ACLs ----------------------------------------------------------------------------
@@ -447,6 +474,8 @@ class NomadDouble:
         else:
             job = existing
             reply_index = existing.modify_index  # not its JobModifyIndex: nomad/job_endpoint.go
+        if changed and submission is not None:
+            job.submissions[job.version] = submission
         evaluation = _Eval(eval_id, namespace, body["ID"], polls_left=1)
         self._evals[eval_id] = evaluation
         if changed:
@@ -590,6 +619,146 @@ class NomadDouble:
             alloc.modify_index = self._next_index()
         return 200, {"Index": 0}
 
+    # --- live mode: variables, submissions, signals ----------------------------------------
+
+    def _variable_document(self, namespace: str, path: str) -> dict[str, Any]:
+        meta = self._variable_meta[(namespace, path)]
+        return {
+            "Namespace": namespace,
+            "Path": path,
+            "CreateIndex": meta[0],
+            "ModifyIndex": meta[1],
+            "CreateTime": meta[0] * 1_000_000_000,
+            "ModifyTime": meta[1] * 1_000_000_000,
+            "Items": dict(self.behaviour.variables[(namespace, path)]),
+        }
+
+    def _read_variable(self, request: Recorded, path: str) -> tuple[int, Any]:
+        """GET /v1/var/:path (command/agent/variable_endpoint.go): 404 "variable not found"."""
+        namespace = self._namespace(request)
+        self._require(request, namespace, "variables-read")
+        with self._lock:
+            if (namespace, path) not in self.behaviour.variables:
+                raise _Failure(404, "variable not found")
+            return 200, self._variable_document(namespace, path)
+
+    def _list_variables(self, request: Recorded) -> tuple[int, Any]:
+        """GET /v1/vars?prefix= : metadata only, never the items."""
+        namespace = self._namespace(request)
+        prefix = request.query.get("prefix", "")
+        token = self._token(request)
+        with self._lock:
+            listed = []
+            for ns, path in sorted(self.behaviour.variables):
+                if ns != namespace or not path.startswith(prefix):
+                    continue
+                if token is not None and not token.allows(ns, "variables-read"):
+                    continue  # filtered per item, no 403 (nomad/variables_endpoint.go List)
+                document = self._variable_document(ns, path)
+                del document["Items"]
+                listed.append(document)
+            return 200, listed
+
+    def _write_variable(self, request: Recorded, path: str) -> tuple[int, Any]:
+        """PUT /v1/var/:path[?cas=N] (nomad/state/state_store_variables.go): cas=0 creates
+        only; a stale cas is 409 with the current variable as the body."""
+        try:
+            body = request.json()
+        except ValueError as err:
+            raise _Failure(400, str(err)) from err
+        items = body.get("Items") or {}
+        if not items:
+            raise _Failure(400, "variable missing required Items object")
+        # A Namespace in the body beats ?namespace= (variables_endpoint.go).
+        namespace = body.get("Namespace") or self._namespace(request)
+        self._require(request, namespace, "variables-write")
+        size = sum(
+            len(str(key).encode()) + len(str(value).encode()) for key, value in items.items()
+        )
+        if size > 64 * 1024:
+            raise _Failure(400, "RPC Error:: 400,variables are limited to 64KiB in total size")
+        with self._lock:
+            key = (namespace, path)
+            racing = self._racing_writes.pop(key, None)
+            if racing is not None:
+                self.set_variable(path, racing, namespace)
+            cas = request.query.get("cas")
+            exists = key in self.behaviour.variables
+            if cas is not None:
+                current = self._variable_meta[key][1] if exists else 0
+                if int(cas) != current:
+                    if exists:
+                        return 409, self._variable_document(namespace, path)
+                    return 409, {"Namespace": namespace, "Path": path}
+            index = self._next_index()
+            created = self._variable_meta[key][0] if exists else index
+            self._variable_meta[key] = (created, index)
+            self.behaviour.variables[key] = {str(k): str(v) for k, v in items.items()}
+            for alloc in self._allocs.values():
+                if alloc.namespace == namespace and alloc.desired_status == "run":
+                    alloc.variable_changed(path)
+            return 200, self._variable_document(namespace, path)
+
+    def set_variable(
+        self, path: str, items: dict[str, str], namespace: str = DEFAULT_NAMESPACE
+    ) -> None:
+        """A variable someone wrote (a test's way of playing another operator)."""
+        with self._lock:
+            index = self._next_index()
+            key = (namespace, path)
+            created = self._variable_meta[key][0] if key in self._variable_meta else index
+            self._variable_meta[key] = (created, index)
+            self.behaviour.variables[key] = dict(items)
+            for alloc in self._allocs.values():
+                if alloc.namespace == namespace and alloc.desired_status == "run":
+                    alloc.variable_changed(path)
+
+    def write_before_next_put(
+        self, path: str, items: dict[str, str], namespace: str = DEFAULT_NAMESPACE
+    ) -> None:
+        """Someone else writes the variable between a client's read and its write."""
+        with self._lock:
+            self._racing_writes[(namespace, path)] = dict(items)
+
+    def variable_items(
+        self, path: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, str] | None:
+        with self._lock:
+            items = self.behaviour.variables.get((namespace, path))
+            return dict(items) if items is not None else None
+
+    def _submission(self, request: Recorded, job_id: str) -> tuple[int, Any]:
+        """GET /v1/job/:id/submission?version=N (command/agent/job_endpoint.go
+        jobSubmissionCRUD): 400 without a version, 404 "job source not found"."""
+        try:
+            version = int(request.query.get("version", ""))
+        except ValueError as err:
+            raise _Failure(400, "Unable to parse job submission version parameter") from err
+        namespace = self._namespace(request)
+        self._require(request, namespace, "read-job")
+        with self._lock:
+            job = self._jobs.get((namespace, job_id))
+            submission = job.submissions.get(version) if job is not None else None
+            if submission is None:
+                raise _Failure(404, "job source not found")
+            return 200, {**submission, "Namespace": namespace, "JobID": job_id, "Version": version}
+
+    def _signal(self, request: Recorded, alloc_id: str) -> tuple[int, Any]:
+        """POST /v1/client/allocation/:id/signal (command/agent/alloc_endpoint.go)."""
+        alloc = self._alloc_for(request, alloc_id, "alloc-lifecycle")
+        try:
+            body = request.json()
+        except ValueError as err:
+            raise _Failure(400, f"Failed to decode body: {err}") from err
+        task_name = body.get("Task") or ""
+        with self._lock:
+            if task_name not in alloc.tasks:
+                raise _Failure(500, "Task not found")
+            if alloc.tasks[task_name].state != "running":
+                raise _Failure(500, "Task not running")
+            alloc.signal(task_name, body.get("Signal") or "SIGKILL")
+        return 200, {"Index": 0}
+
     # --- helpers -------------------------------------------------------------------------
 
     @property
@@ -662,4 +831,4 @@ def _handler(double: NomadDouble) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["INIT_TASK", "WRITE", "NomadDouble", "Recorded", "TaskRun", "Token"]
+__all__ = ["INIT_TASK", "VARIABLES", "WRITE", "NomadDouble", "Recorded", "TaskRun", "Token"]
