@@ -11,7 +11,9 @@ itself: Nomad hands it no Vault token.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,9 +23,12 @@ from typing import Any
 import hcl2
 import psycopg
 import pytest
-from conftest import Vault, tool_env
+from conftest import Vault, run_tool, tool_env
+from fix_nomad import nomad_env
+from nomad_double import NomadDouble
+from test_watch import LineReader
 
-from nomad_pginit import spec
+from nomad_pginit import render, spec
 from nomad_pginit.sandbox import ThrowawayPostgres, WorkloadIdentities
 
 JOB_FILE = (
@@ -157,3 +162,143 @@ def test_init_task_in_an_allocation(
     )
     assert again.returncode == 0
     assert all(f"{name}: unchanged" in again.stdout for name in names)
+
+
+# --- live mode: the sidecar, the variable, and the template re-render ---------------------------
+
+# consul-template reads the variable's item: the only shape render writes.
+_LIVE_TEMPLATE = re.compile(
+    r'^\{\{ with nomadVar "([^"]+)" \}\}\{\{ \.(\w+) \}\}\{\{ end \}\}(\n?)$'
+)
+
+
+def render_live_template(data: str, items: dict[str, str] | None) -> str:
+    """What Nomad's template runner writes for the live job's template."""
+    match = _LIVE_TEMPLATE.match(data)
+    assert match, f"the live template changed shape: {data!r}"
+    assert items is not None, "nomadVar blocks until the variable exists"
+    # A missing item is the zero NomadVarItem, which prints as "" (nomad_var_structs.go).
+    return items.get(match.group(2), "") + match.group(3)
+
+
+def live_job(services: Path) -> tuple[list[str], str, str]:
+    """The live job rendered from ``services``: the init task's args, template data, path."""
+    options = hcl2.SerializationOptions(
+        strip_string_quotes=True,
+        explicit_blocks=False,
+        with_comments=False,
+        preserve_heredocs=False,
+    )
+    text = render.Templates(None).job(spec.load(services))
+    job: dict[str, Any] = hcl2.loads(text, serialization_options=options)
+    for job_block in job["job"]:
+        for body in job_block.values():
+            for group_block in body["group"]:
+                for group in group_block.values():
+                    for task_block in group["task"]:
+                        for name, task in task_block.items():
+                            if name.strip('"') == "init-databases":
+                                (template,) = task["template"]
+                                data = str(template["data"])
+                                variable = re.findall(r'nomadVar "([^"]+)"', data)[0]
+                                return list(task["config"][0]["args"]), data, variable
+    raise AssertionError("no init-databases task")
+
+
+def postmaster(cluster: ThrowawayPostgres) -> tuple[str, object]:
+    """The postmaster's PID and start time: the same while PostgreSQL never restarted."""
+    pid = (cluster.datadir / "postmaster.pid").read_text(encoding="utf-8").split("\n", 1)[0]
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+    assert row is not None
+    return pid, row[0]
+
+
+def test_live_sidecar_applies_a_published_service_without_restarting_postgres(
+    tmp_path: Path,
+    cluster: ThrowawayPostgres,
+    vault: Vault,
+    identities: WorkloadIdentities,
+    nomad: NomadDouble,
+) -> None:
+    cluster.start()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    services = repo / "pginit.toml"
+    committed = (JOB_FILE.parent / "pginit.toml").read_text(encoding="utf-8")
+    assert 'mode = "oneshot"' in committed
+    services.write_text(committed.replace('mode = "oneshot"', 'mode = "live"'), "utf-8")
+    args, data, variable = live_job(services)
+    assert args[:2] == ["run", "--watch"]
+    names = [s.name for s in spec.load(services).services]
+    for name in names:
+        vault.put(name, f"{name}-pw")
+    vault.put("admin", cluster.password)
+
+    def publish() -> None:
+        result = run_tool(["publish", "--config", str(services)], nomad_env(nomad))
+        assert result.returncode == 0, result.output
+
+    task_dir = tmp_path / "init-databases" / "local"
+    secrets_dir = tmp_path / "init-databases" / "secrets"
+    task_dir.mkdir(parents=True)
+    secrets_dir.mkdir(parents=True)
+    destination = task_dir / "pginit.toml"
+
+    def template_render() -> None:
+        """As the template runner does: render to a temporary file, rename into place."""
+        text = render_live_template(data, nomad.variable_items(variable))
+        staging = task_dir / ".pginit.toml.tmp"
+        staging.write_text(text.replace(":5432/", f":{cluster.port}/"), encoding="utf-8")
+        os.replace(staging, destination)
+
+    publish()
+    template_render()
+    (secrets_dir / f"nomad_{spec.IDENTITY_NAME}.jwt").write_text(identities.sign(), "utf-8")
+    env = tool_env(None)
+    env.pop("VAULT_TOKEN", None)
+    env |= {
+        "VAULT_ADDR": vault.addr,
+        "PGINIT_CONFIG": str(destination),
+        "NOMAD_TASK_DIR": str(task_dir),
+        "NOMAD_SECRETS_DIR": str(secrets_dir),
+        "NOMAD_TASK_NAME": "init-databases",
+        "NOMAD_JOB_ID": "postgresql",
+    }
+    before = postmaster(cluster)
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "nomad_pginit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = LineReader(sidecar)
+    try:
+        log.wait_for(lambda line: "summary: ok" in line, timeout=120)
+
+        # The operator adds a service: its secret in Vault, its entry, publish.
+        vault.put("newcomer", "newcomer-pw")
+        services.write_text(
+            services.read_text(encoding="utf-8") + '\n[[service]]\nname = "newcomer"\n', "utf-8"
+        )
+        publish()
+        # Nomad's template watcher sees the new ModifyIndex, re-renders, signals.
+        template_render()
+        sidecar.send_signal(signal.SIGHUP)
+
+        log.wait_for(lambda line: "applying (SIGHUP: services file read again)" in line)
+        log.wait_for(lambda line: 'newcomer: role "newcomer" created' in line)
+        log.wait_for(lambda line: "summary: ok" in line)
+        conninfo = cluster.conninfo(dbname="newcomer", user="newcomer", password="newcomer-pw")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.live_probe (id int)")
+        assert postmaster(cluster) == before, "PostgreSQL was restarted"
+        assert sidecar.poll() is None, "the sidecar keeps running"
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        code = sidecar.wait(timeout=60)
+    assert code == 0
+    output = log.drain()
+    for secret in ("newcomer-pw", cluster.password, *(f"{n}-pw" for n in names)):
+        assert secret not in output

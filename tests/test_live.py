@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_tool, tool_env
@@ -20,7 +21,7 @@ from fix_nomad import (
     nomad_env,
     nomad_tool,
 )
-from nomad_double import VARIABLES, WRITE, NomadDouble, TaskRun, Token, parse_job
+from nomad_double import VARIABLES, WRITE, NomadDouble, Recorded, TaskRun, Token, parse_job
 
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ExitCode
@@ -57,17 +58,22 @@ def task_view(job_dir: Path) -> str:
     return render.Templates(None).services_file(spec.load(job_dir / "pginit.toml"))
 
 
-def init_task(job: dict[str, object]) -> dict[str, object]:
-    groups = job["TaskGroups"]
-    assert isinstance(groups, list)
-    return next(task for task in groups[0]["Tasks"] if task["Name"] == "init-databases")
+def init_task(job: dict[str, Any]) -> dict[str, Any]:
+    tasks: list[dict[str, Any]] = job["TaskGroups"][0]["Tasks"]
+    return next(task for task in tasks if task["Name"] == "init-databases")
 
 
-def var_writes(nomad: NomadDouble) -> list[object]:
+def published_text(nomad: NomadDouble) -> str:
+    items = nomad.variable_items(VARIABLE)
+    assert items is not None
+    return items[ITEM]
+
+
+def var_writes(nomad: NomadDouble) -> list[Recorded]:
     return nomad.requests_to("PUT", f"/v1/var/{VARIABLE}")
 
 
-def registrations(nomad: NomadDouble) -> list[object]:
+def registrations(nomad: NomadDouble) -> list[Recorded]:
     return nomad.requests_at("POST", "/v1/jobs")
 
 
@@ -175,7 +181,7 @@ def test_publish_updates_with_the_index_it_read(nomad: NomadDouble, live_dir: Pa
     assert result.returncode == ExitCode.OK, result.output
     first, second = var_writes(nomad)
     assert int(second.query["cas"]) > int(first.query["cas"])
-    assert "vaultwarden" in nomad.variable_items(VARIABLE)[ITEM]
+    assert "vaultwarden" in published_text(nomad)
 
 
 def test_publish_never_overwrites_someone_elses_write(nomad: NomadDouble, live_dir: Path) -> None:
@@ -292,7 +298,7 @@ def test_adding_a_service_publishes_and_never_registers(nomad: NomadDouble, live
     assert result.returncode == ExitCode.OK, result.output
     assert len(registrations(nomad)) == 1, "the job is unchanged: not registered again"
     assert nomad.allocation_ids("postgresql") == [alloc], "no new allocation"
-    assert "vaultwarden" in nomad.variable_items(VARIABLE)[ITEM]
+    assert "vaultwarden" in published_text(nomad)
     assert "not registered again; PostgreSQL keeps running" in result.stdout
     # The pass that applied it, and not the first one.
     assert 'vaultwarden: role "vaultwarden" created' in result.stdout

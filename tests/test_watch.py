@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import pytest
@@ -54,15 +55,21 @@ class LineReader:
                 return "".join(self.lines)
 
 
+class Watcher(Protocol):
+    def __call__(
+        self, config: Path, extra_env: dict[str, str], interval: str = "1"
+    ) -> LineReader: ...
+
+
 @pytest.fixture
-def watcher(
-    tmp_path: Path, pg: Cluster, vault: Vault
-) -> Iterator[Callable[[Path, dict[str, str]], LineReader]]:
+def watcher(tmp_path: Path, pg: Cluster, vault: Vault) -> Iterator[Watcher]:
     processes: list[subprocess.Popen[str]] = []
 
-    def start(config: Path, extra_env: dict[str, str]) -> LineReader:
+    def start(config: Path, extra_env: dict[str, str], interval: str = "1") -> LineReader:
         env = tool_env(vault, **extra_env)
-        process = start_tool(["run", "--watch", "--interval", "1", "--config", str(config)], env)
+        process = start_tool(
+            ["run", "--watch", "--interval", interval, "--config", str(config)], env
+        )
         processes.append(process)
         return LineReader(process)
 
@@ -142,7 +149,7 @@ def test_json_format_is_validated_like_toml(tmp_path: Path, pg: Cluster) -> None
 
 
 def test_edit_of_the_file_is_applied_within_the_interval(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
 ) -> None:
     vault.put("gitea", "gitea-pw")
     vault.put("grafana", "grafana-pw")
@@ -158,7 +165,7 @@ def test_edit_of_the_file_is_applied_within_the_interval(
 
 
 def test_rotated_password_is_applied_and_the_old_one_stops_working(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
 ) -> None:
     vault.put("gitea", "old-password")
     config = write_services_file(tmp_path, pg, ["gitea"])
@@ -174,7 +181,7 @@ def test_rotated_password_is_applied_and_the_old_one_stops_working(
 
 
 def test_broken_edit_keeps_the_last_good_configuration(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
 ) -> None:
     vault.put("gitea", "gitea-pw")
     vault.put("grafana", "grafana-pw")
@@ -197,7 +204,7 @@ def test_broken_edit_keeps_the_last_good_configuration(
 
 
 def test_configmap_swap_through_a_symlink_is_noticed(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
 ) -> None:
     """Kubernetes mounts a ConfigMap as ..data -> ..timestamp/ and swaps the link."""
     vault.put("gitea", "gitea-pw")
@@ -219,9 +226,7 @@ def test_configmap_swap_through_a_symlink_is_noticed(
     tool.wait_for(lambda line: 'role "grafana" created' in line)
 
 
-def test_sigterm_exits_zero(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
-) -> None:
+def test_sigterm_exits_zero(tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher) -> None:
     vault.put("gitea", "gitea-pw")
     config = write_services_file(tmp_path, pg, ["gitea"])
     tool = watcher(config, {})
@@ -273,7 +278,7 @@ def test_standalone_mode_retries_five_times_five_seconds_apart(
 
 
 def test_leftovers_are_reported_once_not_at_every_pass(
-    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Callable[[Path, dict[str, str]], LineReader]
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
 ) -> None:
     vault.put("gitea", "gitea-pw")
     vault.put("wiki", "wiki-pw")
@@ -292,3 +297,76 @@ def test_leftovers_are_reported_once_not_at_every_pass(
     output = tool.drain()
     assert output.count('leftover role "wiki"') == 1, output
     assert output.count('leftover database "wiki"') == 1, output
+
+
+# --- live mode: Nomad re-renders the file and sends SIGHUP -------------------------------------
+
+
+def test_sighup_applies_a_new_file_at_once_whatever_the_interval(
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    vault.put("grafana", "grafana-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    tool = watcher(config, {}, interval="3600")
+    tool.wait_for(lambda line: "summary: ok" in line)
+
+    # As Nomad's template runner does: the new file renamed into place, then the signal.
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    os.replace(write_services_file(staging, pg, ["gitea", "grafana"]), config)
+    tool.process.send_signal(signal.SIGHUP)
+
+    # An hour-long interval: only the SIGHUP can have started this pass.
+    tool.wait_for(lambda line: "applying (SIGHUP: services file read again)" in line)
+    tool.wait_for(lambda line: 'role "grafana" created' in line)
+    tool.wait_for(lambda line: "summary: ok" in line)
+    assert can_login(pg, "grafana", "grafana-pw")
+    assert tool.process.poll() is None
+
+
+def test_sighup_with_the_same_file_applies_again(
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
+) -> None:
+    """deploy --now: the file did not change, a password in Vault did."""
+    vault.put("gitea", "before")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    tool = watcher(config, {}, interval="3600")
+    tool.wait_for(lambda line: "summary: ok" in line)
+    vault.put("gitea", "after")
+
+    tool.process.send_signal(signal.SIGHUP)
+
+    tool.wait_for(lambda line: 'password of role "gitea" updated' in line)
+    assert can_login(pg, "gitea", "after")
+
+
+def test_stop_signals_end_a_long_wait_at_once(
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        tool = watcher(config, {}, interval="3600")
+        tool.wait_for(lambda line: "summary: ok" in line)
+        tool.process.send_signal(signal.SIGHUP)  # a reload on the way does not hold it up
+        tool.process.send_signal(stop)
+        assert tool.process.wait(timeout=WAIT) == 0
+        assert "stopped" in tool.drain()
+
+
+def test_a_broken_file_on_sighup_keeps_the_last_good_one(
+    tmp_path: Path, pg: Cluster, vault: Vault, watcher: Watcher
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    tool = watcher(config, {}, interval="3600")
+    tool.wait_for(lambda line: "summary: ok" in line)
+
+    config.write_text("", encoding="utf-8")  # the variable lost its item
+    tool.process.send_signal(signal.SIGHUP)
+
+    line = tool.wait_for(lambda line: "keeping the last good configuration" in line)
+    assert "is empty" in line
+    assert "nomad-pginit publish" in line
+    assert tool.process.poll() is None
