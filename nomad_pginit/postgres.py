@@ -73,6 +73,18 @@ CONNECT_TIMEOUT_SECONDS: Final = 2
 # none runs longer than STATEMENT_TIMEOUT.
 LOCK_TIMEOUT_SECONDS: Final = 10
 STATEMENT_TIMEOUT_SECONDS: Final = 300
+# Every admin session's search_path: pg_catalog, and temporary objects last.
+SAFE_SEARCH_PATH: Final = "-c search_path=pg_catalog,pg_temp"
+# TCP keepalives and a bound on unacknowledged data: a server host that vanishes
+# (powered off, a black-holed route) ends the connection in about half a minute
+# instead of never. Unix sockets ignore them.
+KEEPALIVES: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 # A statement running longer than this has the sessions that block it looked up.
 SLOW_STATEMENT_SECONDS: Final = 1.0
 # How often readiness is probed: PQping is cheap, and a poststart task should
@@ -96,11 +108,24 @@ _STATEMENT_LOG_SETTINGS: Final = {
     "log_min_error_statement": "panic",
     "log_min_duration_sample": "-1",
     "log_transaction_sample_rate": "0",
+    # DEBUG2 logs each extended-protocol Parse with its text ("parse <unnamed>: ...").
+    "log_min_messages": "warning",
     "debug_print_parse": "off",
     "debug_print_rewritten": "off",
     "debug_print_plan": "off",
     "pg_stat_statements.track": "none",
+    # pg_stat_activity shows a running statement's text to monitoring roles
+    # (pg_read_all_stats), and a deadlock report quotes it in the server log.
+    "track_activities": "off",
 }
+# Settings decided when a transaction starts, not per statement: switched off for
+# the session before BEGIN (and left off: our sessions need no sampling).
+_SESSION_LOG_SETTINGS: Final = frozenset({"log_transaction_sample_rate"})
+# Switched off when the admin may, but no reason for a warning when it may not:
+# the text is visible only while the statement runs, to roles that monitor the server.
+_TRANSIENT_SETTINGS: Final = frozenset({"track_activities"})
+# log_min_messages at these levels logs the text of every statement parsed.
+_LOGS_PARSED_STATEMENTS: Final = frozenset({"debug5", "debug4", "debug3", "debug2"})
 # Levels at which log_min_error_statement logs a statement that fails with ERROR.
 _LOGS_FAILED_STATEMENTS: Final = frozenset(
     {"debug5", "debug4", "debug3", "debug2", "debug1", "info", "notice", "warning", "error"}
@@ -118,6 +143,10 @@ def _would_keep_statement(name: str, value: str, settings: Mapping[str, str]) ->
             return value not in ("0", "0.0")
         case "log_min_error_statement":
             return value in _LOGS_FAILED_STATEMENTS  # when the statement fails
+        case "log_min_messages":
+            return value in _LOGS_PARSED_STATEMENTS
+        case "track_activities":
+            return False  # visible while it runs, kept nowhere
         case "pg_stat_statements.track":
             return value != "none" and settings.get("pg_stat_statements.track_utility") == "on"
     return value == "on"  # debug_print_*
@@ -162,7 +191,9 @@ class Target:
         Built once: parsing a conninfo is pure Python, and a run connects once per
         database.
         """
+        given = conninfo_to_dict(self.conninfo)
         extra: dict[str, str | int] = {
+            **{key: value for key, value in KEEPALIVES.items() if key not in given},
             "application_name": APPLICATION_NAME,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "options": _session_options(self.conninfo, self.lock_timeout),
@@ -190,14 +221,21 @@ class Target:
 
 def _session_options(conninfo: str, lock_timeout: float) -> str:
     """libpq's options with our sessions' lock and statement timeouts first, so that the
-    DSN's own options (or PGOPTIONS, which a conninfo with options would hide) win."""
+    DSN's own options (or PGOPTIONS, which a conninfo with options would hide) win, and
+    the search_path last, so that nothing overrides it.
+
+    The admin's sessions resolve every function and operator in pg_catalog only:
+    a service's role owns schema public in its database (pg_database_owner), and
+    a function it plants there that matches a call better than pg_catalog's
+    would run with the admin's privileges (CVE-2018-1058).
+    """
     theirs = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS") or ""
     # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
     ours = (
         f"-c lock_timeout={max(1, round(lock_timeout * 1000))}ms "
         f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
     )
-    return f"{ours} {theirs}".strip()
+    return f"{ours} {theirs} {SAFE_SEARCH_PATH}".replace("  ", " ").strip()
 
 
 def _authentication_failed(err: psycopg.OperationalError) -> bool:
@@ -620,6 +658,8 @@ class Admin:
         self._conn = conn
         self._target = target
         self._admin = state
+        # Whether the session-level settings (_SESSION_LOG_SETTINGS) are off already.
+        self._session_silenced = False
         # A worker's connection: the pool connects to the databases too, keys and all.
         self._pool = pool
 
@@ -866,6 +906,7 @@ class Admin:
             for setting, value in settings.items()
             if setting in _STATEMENT_LOG_SETTINGS
             and setting not in silenceable
+            and setting not in _TRANSIENT_SETTINGS
             and _would_keep_statement(setting, value, settings)
         ]
         if exposed:
@@ -1029,20 +1070,37 @@ class Admin:
         composed = statement.format(sql.Identifier(role), sql.Literal(verifier))
         # set_config(..., true) is SET LOCAL: it ends with the transaction. All of
         # them in one statement: one round trip, before the password's statement.
+        local = sorted(admin.silenceable_settings - _SESSION_LOG_SETTINGS)
+        session = sorted(admin.silenceable_settings & _SESSION_LOG_SETTINGS)
         silence = sql.SQL("SELECT {}").format(
             sql.SQL(", ").join(
                 sql.SQL("set_config({}, {}, true)").format(
                     sql.Literal(name), sql.Literal(_STATEMENT_LOG_SETTINGS[name])
                 )
-                for name in sorted(admin.silenceable_settings)
+                for name in local
             )
         )
         # The server runs them in order: the password's statement is parsed, run and
         # (not) logged only after the settings are in force.
-        statements: list[Query] = [silence] if admin.silenceable_settings else []
+        statements: list[Query] = [silence] if local else []
         statements.append(composed)
         if then is not None:
             statements.append(then)
+        if session and not self._session_silenced:
+            # Decided when a transaction starts, and a pipeline's statements share one
+            # implicit transaction up to its sync: so in a round trip of its own, once
+            # per session.
+            self._execute(
+                sql.SQL("SELECT {}").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("set_config({}, {}, false)").format(
+                            sql.Literal(name), sql.Literal(_STATEMENT_LOG_SETTINGS[name])
+                        )
+                        for name in session
+                    )
+                )
+            )
+            self._session_silenced = True
         return self._run_together(action, statements)
 
     def _run_together(self, action: Action, statements: Sequence[Query]) -> bool:
@@ -1263,16 +1321,26 @@ class DatabaseSession:
         """Run one action inside this database."""
         match action:
             case GrantSchema(role=role):
-                statement = sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role))
+                statements: list[Query] = [
+                    sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role))
+                ]
             case CreateExtension(extension=extension):
-                statement = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(
-                    sql.Identifier(extension)
-                )
+                # Our sessions' search_path is pg_catalog alone, where a superuser's
+                # CREATE EXTENSION would put the extension; in public it goes, as it
+                # would for anyone, for this transaction only.
+                statements = [
+                    sql.SQL("SET LOCAL search_path = public"),
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)),
+                ]
             case _:
                 raise TypeError(f"not a database-level action: {action!r}")
         try:
-            with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
-                self._conn.execute(statement)
+            with (
+                _IN_FLIGHT.track(self._conn, self._admin._target) as running,
+                self._conn.transaction(),
+            ):
+                for statement in statements:
+                    self._conn.execute(statement)
         except psycopg.errors.InsufficientPrivilege as err:
             raise _service_error(action, err, self._conn, running) from err
         except psycopg.Error as err:
@@ -1357,16 +1425,32 @@ def _service_error(
     interrupted = _interrupted(err, running, action.describe())
     if interrupted is not None:
         return interrupted
-    if conn.closed or isinstance(err, psycopg.OperationalError):
+    if conn.closed or _connection_failure(err):
         return PostgresUnavailable(
             f"lost the connection to PostgreSQL while trying to {action.describe()}: "
             f"{_last_line(str(err))}; run again once the server is back"
         )
     primary = err.diag.message_primary or type(err).__name__
+    if isinstance(err, psycopg.errors.TransactionRollback):
+        # 40P01 deadlock, 40001 serialization: the other session went on, we rolled back.
+        return ServiceError(
+            f"cannot {action.describe()}: {primary} (another session's statement held what "
+            "this one needed while waiting for ours); nothing was changed, the next run "
+            "tries again"
+        )
     if isinstance(err, psycopg.errors.InsufficientPrivilege):
         needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
         return ServiceError(f"cannot {action.describe()}: {primary}; the admin needs {needed}")
     return ServiceError(f"cannot {action.describe()}: {primary} (SQLSTATE {err.sqlstate})")
+
+
+def _connection_failure(err: psycopg.Error) -> bool:
+    """Whether ``err`` means the connection is gone (not a statement's own failure,
+    which has a SQLSTATE of its own even when psycopg calls it operational)."""
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = err.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _fatal(err: psycopg.Error, running: _Running, doing: str) -> PginitError | None:
@@ -1377,10 +1461,15 @@ def _fatal(err: psycopg.Error, running: _Running, doing: str) -> PginitError | N
         return interrupted
     if interrupted is not None:
         return PostgresUnavailable(str(interrupted))
-    if isinstance(err, psycopg.OperationalError):
+    if _connection_failure(err):
         return PostgresUnavailable(
             f"lost the connection to PostgreSQL at {running.where}: {_last_line(str(err))}; "
             "run again once the server is back"
+        )
+    if isinstance(err, psycopg.OperationalError):
+        primary = err.diag.message_primary or _last_line(str(err))
+        return PostgresUnavailable(
+            f"cannot {doing} at {running.where}: {primary} (SQLSTATE {err.sqlstate})"
         )
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import hvac
@@ -18,6 +19,7 @@ from conftest import (
     Result,
     Vault,
     run_tool,
+    start_tool,
     superuser_connect,
     tool_env,
     write_services_file,
@@ -369,3 +371,122 @@ def test_sslmode_require_against_a_server_without_ssl_is_said_at_once(
     assert result.returncode == ExitCode.POSTGRES, result.output
     assert "server does not support SSL, but SSL was required" in result.stdout
     assert "waiting for PostgreSQL" not in result.stdout
+
+
+# --- a tenant's own schema is not the admin's ---------------------------------------------------
+
+
+def test_functions_a_tenant_plants_in_its_public_never_run_as_the_admin(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    """A service's role owns schema public in its database: a function there that
+    matches one of the admin's calls better than pg_catalog's must not be called."""
+    vault.put("tenant", "tenant-pw")
+    config = write_services_file(tmp_path, pg, ["tenant"])
+    assert run(config, tool_env(vault)).returncode == ExitCode.OK
+    conninfo = pg.server.conninfo(dbname="tenant", user="tenant", password="tenant-pw")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for signature, returns in [
+            ("has_schema_privilege(text, regnamespace, text)", "boolean"),
+            ("has_schema_privilege(name, regnamespace, text)", "boolean"),
+            ("to_regnamespace(text)", "regnamespace"),
+            ("shobj_description(oid, text)", "text"),
+            ("set_config(text, text, boolean)", "text"),
+        ]:
+            conn.execute(
+                f"CREATE FUNCTION public.{signature} RETURNS {returns} "
+                "LANGUAGE plpgsql AS $$ BEGIN "
+                "EXECUTE 'ALTER ROLE tenant SUPERUSER'; RETURN NULL; END $$"
+            )
+        conn.execute(
+            "CREATE FUNCTION public.escalate(regrole, regrole) RETURNS boolean LANGUAGE plpgsql "
+            "AS $$ BEGIN EXECUTE 'ALTER ROLE tenant SUPERUSER'; RETURN $1::oid = $2::oid; END $$"
+        )
+        conn.execute(
+            "CREATE OPERATOR public.= (LEFTARG = regrole, RIGHTARG = regrole, "
+            "FUNCTION = public.escalate)"
+        )
+    vault.put("tenant", "tenant-pw-2")  # a rotation: the password statement runs too
+    config = write_services_file(tmp_path, pg, [{"name": "tenant", "extensions": ["pg_trgm"]}])
+
+    planned = run_tool(["plan", "--config", str(config)], tool_env(vault))
+    applied = run(config, tool_env(vault))
+    again = run(config, tool_env(vault))
+
+    assert planned.returncode == ExitCode.CONFIG, planned.output  # changes pending
+    assert applied.returncode == ExitCode.OK, applied.output
+    assert again.returncode == ExitCode.OK, again.output
+    assert scalar(pg, "SELECT rolsuper FROM pg_roles WHERE rolname = 'tenant'") is False
+    # The extension went where it goes for anyone: public, not pg_catalog.
+    with pg.connect("tenant") as conn:
+        row = conn.execute(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'"
+        ).fetchone()
+    assert row == ("public",)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        # Sampling is decided when the transaction starts, not per statement.
+        "log_transaction_sample_rate = 1",
+        # DEBUG2 logs every extended-protocol Parse with its text.
+        "log_min_messages = debug2",
+    ],
+)
+def test_settings_that_log_at_transaction_start_or_parse_never_log_a_verifier(
+    tmp_path: Path, pg: Cluster, vault: Vault, setting: str
+) -> None:
+    name = setting.split(" = ", maxsplit=1)[0]
+    with superuser_connect(pg.server) as conn:
+        conn.execute(f"ALTER ROLE postgres SET {setting}")
+    try:
+        vault.put("gitea", f"{PASSWORD_MARKER}gitea")
+        config = write_services_file(tmp_path, pg, ["gitea"])
+        offset = pg.log_offset()
+        created = run(config, tool_env(vault))
+        vault.put("gitea", f"{PASSWORD_MARKER}gitea-2")
+        rotated = run(config, tool_env(vault))
+        logged = pg.log_since(offset)
+    finally:
+        with superuser_connect(pg.server) as conn:
+            conn.execute(f"ALTER ROLE postgres RESET {name}")
+
+    assert created.returncode == ExitCode.OK, created.output
+    assert rotated.returncode == ExitCode.OK, rotated.output
+    assert 'password of role "gitea" updated' in rotated.stdout
+    assert "SCRAM-SHA-256$" not in logged
+    assert PASSWORD_MARKER not in logged
+
+
+def test_a_password_statement_waiting_on_a_lock_shows_no_verifier_to_monitors(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    """pg_stat_activity shows a running statement to pg_read_all_stats members, and a
+    deadlock report would quote it in the server log."""
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    assert run(config, tool_env(vault)).returncode == ExitCode.OK
+    vault.put("gitea", f"{PASSWORD_MARKER}rotated")
+    with superuser_connect(pg.server) as holder, superuser_connect(pg.server) as monitor:
+        holder.execute("BEGIN")
+        holder.execute("ALTER ROLE gitea CONNECTION LIMIT 7")  # gitea's row, changed, held
+        process = start_tool(["run", "--config", str(config)], tool_env(vault))
+        seen: list[str] = []
+        try:
+            for _ in range(60):
+                rows = monitor.execute(
+                    "SELECT coalesce(a.query, '') FROM pg_stat_activity a "
+                    "JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted "
+                    "WHERE a.application_name = 'nomad-pginit'"
+                ).fetchall()
+                seen += [str(row[0]) for row in rows]
+                if rows:
+                    break
+                time.sleep(0.1)
+        finally:
+            holder.execute("ROLLBACK")
+            process.wait(timeout=60)
+
+    assert seen, "the run never waited on the lock"
+    assert not [query for query in seen if "SCRAM-SHA-256$" in query], seen
