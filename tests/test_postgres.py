@@ -115,9 +115,10 @@ def test_a_password_and_its_transaction_go_in_one_round_trip(pg: Cluster, tmp_pa
     sent = [line.split("\t") for line in trace.read_text(encoding="utf-8").splitlines()]
     messages = [fields[2].split(" ")[0] for fields in sent if len(fields) > 2 and fields[0] == "F"]
     # Each attempt: BEGIN, the settings, CREATE ROLE, COMMENT, COMMIT, then one Sync
-    # (one round trip); the failed one adds a ROLLBACK of its own.
+    # (one round trip); the failed one adds a ROLLBACK of its own. Once per session,
+    # before the first: log_transaction_sample_rate, decided when a transaction starts.
     assert messages.count("Sync") == 2
-    assert messages.count("Query") == 1  # the ROLLBACK that ends the failed one
+    assert messages.count("Query") == 2  # that setting, and the ROLLBACK of the failed one
     with pg.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'svc'").fetchone() == (
             1,
