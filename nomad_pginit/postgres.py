@@ -278,10 +278,20 @@ def _read_password_file(path: Path) -> Secret:
             f"cannot read the admin password file {path} ([postgres] password_file): "
             f"{err.strerror}; check the template block that writes it"
         ) from err
+    except UnicodeDecodeError:
+        # Never the error's own text: it quotes the bytes around the bad one.
+        raise ConfigError(
+            f"the admin password file {path} is not UTF-8 text: write the password as text"
+        ) from None
     # Template blocks and `echo` add a trailing newline that is not part of the password.
     password = text.rstrip("\r\n")
     if not password:
         raise ConfigError(f"the admin password file {path} is empty")
+    if "\x00" in password:
+        raise ConfigError(
+            f"the admin password file {path} contains a NUL character: libpq would log in with "
+            "what comes before it; write the password alone"
+        )
     return Secret(password)
 
 

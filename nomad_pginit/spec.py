@@ -279,6 +279,11 @@ def password_problem(password: object) -> str | None:
         return "must be a non-empty string (leave it out to read the password from Vault)"
     if "\x00" in password:
         return "contains a NUL character, which PostgreSQL cannot store: choose another"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON's "\ud800"): not text. Never say where: it is a password.
+        return "is not valid Unicode text (a lone surrogate escape?): choose another"
     return None
 
 

@@ -350,10 +350,16 @@ class Vault:
                 f"the '{key}' at {cli_path} contains a NUL character, which PostgreSQL cannot "
                 f"store (libpq stops at it): write another with vault kv patch {cli_path} {key}=..."
             )
+        if value is not None and not isinstance(value, str):
+            raise SecretUnavailable(
+                f"the '{key}' at {cli_path} is a {_json_type(value)}, not a string: write it "
+                f'as text with vault kv patch {cli_path} {key}="$(openssl rand -base64 32)"'
+            )
         if not isinstance(value, str) or value == "":
             found = ", ".join(sorted(data)) or "no keys"
+            what = f"an empty '{key}'" if value == "" else f"no key '{key}'"
             raise SecretUnavailable(
-                f"the secret at {cli_path} has no non-empty string key '{key}' (it has: {found}): "
+                f"the secret at {cli_path} has {what} (it has: {found}): "
                 f'add it with vault kv patch {cli_path} {key}="$(openssl rand -base64 32)"'
             )
         try:
@@ -577,3 +583,16 @@ def _reason(err: BaseException) -> str:
         # OpenBao answers some paths it will not accept with an empty error list.
         return f"{type(err).__name__} with no message: Vault may not accept this path"
     return type(err).__name__
+
+
+def _json_type(value: object) -> str:
+    """How JSON calls a value's type, for messages (never the value: it may be a secret)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "map"
+    return type(value).__name__

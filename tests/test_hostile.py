@@ -286,6 +286,8 @@ def test_a_password_with_a_nul_byte_is_refused_not_set_for_ever(
         ({"password": ""}, "'password' must be a non-empty string"),
         ({"password": "a\x00b"}, "contains a NUL character"),
         ({"connection_limit": 2147483648}, "'connection_limit' must be -1 (no limit) to"),
+        # JSON can escape half a UTF-16 pair, which is no text at all.
+        ({"password": "secret\ud800tail"}, "is not valid Unicode text"),
     ],
 )
 def test_values_postgresql_cannot_take_are_refused_up_front(
@@ -302,6 +304,57 @@ def test_values_postgresql_cannot_take_are_refused_up_front(
 
     assert result.returncode == ExitCode.CONFIG, result.output
     assert message in result.stdout
+    assert "this is a bug" not in result.output
+    if isinstance(entry.get("password"), str) and len(str(entry["password"])) > 3:
+        # Not a piece of it, nor where the bad character is.
+        assert "tail" not in result.output
+        assert "position" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xffpassword\n", "is not UTF-8 text"),
+        (b"before\x00after\n", "contains a NUL character"),
+        (b"\n", "is empty"),
+    ],
+)
+def test_an_admin_password_file_that_is_no_password_is_a_config_error(
+    tmp_path: Path, pg: Cluster, vault: Vault, content: bytes, message: str
+) -> None:
+    password_file = tmp_path / "admin-pw"
+    password_file.write_bytes(content)
+    config = write_services_file(tmp_path, pg, ["gitea"], password_file=password_file)
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert message in result.stdout
+    assert "this is a bug" not in result.output
+    assert "after" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (12345, "is a number, not a string"),
+        (["a", "b"], "is a list, not a string"),
+        ("", "has an empty 'password'"),
+    ],
+)
+def test_a_vault_value_that_is_no_password_says_what_it_is(
+    tmp_path: Path, pg: Cluster, vault: Vault, value: object, expected: str
+) -> None:
+    vault.client.secrets.kv.v2.create_or_update_secret(
+        path="postgres/gitea", secret={"password": value}, mount_point="secret"
+    )
+    config = write_services_file(tmp_path, pg, ["gitea"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    assert expected in result.stdout
+    assert "12345" not in result.output
 
 
 # --- a refusal made from state the run itself changes -----------------------------------------
