@@ -93,8 +93,11 @@ class Outcome:
     fatal: PginitError | None = None
     # Roles and databases we manage whose service left the file (never dropped).
     leftovers: list[str] = field(default_factory=list)
-    # What --disable-removed does (or, in a plan, would do) about them.
+    # What --disable-removed did (or, in a plan, would do) about them.
     leftover_actions: list[Action] = field(default_factory=list)
+    # What it tried and could not do (each one's message), and what a stop left undone.
+    leftover_failures: list[str] = field(default_factory=list)
+    leftovers_unfinished: list[Action] = field(default_factory=list)
     # The Vault version of each password used, for watch mode to notice rotations.
     secret_versions: dict[str, int] = field(default_factory=dict)
     # Set when a stop request (this signal) cut the run short.
@@ -118,12 +121,24 @@ class Outcome:
         return [outcome for outcome in self.services if outcome.status == Status.NOT_FINISHED]
 
     @property
+    def in_sync(self) -> bool:
+        """Everything done (or, in a plan, nothing to do): no failure, nothing left."""
+        return (
+            self.fatal is None
+            and not self.failed
+            and not self.unfinished
+            and not self.leftover_failures
+            and not self.leftovers_unfinished
+            and not self.pending
+        )
+
+    @property
     def exit_code(self) -> ExitCode:
         if self.fatal is not None:
             return self.fatal.exit_code
-        if self.failed:
+        if self.failed or self.leftover_failures:
             return ExitCode.SERVICE_FAILED
-        if self.unfinished:
+        if self.unfinished or self.leftovers_unfinished:
             return stopping.exit_code(self.stop_signal)
         return ExitCode.OK
 
@@ -285,7 +300,7 @@ def _reconcile(
         result.secret_versions = passwords.versions()
         for outcome in outcomes.values():
             _report(outcome)
-        if result.fatal is None and not stop.is_set():
+        if result.fatal is None:
             try:
                 _handle_leftovers(
                     admin,
@@ -294,6 +309,7 @@ def _reconcile(
                     result,
                     disable_removed=disable_removed,
                     known_leftovers=known_leftovers,
+                    stop=stop,
                 )
             except PostgresUnavailable as err:
                 result.fatal = err
@@ -369,14 +385,21 @@ def _handle_leftovers(
     *,
     disable_removed: bool,
     known_leftovers: frozenset[str],
+    stop: StopRequest,
 ) -> None:
+    """Report the leftovers, and with --disable-removed set their roles NOLOGIN. What
+    fails, or what a stop leaves undone, counts in the summary as a service's would."""
     notes, actions = plan_leftovers(spec.services, cluster, disable=disable_removed)
     result.leftovers = notes
-    for note in notes:
-        # Watch mode says each once, not at every pass.
-        if note not in known_leftovers:
-            log.warning("%s", note, extra={"event": "leftover"})
-    for action in actions:
+    if not stop.is_set():
+        for note in notes:
+            # Watch mode says each once, not at every pass.
+            if note not in known_leftovers:
+                log.warning("%s", note, extra={"event": "leftover"})
+    for index, action in enumerate(actions):
+        if stop.is_set() and result.applied:
+            result.leftovers_unfinished.extend(actions[index:])
+            return
         try:
             if result.applied:
                 admin.apply(action)
@@ -384,8 +407,13 @@ def _handle_leftovers(
             else:
                 log.info("would %s", action.describe(), extra={"event": "leftover"})
             result.leftover_actions.append(action)
+        except Stopped as err:
+            log.info("%s", err, extra={"event": "leftover"})
+            result.leftovers_unfinished.extend(actions[index:])
+            return
         except ServiceError as err:
-            log.error("%s", err, extra={"event": "leftover"})
+            log.error("%s", err, extra={"event": "leftover", "result": "failed"})
+            result.leftover_failures.append(str(err))
 
 
 def warn_inline_passwords(spec: Spec) -> None:

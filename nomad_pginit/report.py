@@ -94,32 +94,69 @@ def summary_line(outcome: Outcome) -> str:
         if outcome.count(status) or status is Status.UNCHANGED
     )
     failed, unfinished = outcome.failed, outcome.unfinished
-    if failed or (unfinished and not outcome.stopped):
+    left = _leftovers_left(outcome)
+    if failed or outcome.leftover_failures or (unfinished and not outcome.stopped):
         parts = []
         if failed:
             parts.append(f"{len(failed)} of {total} services failed ({_names(failed)})")
+        if outcome.leftover_failures:
+            parts.append(f"{_leftover_count(len(outcome.leftover_failures))} could not be disabled")
         if unfinished:
             parts.append(f"{len(unfinished)} not finished ({_names(unfinished)})")
+        if left:
+            parts.append(left)
         return f"{SUMMARY_PREFIX} failed: {'; '.join(parts)}; others: {counts}"
-    if unfinished:
+    if unfinished or left:
+        parts = []
+        if unfinished:
+            parts.append(
+                f"{len(unfinished)} of {total} services not finished ({_names(unfinished)})"
+            )
+        if left:
+            parts.append(left)
         return (
-            f"{SUMMARY_PREFIX} stopped: {len(unfinished)} of {total} services not finished "
-            f"({_names(unfinished)}), left for the next run; others: {counts}"
+            f"{SUMMARY_PREFIX} stopped: {'; '.join(parts)}, left for the next run; others: {counts}"
         )
-    if not outcome.applied and outcome.count(Status.PENDING):
+    pending_leftovers = "" if outcome.applied else _pending_leftovers(outcome)
+    if not outcome.applied and (outcome.count(Status.PENDING) or pending_leftovers):
         pending = outcome.count(Status.PENDING)
-        return f"{SUMMARY_PREFIX} changes pending for {pending} of {total} services ({counts})"
+        return (
+            f"{SUMMARY_PREFIX} changes pending for {pending} of {total} services ({counts})"
+            f"{pending_leftovers}"
+        )
     noun = "service" if total == 1 else "services"
     return f"{SUMMARY_PREFIX} ok: {total} {noun} in sync ({counts})"
 
 
+def _leftover_count(number: int) -> str:
+    return "1 leftover role" if number == 1 else f"{number} leftover roles"
+
+
+def _leftovers_left(outcome: Outcome) -> str:
+    """What a stop left undone of --disable-removed, or ""."""
+    undone = outcome.leftovers_unfinished
+    if not undone:
+        return ""
+    roles = ", ".join(str(getattr(action, "role", "")) for action in undone)
+    return f"{_leftover_count(len(undone))} not disabled ({roles})"
+
+
+def _pending_leftovers(outcome: Outcome) -> str:
+    """A plan's leftover roles to disable, as the end of the pending summary, or ""."""
+    actions = outcome.leftover_actions
+    if not actions:
+        return ""
+    roles = ", ".join(str(getattr(action, "role", "")) for action in actions)
+    return f"; {_leftover_count(len(actions))} to disable ({roles})"
+
+
 def summary_status(outcome: Outcome) -> str:
     """ok, failed, stopped or pending: the summary's word, for JSON logs."""
-    if outcome.failed or (outcome.unfinished and not outcome.stopped):
+    if outcome.failed or outcome.leftover_failures or (outcome.unfinished and not outcome.stopped):
         return "failed"
-    if outcome.unfinished:
+    if outcome.unfinished or outcome.leftovers_unfinished:
         return "stopped"
-    if not outcome.applied and outcome.count(Status.PENDING):
+    if outcome.pending:
         return "pending"
     return "ok"
 

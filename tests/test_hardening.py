@@ -655,6 +655,8 @@ def test_removed_service_is_a_leftover_never_dropped(
     would_disable = plan(config, env, "--disable-removed")
     assert would_disable.result.returncode == 2, would_disable.result.output
     assert [a["action"] for a in would_disable.document["leftover_actions"]] == ["DisableRole"]
+    assert would_disable.document["in_sync"] is False
+    assert "1 leftover role to disable (gone-soon)" in would_disable.result.stderr
     assert scalar(pg, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gone-soon'") is True
 
     disabled = run(config, env, "--disable-removed")

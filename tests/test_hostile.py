@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -185,6 +186,44 @@ def test_a_valid_until_is_drift_repaired(
     assert 'VALID UNTIL of role "gitea" removed' in repaired.stdout
     assert can_login(pg.server, "gitea", "gitea-pw")
     assert "gitea: unchanged" in again.stdout
+
+
+def test_a_leftover_that_cannot_be_disabled_fails_the_run(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("keeper", "keeper-pw")
+    vault.put("gone", "gone-pw")
+    assert (
+        run(write_services_file(tmp_path, pg, ["keeper", "gone"]), tool_env(vault)).returncode == 0
+    )
+    config = write_services_file(tmp_path, pg, ["keeper"])
+    with psycopg.connect(pg.server.conninfo(), application_name="a-migration") as blocker:
+        blocker.execute("ALTER ROLE gone CONNECTION LIMIT 7")  # its row, changed, held
+        failed = run(config, tool_env(vault), "--disable-removed", "--wait-timeout", "2")
+        process = start_tool(
+            ["run", "--config", str(config), "--disable-removed", "--wait-timeout", "60"],
+            tool_env(vault),
+        )
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "keeper: unchanged" in line:
+                break
+        time.sleep(1.5)  # DisableRole is waiting on the lock now
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        blocker.rollback()
+    stopped = "".join(lines) + out
+
+    assert failed.returncode == ExitCode.SERVICE_FAILED, failed.output
+    assert 'cannot set leftover role "gone" NOLOGIN' in failed.stdout
+    assert "summary: failed: 1 leftover role could not be disabled" in failed.stdout
+    assert process.returncode == ExitCode.STOPPED, stopped
+    assert "summary: stopped: 1 leftover role not disabled (gone), left for the next run" in (
+        stopped
+    )
+    assert scalar(pg, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gone'") is True
 
 
 # --- verifiers and the server's logs ----------------------------------------------------------

@@ -88,7 +88,7 @@ def action_document(action: Action) -> dict[str, object]:
 
 def plan_document(outcome: Outcome) -> dict[str, object]:
     return {
-        "in_sync": not outcome.pending and not outcome.failed,
+        "in_sync": outcome.in_sync,
         "pending": outcome.pending,
         "services": [
             {
