@@ -256,7 +256,7 @@ def _reconcile(
         halted = threading.Event()  # start no more services: PostgreSQL went away, or worse
         service_databases = frozenset(service.database for service in spec.services)
 
-        def work(service: Service) -> None:
+        def work(service: Service, view: ClusterState, handed_over: frozenset[str]) -> None:
             if halted.is_set():
                 raise _NotFinished(result.fatal)
             stop.check(f"provisioning {service.name}")
@@ -265,38 +265,63 @@ def _reconcile(
                 passwords=passwords,
                 workers=workers,
                 target=target,
-                cluster=cluster,
+                cluster=view,
                 template=template,
                 outcome=outcomes[service.name],
                 stop=stop,
-                service_databases=service_databases,
+                service_databases=handed_over,
             )
 
-        with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
-            futures = {pool.submit(work, service): service for service in spec.services}
-            try:
-                for future in as_completed(futures):
-                    outcome = outcomes[futures[future].name]
-                    try:
-                        future.result()
-                        outcome.finished = True
-                    except Stopped:
-                        outcome.not_finished = "stopped"
-                    except _NotFinished as err:
-                        outcome.not_finished = str(err.reason)
-                    except (Refusal, ServiceError) as err:
-                        _fail(outcome, err)
-                    except PostgresUnavailable as err:
-                        # Nothing more can be done: say so for every service not
-                        # finished, and let the next run pick up from here.
-                        outcome.not_finished = str(err)
-                        if result.fatal is None:
-                            result.fatal = err
-                        halted.set()
-            except BaseException:
-                # A bug, or Ctrl-C: the services under way finish, no other one starts.
-                halted.set()
-                raise
+        def run_round(
+            services: list[Service], view: ClusterState, handed_over: frozenset[str]
+        ) -> None:
+            with ThreadPoolExecutor(SERVICE_WORKERS, thread_name_prefix="service") as pool:
+                futures = {
+                    pool.submit(work, service, view, handed_over): service for service in services
+                }
+                try:
+                    for future in as_completed(futures):
+                        outcome = outcomes[futures[future].name]
+                        try:
+                            future.result()
+                            outcome.finished = True
+                        except Stopped:
+                            outcome.not_finished = "stopped"
+                        except _NotFinished as err:
+                            outcome.not_finished = str(err.reason)
+                        except (Refusal, ServiceError) as err:
+                            _fail(outcome, err)
+                        except PostgresUnavailable as err:
+                            # Nothing more can be done: say so for every service not
+                            # finished, and let the next run pick up from here.
+                            outcome.not_finished = str(err)
+                            if result.fatal is None:
+                                result.fatal = err
+                            halted.set()
+                except BaseException:
+                    # A bug, or Ctrl-C: the services under way finish, no other one starts.
+                    halted.set()
+                    raise
+
+        # A role that owns another service's database is taken over only once that
+        # service has its database: after the others, and only if it got it.
+        later = [
+            service
+            for service in spec.services
+            if _owns_a_database_of(service, cluster, service_databases)
+        ]
+        run_round([s for s in spec.services if s not in later], cluster, service_databases)
+        if later:
+            handed_over = frozenset(
+                outcome.service.database
+                for outcome in outcomes.values()
+                if outcome.finished and outcome.error is None
+            )
+            # What the hand-overs did, seen again (a plan changes nothing: predicted).
+            view = cluster
+            if apply and not halted.is_set() and not stop.is_set():
+                view = admin.observe(later)
+            run_round(later, view, handed_over)
         result.secret_versions = passwords.versions()
         for outcome in outcomes.values():
             _report(outcome)
@@ -313,6 +338,16 @@ def _reconcile(
                 )
             except PostgresUnavailable as err:
                 result.fatal = err
+
+
+def _owns_a_database_of(
+    service: Service, cluster: ClusterState, service_databases: frozenset[str]
+) -> bool:
+    """Whether the service's existing role owns the database of another service."""
+    role = cluster.roles.get(service.user)
+    return role is not None and any(
+        name != service.database and name in service_databases for name in role.owned_databases
+    )
 
 
 class _NotFinished(Exception):

@@ -414,6 +414,43 @@ def test_a_role_owning_another_services_database_converges_in_one_run(
     assert result.returncode == ExitCode.OK, result.output
     assert database_owner(pg, "xa") == "xa"
     assert database_owner(pg, "xb") == "xb"
+    # Both plan and run say the same, whatever the order of the services.
+    config = write_services_file(tmp_path, pg, ["xb", "xa"])
+    assert run(config, tool_env(vault)).returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    "why_xa_fails",
+    ["no secret", "privileged role"],
+)
+def test_a_role_owning_a_database_its_service_did_not_take_is_refused(
+    tmp_path: Path, pg: Cluster, vault: Vault, why_xa_fails: str
+) -> None:
+    """The hand-over must have happened: if service xa fails, role xb still owns xa's
+    data, and the holder of xb's password must not get it."""
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE xb LOGIN PASSWORD 'xb-own'")
+        conn.execute("CREATE DATABASE xa OWNER xb")
+        if why_xa_fails == "privileged role":
+            conn.execute("CREATE ROLE xa LOGIN CREATEROLE")
+    with superuser_connect(pg.server, "xa") as conn:
+        conn.execute("CREATE TABLE public.precious (id int)")
+        conn.execute("ALTER TABLE public.precious OWNER TO xb")
+    if why_xa_fails != "no secret":
+        vault.put("xa", "xa-pw")
+    vault.put("xb", f"{PASSWORD_MARKER}xb")
+    before = verifier(pg, "xb")
+    config = write_services_file(tmp_path, pg, ["xa", "xb"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    assert "xa: failed" in result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "xb: failed" in line]
+    assert 'role "xb" already exists and owns other databases ("xa")' in line
+    assert database_owner(pg, "xa") == "xb"
+    assert verifier(pg, "xb") == before
+    assert not can_login(pg.server, "xb", f"{PASSWORD_MARKER}xb")
 
 
 # --- messages that send the operator the right way --------------------------------------------
