@@ -451,6 +451,15 @@ def _refuse_foreign_role(
             "nomad-pginit will not take it over: give the service another user, or change "
             "the owner of those databases by hand"
         )
+    elsewhere = [name for name in role.owns_objects_in if name != service.database]
+    if elsewhere:
+        listed = ", ".join(f'"{name}"' for name in sorted(elsewhere))
+        raise Refusal(
+            f'role "{service.user}" already exists and owns objects in other databases '
+            f"({listed}): whoever has the service's password would own them; nomad-pginit "
+            "will not take it over: give the service another user, or hand those objects to "
+            f'their owner by hand (REASSIGN OWNED BY "{service.user}" TO ..., in each)'
+        )
 
 
 def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -> list[Action]:

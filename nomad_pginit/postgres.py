@@ -430,13 +430,26 @@ _PRIVILEGED_ROLES: Final = (
     "pg_monitor",
     "pg_use_reserved_connections",
     "pg_maintain",
+    # Superuser-only settings (primary_conninfo, with its password), and locks on any table.
+    "pg_read_all_settings",
+    "pg_stat_scan_tables",
 )
-# What makes role r more than a service's login: its own attributes, and the roles
-# it is a member of, directly or not, that are superusers, have such attributes or
-# are privileged predefined roles (its first parameter: _PRIVILEGED_ROLES).
+# What makes role r more than a service's login, for the holder of its password:
+# its own attributes; the roles it is a member of, directly or not, that are
+# superusers, have such attributes, are privileged predefined roles (parameter
+# "privileged": _PRIVILEGED_ROLES) or are another service's role (parameter
+# "users": every service's user); privileges on the system catalogs or their
+# functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
+# the admin's database, where such grants matter); and members of its own, who
+# would own the service's database through it (the admin aside).
 _ELEVATED: Final = sql.SQL(
     """
     ARRAY(
+        WITH RECURSIVE up(roleid) AS (
+            SELECT r.oid
+            UNION
+            SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
+        )
         SELECT attribute FROM unnest(ARRAY[
             CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
             CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
@@ -444,17 +457,34 @@ _ELEVATED: Final = sql.SQL(
             CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END]) AS attribute
         WHERE attribute IS NOT NULL
         UNION ALL
-        (WITH RECURSIVE up(roleid) AS (
-             SELECT m.roleid FROM pg_auth_members m WHERE m.member = r.oid
-             UNION
-             SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
-         )
-         SELECT 'is a member of "' || g.rolname || '"' ||
-                CASE WHEN g.rolsuper THEN ' (a superuser)' ELSE '' END
+        (SELECT 'is a member of "' || g.rolname || '"' ||
+                CASE WHEN g.rolsuper THEN ' (a superuser)'
+                     WHEN g.rolname = ANY(%(users)s) THEN ' (another service''s role)'
+                     ELSE '' END
          FROM up JOIN pg_roles g ON g.oid = up.roleid
-         WHERE g.rolsuper OR g.rolcreatedb OR g.rolcreaterole OR g.rolreplication
-               OR g.rolbypassrls OR g.rolname = ANY(%s)
+         WHERE g.oid <> r.oid
+               AND (g.rolsuper OR g.rolcreatedb OR g.rolcreaterole OR g.rolreplication
+                    OR g.rolbypassrls OR g.rolname = ANY(%(privileged)s)
+                    OR g.rolname = ANY(%(users)s))
          ORDER BY 1)
+        UNION ALL
+        SELECT 'holds privileges on system catalog objects (' ||
+               string_agg(DISTINCT name, ', ' ORDER BY name) || ')'
+        FROM (SELECT c.relname::text AS name, a.grantee
+              FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE c.relnamespace = 'pg_catalog'::regnamespace
+              UNION ALL
+              SELECT p.proname::text, a.grantee
+              FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+              WHERE p.pronamespace = 'pg_catalog'::regnamespace) AS granted
+        WHERE granted.grantee IN (SELECT roleid FROM up)
+        HAVING count(*) > 0
+        UNION ALL
+        SELECT 'has members (' || string_agg('"' || u.rolname || '"', ', ' ORDER BY u.rolname)
+               || ') who would own the service''s database through it'
+        FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+        WHERE m.roleid = r.oid AND u.rolname <> current_user
+        HAVING count(*) > 0
     )
     """
 )
@@ -748,18 +778,24 @@ class Admin:
                    ARRAY(SELECT d.datname::text FROM pg_database d
                          WHERE d.datdba = r.oid ORDER BY d.datname),
                    r.rolconnlimit,
-                   shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %s,
+                   shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %(marker)s,
                    CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END,
                    r.rolvaliduntil < now(),
-                   {elevated}
+                   {elevated},
+                   ARRAY(SELECT DISTINCT d.datname::text
+                         FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+                         WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
+                               AND s.deptype = 'o'
+                         ORDER BY 1)
             FROM pg_roles r
-            WHERE r.rolname = ANY(%s)
+            WHERE r.rolname = ANY(%(users)s)
             """
         ).format(verifier=verifier_query, elevated=_ELEVATED)
         roles: dict[str, RoleState] = {}
-        for row in self._rows(query, (marker, list(_PRIVILEGED_ROLES), users)):
+        params = {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users}
+        for row in self._rows(query, params):
             name, login, superuser, verifier, member, owned, limit, managed = row[:8]
-            valid_until, expired, elevated = row[8:]
+            valid_until, expired, elevated, owns_objects_in = row[8:]
             roles[str(name)] = RoleState(
                 name=str(name),
                 can_login=bool(login),
@@ -773,6 +809,9 @@ class Admin:
                 expired=bool(expired),
                 elevated=tuple(str(item) for item in elevated)
                 if isinstance(elevated, list)
+                else (),
+                owns_objects_in=tuple(str(item) for item in owns_objects_in)
+                if isinstance(owns_objects_in, list)
                 else (),
             )
         databases: dict[str, DatabaseState] = {}
@@ -837,10 +876,10 @@ class Admin:
                                WHERE m.roleid = r.oid AND u.rolname <> current_user),
                        {elevated}
                 FROM pg_roles r
-                WHERE shobj_description(r.oid, 'pg_authid') = %s
+                WHERE shobj_description(r.oid, 'pg_authid') = %(marker)s
                 """
             ).format(elevated=_ELEVATED),
-            (list(_PRIVILEGED_ROLES), marker),
+            {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users},
         ):
             managed_roles[str(name)] = bool(login)
             # The comment alone proves nothing: anyone may have put it there.
@@ -848,10 +887,10 @@ class Admin:
                 protected[str(name)] = "it is a superuser"
             elif is_admin:
                 protected[str(name)] = "it is the admin nomad-pginit logs in as"
-            elif isinstance(elevated, list) and elevated:
-                protected[str(name)] = f"it {', '.join(str(item) for item in elevated)}"
             elif group:
                 protected[str(name)] = "other roles are members of it (a group role)"
+            elif isinstance(elevated, list) and elevated:
+                protected[str(name)] = f"it {', '.join(str(item) for item in elevated)}"
         managed_databases = frozenset(
             str(row[0])
             for row in self._rows(
@@ -1147,7 +1186,7 @@ class Admin:
         return True
 
     def _rows(
-        self, query: Query, params: Sequence[object] | None = None
+        self, query: Query, params: Sequence[object] | Mapping[str, object] | None = None
     ) -> list[tuple[object, ...]]:
         """A query that the whole run depends on (the catalogs): any failure ends it."""
         try:
@@ -1159,14 +1198,20 @@ class Admin:
             raise fatal from err
         return rows
 
-    def _row(self, query: Query, params: Sequence[object] | None = None) -> tuple[object, ...]:
+    def _row(
+        self, query: Query, params: Sequence[object] | Mapping[str, object] | None = None
+    ) -> tuple[object, ...]:
         rows = self._rows(query, params)
         return rows[0]
 
-    def _scalar(self, query: Query, params: Sequence[object] | None = None) -> object:
+    def _scalar(
+        self, query: Query, params: Sequence[object] | Mapping[str, object] | None = None
+    ) -> object:
         return self._row(query, params)[0]
 
-    def _execute(self, query: Query, params: Sequence[object] | None = None) -> None:
+    def _execute(
+        self, query: Query, params: Sequence[object] | Mapping[str, object] | None = None
+    ) -> None:
         try:
             with _IN_FLIGHT.track(self._conn, self._target) as running:
                 self._conn.execute(query, params)

@@ -59,6 +59,8 @@ class RoleState:
     # BYPASSRLS, or membership (direct or not) in a superuser, in a role with those
     # attributes, or in a predefined role that reads or writes beyond its database.
     elevated: tuple[str, ...] = ()
+    # Databases in which it owns objects (tables, schemas, ...), whichever they are.
+    owns_objects_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

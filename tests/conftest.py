@@ -108,6 +108,10 @@ def reset_cluster(cluster: ThrowawayPostgres) -> None:
         for name in roles:
             conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        # What a test may have planted on what stays: comments, settings, grants.
+        conn.execute("COMMENT ON ROLE postgres IS NULL")
+        conn.execute("COMMENT ON DATABASE postgres IS 'default administrative connection database'")
+        conn.execute("ALTER ROLE postgres RESET ALL")
 
 
 @dataclass

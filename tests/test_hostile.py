@@ -66,6 +66,30 @@ def can_login(server: ThrowawayPostgres, user: str, password: str) -> bool:
             ],
             'is a member of "pg_read_all_data"',
         ),
+        (["GRANT pg_read_all_settings TO squatter"], 'is a member of "pg_read_all_settings"'),
+        (
+            ["GRANT SELECT ON pg_authid TO squatter"],
+            "holds privileges on system catalog objects (pg_authid)",
+        ),
+        (
+            [
+                "CREATE ROLE readers NOLOGIN",
+                "GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO readers",
+                "GRANT readers TO squatter",
+            ],
+            "holds privileges on system catalog objects (pg_read_binary_file)",
+        ),
+        (
+            ["CREATE ROLE human LOGIN", "GRANT squatter TO human"],
+            'has members ("human") who would own the service\'s database through it',
+        ),
+        (
+            [
+                "CREATE TABLE public.squatters_table (id int)",
+                "ALTER TABLE public.squatters_table OWNER TO squatter",
+            ],
+            'owns objects in other databases ("postgres")',
+        ),
     ],
 )
 def test_an_existing_privileged_role_is_refused_and_left_untouched(
@@ -84,9 +108,33 @@ def test_an_existing_privileged_role_is_refused_and_left_untouched(
     assert result.returncode == ExitCode.SERVICE_FAILED, result.output
     (line,) = [line for line in result.stdout.splitlines() if "squatter: failed" in line]
     assert reason in line
-    assert "allow_privileged_role = true" in line
+    if "owns objects" not in reason:
+        assert "allow_privileged_role = true" in line
     assert verifier(pg, "squatter") == before
     assert not database_exists(pg, "squatter")
+
+
+def test_a_member_of_another_services_role_is_refused(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    """Its password would open the other tenant's database too (SET ROLE tenant)."""
+    vault.put("tenant", "tenant-pw")
+    vault.put("nosy", f"{PASSWORD_MARKER}nosy")
+    assert run(write_services_file(tmp_path, pg, ["tenant"]), tool_env(vault)).returncode == 0
+    with superuser_connect(pg.server) as conn:
+        conn.execute("CREATE ROLE nosy LOGIN")
+        conn.execute("GRANT tenant TO nosy")
+    config = write_services_file(tmp_path, pg, ["tenant", "nosy"])
+
+    result = run(config, tool_env(vault))
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    (line,) = [line for line in result.stdout.splitlines() if "nosy: failed" in line]
+    assert 'is a member of "tenant" (another service\'s role)' in line
+    # And tenant's own role now has a member who would own its database through it.
+    (line,) = [line for line in result.stdout.splitlines() if "tenant: failed" in line]
+    assert 'has members ("nosy")' in line
+    assert not can_login(pg.server, "nosy", f"{PASSWORD_MARKER}nosy")
 
 
 def test_allow_privileged_role_takes_it_over_on_purpose(
