@@ -124,8 +124,10 @@ class Job:
     job_modify_index: int
     status: str
     stop: bool
-    # In live mode ([job] mode = "live") init-databases is a sidecar that keeps running.
+    # In live mode ([job] mode = "live") init-databases is a sidecar that keeps running,
+    # and reads its services from this variable.
     init_sidecar: bool = False
+    services_variable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ class Nomad:
             status=_str(answer, "Status"),
             stop=bool(answer.get("Stop")),
             init_sidecar=init_is_sidecar(answer),
+            services_variable=services_variable(answer),
         )
 
     def job(self, job_id: str) -> Job:
@@ -435,7 +438,10 @@ class Nomad:
         when someone else wrote it in between: nothing is overwritten."""
         try:
             with self._translate(
-                f"write variable {path}", capability="variables write", bad_request_is_config=True
+                f"write variable {path}",
+                capability="variables write",
+                bad_request_is_config=True,
+                bad_request_hint="check [job] variable in the services file (nothing was written)",
             ):
                 body = self._api.variable.create_variable(
                     path,
@@ -446,6 +452,14 @@ class Nomad:
         except _Conflict as err:
             current = _variable(err.body, path) if err.body else None
             index = current.modify_index if current else "none"
+            if cas != 0 and (current is None or current.modify_index == 0):
+                # A deleted variable, or one someone holds a lock on, answers a CAS write
+                # with an empty one (nomad/state/state_store_variables.go varSetCASTxn).
+                raise VariableChanged(
+                    f"variable {path} in {self.settings.where()} was deleted, or is locked by "
+                    "someone (nomad var lock), since it was read: nothing was written; look at "
+                    f"it (nomad var get {path}) and publish again"
+                ) from err
             raise VariableChanged(
                 f"variable {path} changed in {self.settings.where()} since it was read "
                 f"(its ModifyIndex is now {index}, not {cas}): someone else published in "
@@ -500,6 +514,7 @@ class Nomad:
         capability: str,
         not_found: str | None = None,
         bad_request_is_config: bool = False,
+        bad_request_hint: str = "fix the job file (nothing was submitted)",
         refused: str | None = None,
     ) -> Iterator[None]:
         """Turn python-nomad's and requests' errors into the project's.
@@ -542,7 +557,7 @@ class Nomad:
         except nomad.api.exceptions.BadRequestNomadException as err:
             message = f"{where} rejected the request to {what}: {_body(err)}"
             if bad_request_is_config:
-                raise ConfigError(f"{message}; fix the job file (nothing was submitted)") from err
+                raise ConfigError(f"{message}; {bad_request_hint}") from err
             raise NomadUnavailable(message) from err
         except nomad.api.exceptions.BaseNomadException as err:
             response = getattr(err, "nomad_resp", None)

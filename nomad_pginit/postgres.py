@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,6 +73,7 @@ CONNECT_TIMEOUT_SECONDS: Final = 2
 # none runs longer than STATEMENT_TIMEOUT.
 LOCK_TIMEOUT_SECONDS: Final = 10
 STATEMENT_TIMEOUT_SECONDS: Final = 300
+ENV_STATEMENT_TIMEOUT: Final = "PGINIT_STATEMENT_TIMEOUT"
 # Every admin session's search_path: pg_catalog, and temporary objects last.
 SAFE_SEARCH_PATH: Final = "-c search_path=pg_catalog,pg_temp"
 # TCP keepalives and a bound on unacknowledged data: a server host that vanishes
@@ -85,6 +86,13 @@ KEEPALIVES: Final = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
 }
+# Past statement_timeout by this much, a statement's connection is frozen: the
+# server would have ended it (it runs statement_timeout itself), so nothing comes.
+FROZEN_MARGIN_SECONDS: Final = 30
+FROZEN_CHECK_SECONDS: Final = 1.0
+# One readiness probe (a ping, a login, one query) never takes longer than this:
+# each step has its own bound but the query's is the server's own timeout.
+PROBE_DEADLINE_SECONDS: Final = 30.0
 # A statement running longer than this has the sessions that block it looked up.
 SLOW_STATEMENT_SECONDS: Final = 1.0
 # How often readiness is probed: PQping is cheap, and a poststart task should
@@ -182,6 +190,8 @@ class Target:
     scram_keys: ScramKeys | None = None
     # How long our statements wait behind another session's lock, in seconds.
     lock_timeout: float = LOCK_TIMEOUT_SECONDS
+    # How long the server lets one of our statements run (PGINIT_STATEMENT_TIMEOUT).
+    statement_timeout: float = STATEMENT_TIMEOUT_SECONDS
 
     @functools.cached_property
     def secret_conninfo(self) -> str:
@@ -194,9 +204,10 @@ class Target:
         given = conninfo_to_dict(self.conninfo)
         extra: dict[str, str | int] = {
             **{key: value for key, value in KEEPALIVES.items() if key not in given},
+            **_auth_guard(self.conninfo),
             "application_name": APPLICATION_NAME,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": _session_options(self.conninfo, self.lock_timeout),
+            "options": _session_options(self.conninfo, self.lock_timeout, self.statement_timeout),
         }
         if self.password is not None:
             extra["password"] = self.password.reveal()
@@ -210,6 +221,16 @@ class Target:
         """What PQping is given: the target, never longer than the connect timeout."""
         return make_conninfo(self.conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS).encode()
 
+    def with_statement_timeout(self, seconds: float) -> Target:
+        """The same target, the server ending any of its statements after ``seconds``."""
+        return replace(self, statement_timeout=seconds)
+
+    @property
+    def frozen_after(self) -> float:
+        """No answer this long after a statement started: the connection is frozen, for
+        the server would have ended the statement (statement_timeout) well before."""
+        return self.statement_timeout + min(FROZEN_MARGIN_SECONDS, self.statement_timeout)
+
     def with_lock_timeout(self, seconds: float) -> Target:
         """The same target, its statements waiting at most ``seconds`` behind a lock."""
         return replace(self, lock_timeout=seconds)
@@ -219,7 +240,9 @@ class Target:
         return replace(self, password=password, scram_keys=None)
 
 
-def _session_options(conninfo: str, lock_timeout: float) -> str:
+def _session_options(
+    conninfo: str, lock_timeout: float, statement_timeout: float = STATEMENT_TIMEOUT_SECONDS
+) -> str:
     """libpq's options with our sessions' lock and statement timeouts first, so that the
     DSN's own options (or PGOPTIONS, which a conninfo with options would hide) win, and
     the search_path last, so that nothing overrides it.
@@ -233,9 +256,25 @@ def _session_options(conninfo: str, lock_timeout: float) -> str:
     # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
     ours = (
         f"-c lock_timeout={max(1, round(lock_timeout * 1000))}ms "
-        f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
+        f"-c statement_timeout={max(1, round(statement_timeout * 1000))}ms"
     )
     return f"{ours} {theirs} {SAFE_SEARCH_PATH}".replace("  ", " ").strip()
+
+
+@functools.cache
+def _libpq_takes_require_auth() -> bool:
+    """libpq 16 added require_auth."""
+    return any(option.keyword == b"require_auth" for option in pq.Conninfo.get_defaults())
+
+
+def _auth_guard(conninfo: str) -> dict[str, str]:
+    """Never answer a server that asks for the password in clear text: whatever runs
+    at the address (a mistyped host, a hijacked name) would get the password as it
+    is. SCRAM (and MD5, for clusters that still use it) prove the password without
+    sending it. A DSN that sets require_auth itself keeps its own."""
+    if not _libpq_takes_require_auth() or "require_auth" in conninfo_to_dict(conninfo):
+        return {}
+    return {"require_auth": "!password"}
 
 
 def _authentication_failed(err: psycopg.OperationalError) -> bool:
@@ -326,6 +365,8 @@ class _Running:
     started: float
     where: str  # the target's description, for messages
     lock_timeout: float
+    frozen_after: float = float("inf")
+    statement_timeout: float = STATEMENT_TIMEOUT_SECONDS
     # The sessions that block it, looked up once it is slow: "session 4242 (user ...)".
     blockers: str = ""
     # Cancelled because the run was asked to stop.
@@ -346,13 +387,65 @@ class _InFlight:
         self._running: dict[int, _Running] = {}
         self._watcher: threading.Thread | None = None
         self._target: Target | None = None
+        # Told about a statement that has run far longer than statement_timeout: the
+        # server would have ended it, so the connection is frozen (deadman thread).
+        self._on_frozen: list[Callable[[str], None]] = []
+        self._deadman: threading.Thread | None = None
+        self._frozen_reported: set[int] = set()
+
+    def on_frozen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback`` with a description when a statement is frozen; returns the
+        function that takes it back."""
+        with self._lock:
+            self._on_frozen.append(callback)
+            if self._deadman is None:
+                self._deadman = threading.Thread(
+                    target=self._watch_frozen, name="frozen-statements", daemon=True
+                )
+                self._deadman.start()
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._on_frozen:
+                    self._on_frozen.remove(callback)
+
+        return remove
+
+    def _watch_frozen(self) -> None:
+        """No I/O here: whatever is stuck, this thread is not."""
+        while True:
+            time.sleep(FROZEN_CHECK_SECONDS)
+            with self._lock:
+                now = time.monotonic()
+                frozen = [
+                    item
+                    for key, item in self._running.items()
+                    if now - item.started > item.frozen_after and key not in self._frozen_reported
+                ]
+                self._frozen_reported.update(id(item) for item in frozen)
+                callbacks = list(self._on_frozen)
+            for item in frozen:
+                what = (
+                    f"PostgreSQL at {item.where} has not answered a statement for "
+                    f"{round(now - item.started)}s, although the server ends any statement "
+                    "before (statement_timeout): the connection is frozen (a host that "
+                    "vanished, a stalled proxy or pooler)"
+                )
+                for callback in callbacks:
+                    callback(what)
 
     @contextmanager
     def track(
         self, conn: psycopg.Connection[tuple[object, ...]], target: Target
     ) -> Iterator[_Running]:
         running = _Running(
-            conn, conn.info.backend_pid, time.monotonic(), target.description, target.lock_timeout
+            conn,
+            conn.info.backend_pid,
+            time.monotonic(),
+            target.description,
+            target.lock_timeout,
+            target.frozen_after,
+            target.statement_timeout,
         )
         with self._lock:
             self._running[id(running)] = running
@@ -502,11 +595,19 @@ _BLOCKERS: Final = sql.SQL(
 )
 
 _IN_FLIGHT: Final = _InFlight()
+# The admin's exposed settings already warned of (watch mode warns once, not per pass).
+_WARNED: Final[set[tuple[str, ...]]] = set()
 
 
 def cancel_running() -> None:
     """Cancel every statement PostgreSQL runs for this process (for a stop request)."""
     _IN_FLIGHT.cancel_all()
+
+
+def on_frozen(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``callback`` when a statement's connection is frozen (no answer far past
+    statement_timeout); returns the function that takes it back."""
+    return _IN_FLIGHT.on_frozen(callback)
 
 
 def _interrupted(err: psycopg.Error, running: _Running, doing: str) -> PginitError | None:
@@ -516,7 +617,8 @@ def _interrupted(err: psycopg.Error, running: _Running, doing: str) -> PginitErr
             return Stopped(f"stopped while trying to {doing}")
         return ServiceError(
             f"cannot {doing}: the statement ran longer than the session's statement_timeout "
-            f"({STATEMENT_TIMEOUT_SECONDS}s unless [postgres] dsn options set another): "
+            f"({running.statement_timeout:g}s: {ENV_STATEMENT_TIMEOUT}; [postgres] dsn options "
+            "or PGOPTIONS may set another): "
             f"{err.diag.message_primary or 'canceled'}"
         )
     if isinstance(err, psycopg.errors.LockNotAvailable):
@@ -572,7 +674,15 @@ def wait_until_ready(
     last_report = 0.0
     while True:
         # A probe is bounded by the connect timeout; the stop request does not wait for it.
-        attempt = stop.call(lambda: _probe(target, writable=writable), "waiting for PostgreSQL")
+        attempt = stop.call(
+            lambda: _probe(target, writable=writable),
+            "waiting for PostgreSQL",
+            deadline=PROBE_DEADLINE_SECONDS,
+            too_slow=lambda seconds: PostgresUnavailable(
+                f"PostgreSQL at {target.description} took a connection and then did not answer "
+                f"for {seconds:g}s (a stalled proxy or pooler?): giving up"
+            ),
+        )
         if isinstance(attempt, Admin):
             waited = time.monotonic() - started
             if last_reason:
@@ -615,6 +725,20 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
         conn = _connect(target)
     except psycopg.OperationalError as err:
         message = str(err)
+        if "authentication method requirement" in message:
+            # _auth_guard: the server asked for the password in clear text.
+            raise PostgresUnavailable(
+                f"PostgreSQL at {target.description} asked for the admin's password in clear "
+                "text, and nomad-pginit never sends it so (whatever answers there would have "
+                "it): use scram-sha-256 in pg_hba.conf, or, if clear text over TLS is "
+                "intended, say so with require_auth=password in [postgres] dsn"
+            ) from err
+        if "invalid value for parameter" in message or "unrecognized configuration" in message:
+            # The server refuses the session's options at every login: no wait cures it.
+            raise ConfigError(
+                f"PostgreSQL at {target.description} refuses the connection's options "
+                f"({_last_line(message)}): fix the options in [postgres] dsn, or PGOPTIONS"
+            ) from err
         if any(marker in message for marker in _LOGIN_FAILURES):
             raise PostgresUnavailable(
                 f"the admin cannot log in to PostgreSQL at {target.description}: "
@@ -735,8 +859,18 @@ class Admin:
             # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
             milliseconds = max(1, round(timeout * 1000))
             self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(milliseconds)))
+            # The statement lasts as long as the wait, which may be longer than our
+            # statement_timeout: the lock wait, not that, ends it.
+            waiting = self._target.with_statement_timeout(
+                max(self._target.statement_timeout, timeout + 1)
+            )
+            self._execute(
+                sql.SQL("SET statement_timeout = {}").format(
+                    sql.Literal(round(waiting.statement_timeout * 1000))
+                )
+            )
             try:
-                with _IN_FLIGHT.track(self._conn, self._target) as running:
+                with _IN_FLIGHT.track(self._conn, waiting) as running:
                     self._conn.execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
             except psycopg.errors.LockNotAvailable as err:
                 holder = f" ({running.blockers})" if running.blockers else ""
@@ -750,6 +884,7 @@ class Admin:
                 raise fatal from err
             finally:
                 self._execute(sql.SQL("RESET lock_timeout"))
+                self._execute(sql.SQL("RESET statement_timeout"))
         try:
             yield
         finally:
@@ -958,7 +1093,9 @@ class Admin:
             and setting not in _TRANSIENT_SETTINGS
             and _would_keep_statement(setting, value, settings)
         ]
-        if exposed:
+        if exposed and tuple(exposed) not in _WARNED:
+            # Once per process: watch mode observes again at every pass.
+            _WARNED.add(tuple(exposed))
             log.warning(
                 'the admin "%s" may not switch off %s: the statements that set passwords '
                 "may be logged or stored with their SCRAM verifiers (never the passwords "
@@ -1315,7 +1452,8 @@ class DatabaseSession:
         if isinstance(err, psycopg.OperationalError) and not self._admin._alive():
             return _connection_lost(self._admin._target, err)
         reason = err.diag.message_primary or _last_line(str(err))
-        return ServiceError(f'cannot {doing} in database "{self.name}": {reason}')
+        where = "" if f'database "{self.name}"' in doing else f' in database "{self.name}"'
+        return ServiceError(f"cannot {doing}{where}: {reason}")
 
     def observe_schema(
         self, role: str | None, *, extensions: bool = True, owner: bool = True
@@ -1425,18 +1563,28 @@ def try_service_login(target: Target, user: str, database: str, password: Secret
         password=password.reveal(),
         application_name=f"{APPLICATION_NAME}-check",
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        # The role may have set itself a statement_timeout of 1 ms: ours wins.
+        options=f"-c statement_timeout={CONNECT_TIMEOUT_SECONDS}s",
+        **_auth_guard(target.conninfo),
     )
     try:
         conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as err:
         return LoginCheck(logged_in=False, failure=_last_line(str(err)))
     with conn:
-        row = conn.execute(
-            sql.SQL(
-                "SELECT has_schema_privilege(current_user, n.oid, 'CREATE') "
-                "FROM pg_namespace n WHERE n.nspname = 'public'"
+        try:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT pg_catalog.has_schema_privilege(current_user, n.oid, 'CREATE') "
+                    "FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public'"
+                )
+            ).fetchone()
+        except psycopg.Error as err:
+            reason = err.diag.message_primary or _last_line(str(err))
+            return LoginCheck(
+                logged_in=True,
+                failure=f"logged in, but could not ask about schema public: {reason}",
             )
-        ).fetchone()
     return LoginCheck(logged_in=True, can_create_in_public=bool(row and row[0]))
 
 

@@ -7,17 +7,28 @@ planning, so ``plan`` shows exactly what ``run`` would do.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Final
 
 from nomad_pginit import postgres, stopping
-from nomad_pginit.errors import ExitCode, PginitError, PostgresUnavailable, ServiceError
+from nomad_pginit import vault as vault_module
+from nomad_pginit.errors import (
+    ConfigError,
+    ExitCode,
+    PginitError,
+    PostgresUnavailable,
+    ServiceError,
+    VaultUnavailable,
+)
 from nomad_pginit.plan import (
     Action,
     ChangeDatabaseOwner,
@@ -32,7 +43,7 @@ from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
 from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
 from nomad_pginit.stopping import Stopped, StopRequest
-from nomad_pginit.vault import Vault, VaultSecret
+from nomad_pginit.vault import Vault, VaultSecret, request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +181,20 @@ def reconcile(
     stop = stop or StopRequest()
     # A bad DSN is exit 2 before Vault is asked. Behind another session's lock, our
     # statements wait no longer than for PostgreSQL itself.
-    target = postgres.target(spec.postgres).with_lock_timeout(
-        min(postgres.LOCK_TIMEOUT_SECONDS, readiness.timeout)
+    target = (
+        postgres.target(spec.postgres)
+        .with_lock_timeout(min(postgres.LOCK_TIMEOUT_SECONDS, readiness.timeout))
+        .with_statement_timeout(statement_timeout(env))
     )
     outcomes = {
         service.name: ServiceOutcome(service, applied=apply, quiet=quiet)
         for service in spec.services
     }
     result = Outcome([], applied=apply)
-    # Whatever PostgreSQL still runs for us once a stop's grace is over is cancelled.
+    # Whatever PostgreSQL still runs for us once a stop's grace is over is cancelled;
+    # a connection that froze (no answer far past statement_timeout) ends the run.
     forget_stop = stop.on_stop(postgres.cancel_running)
+    forget_frozen = postgres.on_frozen(lambda what: stop.abandon(PostgresUnavailable(what)))
     try:
         _reconcile(
             spec,
@@ -192,12 +207,18 @@ def reconcile(
             outcomes=outcomes,
             result=result,
             known_leftovers=known_leftovers,
+            quiet=quiet,
         )
     except Stopped as err:
-        log.info("%s", err)
+        if stop.fatal is None:
+            log.info("%s", err)
     finally:
         forget_stop()
-    if stop.is_set():
+        forget_frozen()
+    if stop.fatal is not None:
+        # Given up on, not asked to stop: the run failed, and says why.
+        result.fatal = result.fatal or stop.fatal
+    elif stop.is_set():
         result.stopped, result.stop_signal = True, stop.signal
         for outcome in outcomes.values():
             if not outcome.finished and outcome.error is None and outcome.not_finished is None:
@@ -206,6 +227,28 @@ def reconcile(
     if result.stopped and result.unfinished:
         log.info("stopping: %s left for the next run", _count(len(result.unfinished), "service"))
     return result
+
+
+def statement_timeout(environ: Mapping[str, str]) -> float:
+    """$PGINIT_STATEMENT_TIMEOUT (seconds), else 300: how long the server lets any of our
+    statements run, and so, with a margin, when a connection that answers nothing is
+    taken for frozen."""
+    raw = environ.get(postgres.ENV_STATEMENT_TIMEOUT, "")
+    if not raw:
+        return float(postgres.STATEMENT_TIMEOUT_SECONDS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or not 1 <= value <= MAX_STATEMENT_TIMEOUT:
+        raise ConfigError(
+            f"${postgres.ENV_STATEMENT_TIMEOUT} must be a number of seconds from 1 to "
+            f"{MAX_STATEMENT_TIMEOUT:g} (a day), not {raw!r}"
+        )
+    return value
+
+
+MAX_STATEMENT_TIMEOUT: Final = 86400.0
 
 
 def _reconcile(
@@ -220,17 +263,26 @@ def _reconcile(
     outcomes: Mapping[str, ServiceOutcome],
     result: Outcome,
     known_leftovers: frozenset[str],
+    quiet: bool = False,
 ) -> None:
     apply = result.applied
     if vault is None:
         # Before waiting: a bad token is exit 4 at once.
-        vault = stop.call(lambda: connect_vault(spec, env), "logging in to Vault")
+        vault = stop.call(
+            lambda: connect_vault(spec, env),
+            "logging in to Vault",
+            deadline=request_deadline(env),
+            too_slow=vault_too_slow(spec, "the login"),
+        )
     if spec.postgres.password_secret:
         assert vault is not None  # connect_vault connects when the admin's secret is in Vault
         reader_of_admin = vault
         secret = spec.postgres.password_secret
         password = stop.call(
-            lambda: reader_of_admin.read_admin_password(secret), "reading the admin's password"
+            lambda: reader_of_admin.read_admin_password(secret),
+            "reading the admin's password",
+            deadline=request_deadline(env),
+            too_slow=vault_too_slow(spec, f"the read of {spec.vault.mount}/{secret}"),
         )
         target = target.with_password(password)
 
@@ -241,7 +293,7 @@ def _reconcile(
         reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
         # On the way out (stopped, or failed), reads not yet started are not needed.
         stack.callback(reader.shutdown, wait=False, cancel_futures=True)
-        passwords = PasswordReads.start(spec, vault, reader)
+        passwords = PasswordReads.start(spec, vault, reader, request_deadline(env), quiet=quiet)
         admin = stack.enter_context(postgres.wait_until_ready(target, readiness, stop=stop))
         if apply:
             # Another run holds the lock for as long as it takes to finish; we wait for it
@@ -291,7 +343,7 @@ def _reconcile(
                             outcome.not_finished = str(err.reason)
                         except (Refusal, ServiceError) as err:
                             _fail(outcome, err)
-                        except PostgresUnavailable as err:
+                        except (PostgresUnavailable, VaultUnavailable) as err:
                             # Nothing more can be done: say so for every service not
                             # finished, and let the next run pick up from here.
                             outcome.not_finished = str(err)
@@ -477,6 +529,21 @@ def connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
     return Vault.connect(spec.vault, environ)
 
 
+def _timed(started: dict[str, float], name: str, vault: Vault) -> VaultSecret:
+    started[name] = time.monotonic()
+    return vault.read_password(name)
+
+
+def vault_too_slow(spec: Spec, what: str) -> Callable[[float], PginitError]:
+    def error(seconds: float) -> PginitError:
+        return VaultUnavailable(
+            f"Vault has not finished {what} after {seconds:g}s (a proxy that trickles, or a "
+            "connection that stalled): giving up; check VAULT_ADDR and what stands between"
+        )
+
+    return error
+
+
 class PasswordReads:
     """Each service's password: inline, or read from Vault by a pool of threads.
 
@@ -488,21 +555,38 @@ class PasswordReads:
         self,
         inline: Mapping[str, Secret],
         reads: Mapping[str, Future[VaultSecret]],
+        started: Mapping[str, float] | None = None,
+        where: str = "",
+        deadline: float = vault_module.DEFAULT_REQUEST_DEADLINE,
     ) -> None:
+        self._deadline = deadline
         self._inline = inline
         self._reads = reads
+        # When each read began (a worker took it), for its deadline.
+        self._started = started if started is not None else {}
+        self._where = where
 
     @classmethod
-    def start(cls, spec: Spec, vault: Vault | None, pool: ThreadPoolExecutor) -> PasswordReads:
+    def start(
+        cls,
+        spec: Spec,
+        vault: Vault | None,
+        pool: ThreadPoolExecutor,
+        deadline: float = vault_module.DEFAULT_REQUEST_DEADLINE,
+        *,
+        quiet: bool = False,
+    ) -> PasswordReads:
         inline = {
             service.name: service.password
             for service in spec.services
             if service.password is not None
         }
+        started: dict[str, float] = {}
         from_vault = [service for service in spec.services if service.password is None]
         reads: dict[str, Future[VaultSecret]] = {}
         if vault is not None and from_vault:
-            log.info(
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "reading %s from Vault at %s (with %s)",
                 _count(len(from_vault), "password"),
                 vault.address,
@@ -510,10 +594,11 @@ class PasswordReads:
             )
             # Submitted in the file's order, which is the order services are worked on.
             reads = {
-                service.name: pool.submit(vault.read_password, service.name)
+                service.name: pool.submit(_timed, started, service.name, vault)
                 for service in from_vault
             }
-        return cls(inline, reads)
+        where = vault.address if vault is not None else ""
+        return cls(inline, reads, started, where, deadline)
 
     def wait(self, service: Service, stop: StopRequest) -> Secret:
         """The service's password. Raises SecretUnavailable when Vault has none to give,
@@ -526,6 +611,16 @@ class PasswordReads:
                 return read.result(timeout=stopping.POLL_SECONDS).password
             except FutureTimeout:
                 stop.check(f"reading the password of {service.name}")
+            begun = self._started.get(service.name)
+            if begun is not None and time.monotonic() - begun > self._deadline:
+                err = VaultUnavailable(
+                    f"Vault at {self._where} has not finished answering the read of "
+                    f"{service.name}'s password after {self._deadline:g}s (a proxy that "
+                    "trickles, or a connection that stalled): giving up; check VAULT_ADDR and "
+                    "what stands between"
+                )
+                stop.abandon(err)  # the run ends; the process does not wait for the read
+                raise err
 
     def versions(self) -> dict[str, int]:
         """The Vault version of each password read so far, for watch mode."""

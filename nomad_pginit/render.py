@@ -44,6 +44,9 @@ TABLE_TEMPLATE: Final = "services-table.md.j2"
 # 127.0.0.1, and the task reads the admin's password from Vault itself.
 TASK_DSN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
 TASK_SERVICES_FILE: Final = "/local/pginit.toml"
+# Live mode: [postgres] and [vault] travel in the job, in this file; the services
+# alone come from the variable, into TASK_SERVICES_FILE.
+TASK_CLUSTER_FILE: Final = "/local/cluster.toml"
 # The superuser's password, relative to the [vault] mount, when [postgres]
 # password_secret does not name it; and the Vault role of both tasks when
 # [vault] jwt_role does not name it.
@@ -137,13 +140,12 @@ class Templates:
         or reading it from a Nomad variable (live: the job does not depend on the
         services, so adding one never changes the job)."""
         _check_admin_secret(spec)
-        services_file = self.services_file(spec)
-        if spec.job.live:
-            services_file = ""  # in the variable: `nomad-pginit publish`
-        else:
-            _check_renderable(
-                spec, (("services file line", line) for line in services_file.splitlines())
-            )
+        # Live mode: the services are in the variable (`nomad-pginit publish`); the job
+        # carries where PostgreSQL and Vault are, which the variable may not say.
+        services_file = self.cluster_file(spec) if spec.job.live else self.services_file(spec)
+        _check_renderable(
+            spec, (("services file line", line) for line in services_file.splitlines())
+        )
         vault = task_vault(spec)
         return self._render(
             JOB_TEMPLATE,
@@ -152,6 +154,7 @@ class Templates:
             version=__version__,
             services_file=services_file,
             services_file_path=TASK_SERVICES_FILE,
+            cluster_file_path=TASK_CLUSTER_FILE,
             admin_password_file=ADMIN_PASSWORD_FILE,
             admin_secret=kv_api_path(spec.vault, task_postgres(spec).password_secret),
             admin_secret_key=ADMIN_VAULT_KEY,
@@ -163,16 +166,33 @@ class Templates:
 
     def services_file(self, spec: Spec) -> str:
         """The services file as the init task sees it, normalized from the Spec."""
-        text = self._render(
+        text = self._services_template(spec, settings=True, services=True)
+        _check_round_trip(spec, text)
+        return text
+
+    def cluster_file(self, spec: Spec) -> str:
+        """Live mode's part of the task's view that the job carries: [postgres], [vault]."""
+        text = self._services_template(spec, settings=True, services=False)
+        _check_round_trip(spec, text, self._services_template(spec, settings=False, services=True))
+        return text
+
+    def services_part(self, spec: Spec) -> str:
+        """Live mode's part of the task's view that the variable carries: the services."""
+        text = self._services_template(spec, settings=False, services=True)
+        _check_round_trip(spec, self._services_template(spec, settings=True, services=False), text)
+        return text
+
+    def _services_template(self, spec: Spec, *, settings: bool, services: bool) -> str:
+        return self._render(
             SERVICES_FILE_TEMPLATE,
             source=spec.source.name,
             postgres=task_postgres(spec),
             vault=task_vault(spec),
             default_jwt_path=spec_module.DEFAULT_JWT_PATH,
             services=[_ServiceEntry(service) for service in spec.services],
+            with_settings=settings,
+            with_services=services,
         )
-        _check_round_trip(spec, text)
-        return text
 
     def snippet(self, spec: Spec, name: str, *, consul: bool = False) -> str:
         """The template and env blocks that the job of service ``name`` needs."""
@@ -302,11 +322,15 @@ def _check_admin_secret(spec: Spec) -> None:
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
 
 
-def _check_round_trip(spec: Spec, text: str) -> None:
-    """The delivered services file must mean what the source means (a template could drop keys)."""
+def _check_round_trip(spec: Spec, text: str, services_part: str | None = None) -> None:
+    """The delivered services file (or live mode's two parts of it) must mean what the
+    source means: a template could drop keys."""
     where = Path(TASK_SERVICES_FILE)
     try:
-        delivered = spec_module.parse(tomllib.loads(text), where)
+        if services_part is None:
+            delivered = spec_module.parse(tomllib.loads(text), where)
+        else:
+            delivered = spec_module.loads_parts(text, Path(TASK_CLUSTER_FILE), services_part, where)
     except (tomllib.TOMLDecodeError, ConfigError) as err:
         raise ConfigError(
             f"template {SERVICES_FILE_TEMPLATE} produced an invalid services file: {err}"

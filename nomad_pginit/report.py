@@ -39,6 +39,7 @@ _EXTRA_FIELDS: Final = (
     "counts",
     "failed",
     "not_finished",
+    "fingerprint",
 )
 
 
@@ -179,3 +180,17 @@ def log_error_summary(err: PginitError, logger: logging.Logger) -> None:
     """The summary line of a run that an error stopped before any service."""
     extra = {"event": "summary", "status": "failed", "counts": {}, "failed": []}
     logger.error("%s failed: %s", SUMMARY_PREFIX, err.summary, extra=extra)
+
+
+def log_abandoned(fatal: PginitError | None, logger: logging.Logger) -> None:
+    """The summary of a run whose work did not end after a stop or a failure (a thread
+    stuck where nothing reaches it): said by the stop's last resort."""
+    what = f"{fatal}" if fatal is not None else "asked to stop, and PostgreSQL did not answer"
+    extra = {"event": "summary", "status": "failed" if fatal else "stopped"}
+    logger.error(
+        "%s %s: %s; what was under way could not finish and is left for the next run",
+        SUMMARY_PREFIX,
+        "failed" if fatal else "stopped",
+        what,
+        extra=extra,
+    )

@@ -7,13 +7,14 @@ Validation collects every problem, each with where it is, and raises one
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
-import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,8 +23,6 @@ from nomad_pginit.secret import Secret
 
 # PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
 MAX_NAME_BYTES: Final = 63
-# Nomad's variable paths (nomad/structs/variables.go: ^[a-zA-Z0-9-_~/]{1,128}$).
-_NOMAD_VARIABLE_PATH: Final = re.compile(r"[a-zA-Z0-9_~/-]{1,128}")
 # CONNECTION LIMIT is an int4.
 MAX_CONNECTION_LIMIT: Final = 2**31 - 1
 
@@ -98,9 +97,17 @@ class VaultSettings:
 ONESHOT: Final = "oneshot"  # in the job; a poststart task that provisions and exits
 LIVE: Final = "live"  # in a Nomad variable; a sidecar that applies every change
 MODES: Final = (ONESHOT, LIVE)
-# The job's own variable: its tasks read it with no ACL policy (their workload
-# identity may read nomad/jobs/<job>, .../<group> and .../<group>/<task>).
+# The job's own variable: its tasks read it with no ACL policy. Their workload
+# identity may read exactly nomad/jobs/<job>, .../<group> and .../<group>/<task>
+# (acl/acl.go matchingVariablesCapabilitySet), nothing below them: a template that
+# may not read its variable fails its task for good, and Nomad then stops
+# PostgreSQL, so [job] variable is one of these.
 DEFAULT_VARIABLE: Final = "nomad/jobs/postgresql"
+READABLE_VARIABLES: Final = (
+    DEFAULT_VARIABLE,
+    "nomad/jobs/postgresql/postgresql",
+    "nomad/jobs/postgresql/postgresql/init-databases",
+)
 # The variable's item that holds the services file.
 VARIABLE_ITEM: Final = "pginit_toml"
 
@@ -420,13 +427,13 @@ def _parse(
         problems.add("[job]", "'interval' must be 1 second or more")
     if job.mode not in MODES:
         problems.add("[job]", f'\'mode\' must be "oneshot" or "live", not {job.mode!r}')
-    if not _NOMAD_VARIABLE_PATH.fullmatch(job.variable) or (
-        _segments_problem(job.variable) is not None
-    ):
+    if job.variable not in READABLE_VARIABLES:
+        readable = ", ".join(repr(path) for path in READABLE_VARIABLES)
         problems.add(
             "[job]",
-            f"'variable' must be a Nomad variable path such as {DEFAULT_VARIABLE!r} (letters, "
-            f"digits, -, _, ~ and /), not {job.variable!r}",
+            f"'variable' must be one of the paths the job's tasks may read without an ACL "
+            f"policy ({readable}), not {job.variable!r}: a template that may not read its "
+            "variable fails the init task for good, and Nomad then stops PostgreSQL",
         )
 
     defaults_table = _check_keys(top.get("defaults", {}), _OPTION_KEYS, "[defaults]", problems)
@@ -566,13 +573,7 @@ def load(path: Path) -> Spec:
 def loads(text: str, path: Path) -> Spec:
     """Validate a services file's text: JSON when it is named *.json or starts with '{'."""
     if not text.strip():
-        # In live mode the file is what Nomad's template made of the variable: empty
-        # while the variable has no services item.
-        raise ConfigError(
-            f"{path} is empty: write one [[service]] per service in it; in live mode Nomad "
-            f"writes it from the item {VARIABLE_ITEM!r} of the job's Nomad variable, which "
-            "nomad-pginit publish (or deploy) fills in"
-        )
+        raise ConfigError(_empty_message(path))
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -586,6 +587,95 @@ def loads(text: str, path: Path) -> Spec:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     return parse(document, path)
+
+
+# Live mode's split: what the job carries, and what the Nomad variable may carry.
+SERVICES_PART_KEYS: Final = frozenset({"defaults", "service"})
+
+
+def load_parts(config: Path, services: Path) -> Spec:
+    """The task's view in live mode: the job's own file (``config``: [postgres],
+    [vault]) and the services from the Nomad variable (``services``: [defaults] and
+    [[service]] entries only)."""
+    return loads_parts(_read_text(config), config, _read_text(services), services)
+
+
+def loads_parts(config_text: str, config: Path, services_text: str, services: Path) -> Spec:
+    """Validate the two parts of live mode's view together.
+
+    Whoever may write the variable decides which services exist, never where
+    nomad-pginit connects or how it reads secrets: a [postgres] or [vault] table
+    there (a dsn pointing elsewhere, say) is refused, not merged.
+    """
+    if not services_text.strip():
+        raise ConfigError(_empty_message(services))
+    services_document = _toml(services_text, services)
+    extra = sorted(set(services_document) - SERVICES_PART_KEYS)
+    if extra:
+        tables = ", ".join(f"[{name}]" for name in extra)
+        raise ConfigError(
+            f"{services} holds {tables}: the services from the Nomad variable may hold only "
+            f"[defaults] and [[service]] entries; where PostgreSQL and Vault are comes from "
+            f"{config}, which the job carries (nothing was applied)"
+        )
+    config_document = _toml(config_text, config)
+    mixed = sorted(set(config_document) & SERVICES_PART_KEYS)
+    if mixed:
+        tables = ", ".join(f"[{name}]" for name in mixed)
+        raise ConfigError(
+            f"{config} holds {tables}, but with a separate services file ({services}) the "
+            "services come from that file only"
+        )
+    return parse({**config_document, **services_document}, services)
+
+
+def _toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+
+
+def _empty_message(path: Path) -> str:
+    # In live mode the file is what Nomad's template made of the variable: empty
+    # while the variable has no services item.
+    return (
+        f"{path} is empty: write one [[service]] per service in it; in live mode Nomad "
+        f"writes it from the item {VARIABLE_ITEM!r} of the job's Nomad variable, which "
+        "nomad-pginit publish (or deploy) fills in"
+    )
+
+
+def fingerprint(services: tuple[Service, ...]) -> str:
+    """A short digest of the services, with every setting, that two views of the same
+    services share (the operator's file and the task's): the sidecar logs it with
+    each pass, and deploy waits for the one it published. Passwords are left out."""
+    entries = sorted(
+        (
+            {
+                item.name: list(value) if isinstance(value, tuple) else value
+                for item in dataclass_fields(service)
+                if item.name != "password"
+                for value in [getattr(service, item.name)]
+            }
+            for service in services
+        ),
+        key=lambda entry: str(entry["name"]),
+    )
+    canonical = json.dumps(entries, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:FINGERPRINT_LENGTH]
+
+
+FINGERPRINT_LENGTH: Final = 12
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:

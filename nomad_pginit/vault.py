@@ -21,7 +21,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from nomad_pginit.errors import SecretUnavailable, VaultUnavailable
+from nomad_pginit.errors import ConfigError, SecretUnavailable, VaultUnavailable
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import ADMIN_SECRET_KEY, IDENTITY_NAME, VaultSettings
 
@@ -29,6 +29,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDR: Final = "https://127.0.0.1:8200"  # the vault CLI's own default
 TIMEOUT_SECONDS: Final = 10
+# The longest one Vault request may take, whole (VAULT_CLIENT_TIMEOUT, as the vault
+# CLI reads it): hvac's timeout bounds each socket read only, so a proxy that sends
+# a byte every few seconds would hold a run for ever.
+DEFAULT_REQUEST_DEADLINE: Final = 60.0
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+
+
+def request_deadline(environ: Mapping[str, str]) -> float:
+    """$VAULT_CLIENT_TIMEOUT in seconds (a number, or a duration such as 30s or 2m),
+    else 60."""
+    raw = environ.get("VAULT_CLIENT_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_REQUEST_DEADLINE
+    match = _DURATION.fullmatch(raw)
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    seconds = float(match.group(1)) * scale[match.group(2) or "s"] if match else 0.0
+    if not 0 < seconds <= 86400:
+        raise ConfigError(
+            f"VAULT_CLIENT_TIMEOUT must be a duration such as 60s or 2m, up to a day, not {raw!r}"
+        )
+    return seconds
+
+
 # A renewable token is renewed once half of its TTL has passed; a renewal that
 # leaves less than this fraction of the TTL it had at login means its max TTL is
 # near, so the process logs in again instead.

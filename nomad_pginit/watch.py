@@ -20,7 +20,12 @@ from pathlib import Path
 from nomad_pginit import spec as specs
 from nomad_pginit.errors import ConfigError, PginitError, SecretUnavailable, VaultUnavailable
 from nomad_pginit.postgres import Readiness
-from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
+from nomad_pginit.provision import (
+    Outcome,
+    reconcile,
+    vault_too_slow,
+    warn_inline_passwords,
+)
 from nomad_pginit.report import (
     APPLYING,
     INVALID_NEW_FILE,
@@ -30,7 +35,7 @@ from nomad_pginit.report import (
     log_summary,
 )
 from nomad_pginit.stopping import Stopped, StopRequest
-from nomad_pginit.vault import Vault
+from nomad_pginit.vault import Vault, request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ class _VaultSession:
     """
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
+        self.environ = environ
         self._client: Vault | None = None
         self._trouble: str | None = None
 
@@ -81,21 +86,57 @@ class _VaultSession:
             return None
         if self._client is None or self._client.settings != spec.vault:
             self._client = None  # a failed login leaves no client behind
-            self._client = Vault.connect(spec.vault, self._environ)
+            self._client = Vault.connect(spec.vault, self.environ)
         else:
             self._client.refresh()
         return self._client
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()  # follows the symlink a ConfigMap update swaps
-    except OSError as err:
-        raise ConfigError(f"cannot read services file {path}: {err.strerror}") from err
+@dataclass(frozen=True)
+class SpecFiles:
+    """Where the configuration comes from: one services file, or (live mode) the job's
+    own file for [postgres] and [vault] and the variable's file for the services."""
+
+    config: Path
+    services: Path | None = None
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.config,) if self.services is None else (self.config, self.services)
+
+    def describe(self) -> str:
+        return " and ".join(str(path) for path in self.paths())
+
+    def read(self) -> tuple[bytes, ...]:
+        contents = []
+        for path in self.paths():
+            try:
+                contents.append(path.read_bytes())  # follows the symlink a ConfigMap swaps
+            except FileNotFoundError as err:
+                option = "--config PATH or set $PGINIT_CONFIG"
+                if path == self.services:
+                    option = "--services PATH or set $PGINIT_SERVICES"
+                raise ConfigError(f"services file {path} does not exist: pass {option}") from err
+            except OSError as err:
+                raise ConfigError(f"cannot read services file {path}: {err.strerror}") from err
+        return tuple(contents)
+
+    def parse(self, content: tuple[bytes, ...]) -> specs.Spec:
+        texts = []
+        for path, part in zip(self.paths(), content, strict=True):
+            try:
+                texts.append(part.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ConfigError(f"services file {path} is not UTF-8 text") from None
+        if self.services is None:
+            return specs.loads(texts[0], self.config)
+        return specs.loads_parts(texts[0], self.config, texts[1], self.services)
+
+    def load(self) -> specs.Spec:
+        return self.parse(self.read())
 
 
 def watch(
-    path: Path,
+    files: SpecFiles,
     settings: WatchSettings,
     stop: StopRequest,
     environ: Mapping[str, str],
@@ -107,9 +148,9 @@ def watch(
     again and apply at once, whatever the interval.
     """
     reload = reload or threading.Event()
-    content = _read(path)
-    spec = specs.loads(content.decode("utf-8", errors="replace"), path)  # exit 2 if broken now
-    log.info("watching %s and the Vault secrets every %gs", path, settings.interval)
+    content = files.read()
+    spec = files.parse(content)  # exit 2 if broken now
+    log.info("watching %s and the Vault secrets every %gs", files.describe(), settings.interval)
     warn_inline_passwords(spec)
     reason: str | None = REASON_START
     versions: dict[str, int] = {}
@@ -120,7 +161,7 @@ def watch(
         if reason is None and time.monotonic() - last_pass >= settings.resync:
             reason = "periodic check for drift"
         if reason is not None:
-            log.info("%s (%s)", APPLYING, reason)
+            log_pass(reason, spec)
             outcome = _apply(spec, settings, stop, environ, vault, leftovers=leftovers)
             last_pass = time.monotonic()
             if outcome is None or outcome.fatal is not None:
@@ -137,19 +178,23 @@ def watch(
             break
         reloaded = reload.is_set()
         reload.clear()
-        new_content = _read_or_keep(path, content)
+        new_content = _read_or_keep(files, content)
         if new_content != content or reloaded:
             content = new_content
             try:
-                spec = specs.loads(content.decode("utf-8", errors="replace"), path)
+                spec = files.parse(content)
             except ConfigError as err:
-                log.error("the new %s %s: %s", path, INVALID_NEW_FILE, err)
+                log.error("the new %s %s: %s", files.describe(), INVALID_NEW_FILE, err)
                 continue
             reason = REASON_RELOAD if reloaded else REASON_CHANGED
             warn_inline_passwords(spec)
             continue
         if reason is None:
-            reason = _rotated(spec, versions, vault, stop)
+            reason = _rotated(spec, versions, vault, stop, reload)
+    if stop.fatal is not None:
+        # Something stopped answering for good: Nomad starts the sidecar afresh.
+        log.error("stopped: %s", stop.fatal)
+        return int(stop.fatal.exit_code)
     log.info("stopped")
     return 0
 
@@ -165,7 +210,12 @@ def _apply(
 ) -> Outcome | None:
     try:
         # Logging in may wait for Vault's timeout: the stop request does not wait for it.
-        client = stop.call(lambda: vault.client(spec), "logging in to Vault")
+        client = stop.call(
+            lambda: vault.client(spec),
+            "logging in to Vault",
+            deadline=request_deadline(environ),
+            too_slow=vault_too_slow(spec, "the login"),
+        )
         outcome = reconcile(
             spec,
             readiness=settings.readiness,
@@ -200,17 +250,37 @@ def _sleep(seconds: float, stop: StopRequest, reload: threading.Event) -> bool:
     return stop.is_set()
 
 
-def _read_or_keep(path: Path, previous: bytes) -> bytes:
+def _read_or_keep(files: SpecFiles, previous: tuple[bytes, ...]) -> tuple[bytes, ...]:
     try:
-        return path.read_bytes()
-    except OSError as err:
+        return files.read()
+    except ConfigError as err:
         # Mid-swap, or deleted by mistake: keep the last good configuration.
-        log.warning("cannot read %s (%s); keeping the last good configuration", path, err.strerror)
+        log.warning("%s; keeping the last good configuration", err)
         return previous
 
 
+def log_pass(reason: str, spec: specs.Spec) -> None:
+    """The line that starts a pass: why, and which services (their fingerprint, which
+    deploy waits for after it published them)."""
+    count = len(spec.services)
+    digest = specs.fingerprint(spec.services)
+    log.info(
+        "%s (%s): %d service%s, fingerprint %s",
+        APPLYING,
+        reason,
+        count,
+        "" if count == 1 else "s",
+        digest,
+        extra={"event": "pass", "fingerprint": digest},
+    )
+
+
 def _rotated(
-    spec: specs.Spec, versions: Mapping[str, int], session: _VaultSession, stop: StopRequest
+    spec: specs.Spec,
+    versions: Mapping[str, int],
+    session: _VaultSession,
+    stop: StopRequest,
+    reload: threading.Event,
 ) -> str | None:
     """Why to re-apply because of Vault, or None: a secret got a new version, or appeared."""
     from_vault = [service for service in spec.services if service.password is None]
@@ -222,8 +292,8 @@ def _rotated(
         if vault is None:
             return None
         for service in from_vault:
-            if stop.is_set():
-                return None
+            if stop.is_set() or reload.is_set():
+                return None  # a SIGHUP reads the file first, and looks at Vault again
             try:
                 version = vault.read_password(service.name).version
             except SecretUnavailable as err:
@@ -236,7 +306,14 @@ def _rotated(
 
     try:
         # Each read may wait for Vault's timeout: the stop request does not wait for them.
-        reason = stop.call(look, "looking for rotated passwords in Vault")
+        # Each read may take hvac's timeout; the whole look no more than this.
+        deadline = request_deadline(session.environ) + len(from_vault)
+        reason = stop.call(
+            look,
+            "looking for rotated passwords in Vault",
+            deadline=deadline,
+            too_slow=vault_too_slow(spec, "the reads of the passwords' versions"),
+        )
     except Stopped:
         return None
     except PginitError as err:

@@ -181,8 +181,9 @@ def render_live_template(data: str, items: dict[str, str] | None) -> str:
     return items.get(match.group(2), "") + match.group(3)
 
 
-def live_job(services: Path) -> tuple[list[str], str, str]:
-    """The live job rendered from ``services``: the init task's args, template data, path."""
+def live_job(services: Path) -> tuple[list[str], dict[str, str], str]:
+    """The live job rendered from ``services``: the init task's args, its templates'
+    data by destination, and the variable its services template reads."""
     options = hcl2.SerializationOptions(
         strip_string_quotes=True,
         explicit_blocks=False,
@@ -198,9 +199,13 @@ def live_job(services: Path) -> tuple[list[str], str, str]:
                     for task_block in group["task"]:
                         for name, task in task_block.items():
                             if name.strip('"') == "init-databases":
-                                (template,) = task["template"]
-                                data = str(template["data"])
-                                variable = re.findall(r'nomadVar "([^"]+)"', data)[0]
+                                data = {
+                                    str(template["destination"]): str(template["data"])
+                                    for template in task["template"]
+                                }
+                                variable = re.findall(
+                                    r'nomadVar "([^"]+)"', data["local/pginit.toml"]
+                                )[0]
                                 return list(task["config"][0]["args"]), data, variable
     raise AssertionError("no init-databases task")
 
@@ -228,8 +233,9 @@ def test_live_sidecar_applies_a_published_service_without_restarting_postgres(
     committed = (JOB_FILE.parent / "pginit.toml").read_text(encoding="utf-8")
     assert 'mode = "oneshot"' in committed
     services.write_text(committed.replace('mode = "oneshot"', 'mode = "live"'), "utf-8")
-    args, data, variable = live_job(services)
+    args, templates, variable = live_job(services)
     assert args[:2] == ["run", "--watch"]
+    data = templates["local/pginit.toml"]
     names = [s.name for s in spec.load(services).services]
     for name in names:
         vault.put(name, f"{name}-pw")
@@ -254,18 +260,25 @@ def test_live_sidecar_applies_a_published_service_without_restarting_postgres(
 
     publish()
     template_render()
+    # Where PostgreSQL and Vault are: the job's own template, rendered once.
+    cluster_file = task_dir / "cluster.toml"
+    cluster_file.write_text(
+        templates["local/cluster.toml"].replace(":5432/", f":{cluster.port}/"), "utf-8"
+    )
     (secrets_dir / f"nomad_{spec.IDENTITY_NAME}.jwt").write_text(identities.sign(), "utf-8")
     env = tool_env(None)
     env.pop("VAULT_TOKEN", None)
     env |= {
         "VAULT_ADDR": vault.addr,
-        "PGINIT_CONFIG": str(destination),
+        "PGINIT_CONFIG": str(cluster_file),
         "NOMAD_TASK_DIR": str(task_dir),
         "NOMAD_SECRETS_DIR": str(secrets_dir),
         "NOMAD_TASK_NAME": "init-databases",
         "NOMAD_JOB_ID": "postgresql",
     }
     before = postmaster(cluster)
+    # The job's args name the task's paths; here the task directory is elsewhere.
+    args = [str(destination) if arg == render.TASK_SERVICES_FILE else arg for arg in args]
     sidecar = subprocess.Popen(
         [sys.executable, "-m", "nomad_pginit", *args],
         env=env,

@@ -7,6 +7,8 @@ two wherever it is, with the summary line saying what was not finished.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -126,6 +128,23 @@ def test_a_stop_while_waiting_for_postgres_ends_at_once(
     last = result.stdout.strip().splitlines()[-1]
     assert "summary: stopped: 2 of 2 services not finished (gitea, grafana)" in last
     assert "summary: ok" not in result.stdout
+
+
+def test_a_stopped_plan_is_not_in_sync(tmp_path: Path, silent_listener: int, vault: Vault) -> None:
+    config = hung_config(tmp_path, silent_listener)
+    vault.put("gitea", "a")
+    vault.put("grafana", "b")
+    proc = start_tool(
+        ["plan", "--config", str(config), "--json", "--wait-timeout", "60"], tool_env(vault)
+    )
+
+    sent = stop_after(proc, 3, signal.SIGTERM)
+    result, _ = ended_within(proc, sent)
+
+    assert result.returncode == ExitCode.STOPPED, result.output
+    document = json.loads(result.stdout)
+    assert document["in_sync"] is False
+    assert {item["status"] for item in document["services"]} == {"not finished"}
 
 
 def test_the_wait_timeout_is_checked(tmp_path: Path, pg: Cluster) -> None:
@@ -281,3 +300,201 @@ def test_watch_mode_says_once_that_vault_is_away_and_once_that_it_is_back(
     assert len(away) == 1, result.stdout
     assert "sealed" in away[0]
     assert len([line for line in lines if "Vault answers again" in line]) == 1, result.stdout
+
+
+# --- a connection that freezes after login ---------------------------------------------------
+
+
+class FreezingProxy:
+    """Forwards to PostgreSQL until a client sends ``trigger``; from then on that
+    connection carries nothing either way and stays open: a host that vanished
+    behind a stalled proxy or pooler, which no cancel request crosses either."""
+
+    def __init__(self, target_port: int, trigger: bytes) -> None:
+        self.target_port = target_port
+        self.trigger = trigger
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.frozen = threading.Event()
+        self.freeze_everything = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            held = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, held), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, held), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, held: threading.Event) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.trigger in data:
+                held.set()
+                self.frozen.set()
+                self.freeze_everything = True
+            if held.is_set() or (self.freeze_everything and self.frozen.is_set()):
+                held.set()
+                continue  # swallowed: nothing more gets through this connection
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self._sockets:
+            # shutdown first: a close alone leaves the connection up while a thread
+            # is blocked reading it, and PostgreSQL would keep the session (and its
+            # advisory lock) for ever.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.fixture
+def freezing(pg: Cluster) -> Iterator[FreezingProxy]:
+    proxy = FreezingProxy(pg.port, b"ALTER ROLE")
+    yield proxy
+    proxy.close()
+
+
+def frozen_config(tmp_path: Path, pg: Cluster, vault: Vault, proxy: FreezingProxy) -> Path:
+    """gitea exists with another password: the run sends ALTER ROLE, and the proxy freezes."""
+    vault.put("gitea", "first")
+    assert (
+        run_tool(
+            ["run", "--config", str(write_services_file(tmp_path, pg, ["gitea"]))], tool_env(vault)
+        ).returncode
+        == ExitCode.OK
+    )
+    vault.put("gitea", "rotated")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    text = config.read_text(encoding="utf-8").replace(f":{pg.port}/", f":{proxy.port}/")
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_a_stop_ends_a_run_whose_connection_froze(
+    tmp_path: Path, pg: Cluster, vault: Vault, freezing: FreezingProxy
+) -> None:
+    config = frozen_config(tmp_path, pg, vault, freezing)
+    proc = start_tool(["run", "--config", str(config)], tool_env(vault))
+    assert freezing.frozen.wait(30), "the run never sent its password statement"
+    sent = stop_after(proc, 1, signal.SIGTERM)
+    result, took = ended_within(proc, sent)
+
+    # The grace, the cancel that cannot get through (its own connect timeout), and
+    # the last resort: within the few seconds a scheduler waits before SIGKILL.
+    assert took < 5 + PROMPT_SECONDS, result.output
+    assert result.returncode == ExitCode.STOPPED, result.output
+    assert "summary: stopped" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_a_frozen_connection_ends_the_run_without_a_stop(
+    tmp_path: Path, pg: Cluster, vault: Vault, freezing: FreezingProxy
+) -> None:
+    config = frozen_config(tmp_path, pg, vault, freezing)
+    env = tool_env(vault, PGINIT_STATEMENT_TIMEOUT="2")  # frozen after twice that
+    started = time.monotonic()
+
+    result = run_tool(["run", "--config", str(config)], env, timeout=60)
+
+    took = time.monotonic() - started
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert "the connection is frozen" in result.stdout
+    assert "summary: failed" in result.stdout
+    assert took < 30, result.output
+
+
+def test_the_statement_timeout_is_checked(tmp_path: Path, pg: Cluster) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    for value in ("0", "-1", "soon", "nan", "86401"):
+        result = run_tool(
+            ["run", "--config", str(config)], tool_env(None, PGINIT_STATEMENT_TIMEOUT=value)
+        )
+        assert result.returncode == ExitCode.CONFIG, result.output
+        assert "PGINIT_STATEMENT_TIMEOUT must be a number of seconds" in result.stdout
+
+
+class TricklingProxy:
+    """In front of Vault: forwards requests, and answers one byte a second, so that
+    no single read ever times out and a request never ends."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._trickle, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _requests(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    @staticmethod
+    def _trickle(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                for byte in data:
+                    sink.sendall(bytes([byte]))
+                    time.sleep(1)
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_trickling_vault_ends_at_its_deadline(tmp_path: Path, pg: Cluster, vault: Vault) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    proxy = TricklingProxy(vault.addr)
+    try:
+        env = tool_env(vault, VAULT_ADDR=proxy.addr, VAULT_CLIENT_TIMEOUT="3s")
+        started = time.monotonic()
+        result = run_tool(["run", "--config", str(config)], env, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+
+    assert result.returncode == ExitCode.VAULT, result.output
+    assert "has not finished" in result.stdout
+    assert "after 3s" in result.stdout
+    assert "summary: failed" in result.stdout
+    assert took < 20, result.output
+
+
+def test_the_vault_client_timeout_is_checked(tmp_path: Path, pg: Cluster, vault: Vault) -> None:
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    result = run_tool(["run", "--config", str(config)], tool_env(vault, VAULT_CLIENT_TIMEOUT="x"))
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "VAULT_CLIENT_TIMEOUT must be a duration" in result.stdout

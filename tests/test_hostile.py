@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 
@@ -667,3 +670,93 @@ def test_a_password_statement_waiting_on_a_lock_shows_no_verifier_to_monitors(
 
     assert seen, "the run never waited on the lock"
     assert not [query for query in seen if "SCRAM-SHA-256$" in query], seen
+
+
+class CleartextAsker:
+    """A server at the DSN's address that asks for the password in clear text, as one
+    that is not PostgreSQL would to collect it; it records what it was sent."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    while True:
+                        length, code = struct.unpack("!II", conn.recv(8))
+                        conn.recv(length - 8)
+                        if code not in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                            break  # the startup message
+                        conn.sendall(b"N")  # neither: go on in plain text
+                    conn.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartext
+                    while chunk := conn.recv(4096):
+                        self.received += chunk
+                except OSError:
+                    continue
+
+
+def test_the_admins_password_is_never_sent_in_clear_text(tmp_path: Path, vault: Vault) -> None:
+    asker = CleartextAsker()
+    password_file = tmp_path / "admin-pw"
+    password_file.write_text(f"{PASSWORD_MARKER}admin\n", encoding="utf-8")
+    config = tmp_path / "pginit.toml"
+    config.write_text(
+        f'[postgres]\ndsn = "postgresql://postgres@127.0.0.1:{asker.port}/postgres"\n'
+        f'password_file = "{password_file}"\n\n[[service]]\nname = "gitea"\n',
+        encoding="utf-8",
+    )
+    vault.put("gitea", "gitea-pw")
+
+    result = run(config, tool_env(vault), "--wait-timeout", "3")
+
+    assert result.returncode == ExitCode.POSTGRES, result.output
+    assert PASSWORD_MARKER.encode() not in asker.received
+    assert PASSWORD_MARKER not in result.output
+    assert "asked for the admin's password in clear text" in result.stdout
+    assert "was not ready within" not in result.stdout  # said at once, not waited out
+
+
+def test_options_the_server_refuses_are_a_config_error_at_once(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    text = config.read_text(encoding="utf-8").replace(
+        '/postgres"', '/postgres?options=-c%20work_mem%3Dplenty"'
+    )
+    config.write_text(text, encoding="utf-8")
+
+    result = run(config, tool_env(vault), "--wait-timeout", "30")
+
+    assert result.returncode == ExitCode.CONFIG, result.output
+    assert "refuses the connection's options" in result.stdout
+    assert "work_mem" in result.stdout
+    assert "was not ready within" not in result.stdout
+
+
+def test_check_is_not_upset_by_a_tenants_own_statement_timeout(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    """A role may set itself statement_timeout = 1 ms; check's own query still runs."""
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    assert run(config, tool_env(vault)).returncode == ExitCode.OK
+    conninfo = pg.server.conninfo(dbname="gitea", user="gitea", password="gitea-pw")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("ALTER ROLE gitea SET statement_timeout = 1")
+
+    checked = [run_tool(["check", "--config", str(config)], tool_env(vault)) for _ in range(5)]
+
+    for result in checked:
+        assert result.returncode == ExitCode.OK, result.output
+        assert "this is a bug" not in result.output
+        assert "gitea: ok" in result.stdout

@@ -37,10 +37,11 @@ from nomad_double import NomadDouble, TaskRun, parse_job
 from psycopg import sql
 
 from nomad_pginit import render, spec
-from nomad_pginit.commands.verify import judge, summary_line
+from nomad_pginit.commands.verify import judge
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.nomad import Allocation, TaskEvent, TaskState, job_label
 from nomad_pginit.nomad_http import Settings
+from nomad_pginit.tasklog import summary_line
 
 # --- deploy -------------------------------------------------------------------------------
 
@@ -304,11 +305,11 @@ def watch_job_dir(job_dir: Path) -> Path:
 
 def publish_services(nomad: NomadDouble, job_dir: Path) -> None:
     """The variable a live job's sidecar reads, as publish writes it."""
-    view = render.Templates(None).services_file(spec.load(job_dir / "pginit.toml"))
+    view = render.Templates(None).services_part(spec.load(job_dir / "pginit.toml"))
     nomad.set_variable(spec.DEFAULT_VARIABLE, {spec.VARIABLE_ITEM: view})
 
 
-def test_deploy_in_watch_mode_waits_for_the_first_summary(
+def test_deploy_takes_the_pass_of_a_sidecar_too_old_to_log_fingerprints(
     nomad: NomadDouble, watch_job_dir: Path
 ) -> None:
     nomad.next_run = TaskRun.watching()
@@ -317,8 +318,10 @@ def test_deploy_in_watch_mode_waits_for_the_first_summary(
 
     assert result.returncode == ExitCode.OK, result.output
     assert "init-databases: running" in result.stdout
-    assert "[ok] task state: running (watch mode" in result.stdout
+    assert "[ok] task state: running (live mode" in result.stdout
     assert "summary: ok: 2 services in sync" in result.stdout
+    assert "logs no fingerprint of what it applies (an older image)" in result.stdout
+    assert "[ok] services: not compared" in result.stdout
     assert "gave up" not in result.stdout
 
 
@@ -344,7 +347,7 @@ def test_verify_in_watch_mode(nomad: NomadDouble, watch_job_dir: Path) -> None:
     result = nomad_tool("verify", watch_job_dir, nomad_env(nomad))
 
     assert result.returncode == ExitCode.OK, result.output
-    assert "[ok] task state: running (watch mode" in result.stdout
+    assert "[ok] task state: running (live mode" in result.stdout
     assert "[ok] exit code: none yet" in result.stdout
 
 
@@ -731,7 +734,7 @@ def test_add_service_warns_about_an_unusable_existing_secret(vault: Vault, job_d
     assert result.returncode == ExitCode.OK, result.output
     (warning,) = lines_with(result.stdout, "WARNING")
     assert "init-databases cannot use it" in warning
-    assert "no non-empty string key 'password'" in warning
+    assert "has no key 'password'" in warning
 
 
 def test_add_service_with_database_and_user(vault: Vault, job_dir: Path) -> None:

@@ -224,7 +224,14 @@ def test_live_mode_runs_the_init_task_as_a_watching_sidecar(tmp_path: Path) -> N
     _, _, tasks = job_parts(text)
     init = tasks["init-databases"]
     assert single(init, "lifecycle") == {"hook": "poststart", "sidecar": True}
-    assert single(init, "config")["args"] == ["run", "--watch", "--interval", "15"]
+    assert single(init, "config")["args"] == [
+        "run",
+        "--watch",
+        "--interval",
+        "15",
+        "--services",
+        render.TASK_SERVICES_FILE,
+    ]
     # A sidecar that fails is restarted the same way: never for good.
     assert single(init, "restart")["mode"] == "delay"
 

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -370,3 +371,79 @@ def test_a_broken_file_on_sighup_keeps_the_last_good_one(
     assert "is empty" in line
     assert "nomad-pginit publish" in line
     assert tool.process.poll() is None
+
+
+def split_files(tmp_path: Path, pg: Cluster, names: list[str]) -> tuple[Path, Path]:
+    """Live mode's view: where to connect in one file, the services in another."""
+    whole = write_services_file(tmp_path, pg, names).read_text(encoding="utf-8")
+    head, _, rest = whole.partition("[[service]]")
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(head, encoding="utf-8")
+    services = tmp_path / "services.toml"
+    services.write_text("[[service]]" + rest, encoding="utf-8")
+    return cluster, services
+
+
+class Listener:
+    """A TCP port that records whoever connects to it (and answers nothing)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def test_the_variables_file_may_not_say_where_to_connect(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    """Whoever may write the variable decides which services exist, not where the
+    admin's password goes: a [postgres] table there is refused, never merged."""
+    vault.put("gitea", "gitea-pw")
+    cluster, services = split_files(tmp_path, pg, ["gitea"])
+    elsewhere = Listener()
+    hostile = (
+        f'[postgres]\ndsn = "postgresql://postgres@127.0.0.1:{elsewhere.port}/postgres"\n\n'
+        + services.read_text(encoding="utf-8")
+    )
+    bad = tmp_path / "hostile.toml"
+    bad.write_text(hostile, encoding="utf-8")
+
+    refused = run_tool(["run", "--config", str(cluster), "--services", str(bad)], tool_env(vault))
+    process = start_tool(
+        [
+            "run",
+            "--watch",
+            "--interval",
+            "3600",
+            "--config",
+            str(cluster),
+            "--services",
+            str(services),
+        ],
+        tool_env(vault),
+    )
+    tool = LineReader(process)
+    try:
+        tool.wait_for(lambda line: "summary: ok" in line)
+        services.write_text(hostile, encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        line = tool.wait_for(lambda line: "keeping the last good configuration" in line)
+    finally:
+        process.terminate()
+        process.wait(timeout=WAIT)
+
+    assert refused.returncode == 2, refused.output
+    assert "may hold only [defaults] and [[service]] entries" in refused.stdout
+    assert "[postgres]" in line
+    assert elsewhere.connections == 0
+    assert can_login(pg, "gitea", "gitea-pw")

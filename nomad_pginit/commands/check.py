@@ -274,6 +274,8 @@ def check_service(
                         f'"{service.database}": {failure}',
                     )
                 )
+        elif login.failure is not None:
+            problems.append(Problem(Kind.LOGIN_FAILED, f'as "{service.user}": {login.failure}'))
         elif not login.can_create_in_public:
             problems.append(
                 Problem(

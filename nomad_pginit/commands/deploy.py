@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nomad_pginit import jobspec, render, spec
+from nomad_pginit import jobspec, render, spec, tasklog
 from nomad_pginit.commands import repository, verify
-from nomad_pginit.errors import ConfigError, ExitCode, PginitError
-from nomad_pginit.live import publish
+from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable, PginitError
+from nomad_pginit.live import Publication, publish
 from nomad_pginit.nomad import (
     ALLOC_DONE,
     EVAL_DONE,
@@ -141,6 +141,13 @@ def register(
         "applies the services file again at once (a rotated password, without waiting for "
         "--interval); PostgreSQL is not restarted",
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="live mode: let the publication remove services that the variable holds and "
+        "the services file does not (refused otherwise: an older checkout would drop "
+        "someone else's services)",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -185,7 +192,16 @@ def main(args: argparse.Namespace) -> int:
     before = client.find_job(parsed.id)
     known = {alloc.id for alloc in client.allocations(parsed.id)} if before else set()
     if live is not None:
-        return _deploy_live(deployment, parsed, live, before, known, now=args.now, rerun=args.rerun)
+        return _deploy_live(
+            deployment,
+            parsed,
+            live,
+            before,
+            known,
+            now=args.now,
+            rerun=args.rerun,
+            prune=args.prune,
+        )
     return _register_and_follow(deployment, parsed, before, known, rerun=args.rerun)
 
 
@@ -306,21 +322,87 @@ def _deploy_live(
     *,
     now: bool,
     rerun: bool,
+    prune: bool,
 ) -> int:
-    """Live mode: publish the services, register the job only when it differs from the
-    one Nomad runs, and wait for the sidecar's pass that applies them."""
+    """Live mode: register the job only when it differs from the one Nomad runs,
+    publish the services, and wait for the sidecar's pass that applies them.
+
+    Registered first: a job Nomad refuses leaves the services as they were. The
+    pass is recognised by the fingerprint of the services it applies, which the
+    sidecar logs, not by its place in the log.
+    """
     client = deployment.client
+    templates = render.Templates(render.LOCAL_TEMPLATES)
+    templates.services_part(services)  # a file the sidecar would refuse: exit 2, nothing done
+    expected = spec.fingerprint(services.services)
     running = _running_allocation(client.allocations(parsed.id)) if before else None
-    # The sidecar's log so far: the pass that applies this publication comes after it.
-    earlier = (
-        (
-            client.task_log(running.id, INIT_TASK, "stdout"),
-            client.task_log(running.id, INIT_TASK, "stderr"),
+    if rerun:
+        _publish(client, services, templates, prune=prune)
+        if running is not None:
+            log.info(
+                "--rerun restarts every task, postgres too; in live mode deploy --now applies "
+                "the services again without a restart"
+            )
+        return _register_and_follow(deployment, parsed, before, known, rerun=True)
+    target: Allocation | None = running
+    if _same_submission(client, parsed, before) and running is not None:
+        assert before is not None
+        log.info(
+            "job %s version %d was registered from this job file with these variables: not "
+            "registered again; PostgreSQL keeps running",
+            parsed.id,
+            before.version,
         )
-        if running is not None
-        else ("", "")
+    else:
+        evaluation = _register(deployment, parsed)
+        target = _wait_for_new_allocation(deployment, evaluation, known)
+        if target is None:
+            _, target = _still_running(deployment, before, evaluation)
+    assert target is not None
+    previous = target.task(INIT_TASK)
+    started = previous is not None and previous.started_at is not None
+    earlier = client.task_log(target.id, INIT_TASK, "stdout") if started else ""
+    publication = _publish(client, services, templates, prune=prune)
+    applied = tasklog.last_finished(earlier)
+    if now and previous is not None and previous.state == "running":
+        if publication.changed:
+            log.info("--now is not needed: Nomad signals %s when the file changes", INIT_TASK)
+        else:
+            _signal(deployment, target)
+            return _wait_for_services(deployment, target, expected, previous, after=earlier)
+    if (
+        not publication.changed
+        and applied is not None
+        and applied.fingerprint == expected
+        and not applied.refusals
+    ):
+        log.info(
+            "neither the job nor the services changed, and %s applied these services in its "
+            "last pass (it applies a password rotated in Vault within its interval by itself)",
+            INIT_TASK,
+        )
+        return _report_last(
+            deployment,
+            target,
+            "pass",
+            f"to apply again at once: nomad-pginit deploy --now (sends SIGHUP to {INIT_TASK}; "
+            "PostgreSQL keeps running)",
+        )
+    log.info(
+        "waiting for %s in allocation %s to apply these %d services (fingerprint %s): Nomad "
+        "renders the variable into its services file and signals it",
+        INIT_TASK,
+        target.short_id,
+        len(services.services),
+        expected,
     )
-    publication = publish(client, services, render.Templates(render.LOCAL_TEMPLATES))
+    return _wait_for_services(deployment, target, expected, previous, after=earlier)
+
+
+def _publish(
+    client: Nomad, services: spec.Spec, templates: render.Templates, *, prune: bool
+) -> Publication:
+    publication = publish(client, services, templates, prune=prune)
     if publication.changed:
         log.info(
             "published %d services to variable %s in %s (ModifyIndex %d)",
@@ -331,78 +413,50 @@ def _deploy_live(
         )
     else:
         log.info(
-            "variable %s already holds these %d services",
-            publication.path,
-            len(services.services),
+            "variable %s already holds these %d services", publication.path, len(services.services)
         )
-    if rerun:
-        if running is not None:
-            log.info(
-                "--rerun restarts every task, postgres too; in live mode deploy --now applies "
-                "the services again without a restart"
-            )
-        return _register_and_follow(deployment, parsed, before, known, rerun=True)
-    if _same_submission(client, parsed, before) and running is not None:
-        assert before is not None
-        log.info(
-            "job %s version %d is the one Nomad runs (same job file and variables): not "
-            "registered again; PostgreSQL keeps running",
-            parsed.id,
-            before.version,
-        )
-    else:
-        evaluation = _register(deployment, parsed)
-        allocation = _wait_for_new_allocation(deployment, evaluation, known)
-        if allocation is not None:
-            if now:
-                log.info("a new allocation reads the services at its start: --now is not needed")
-            return _follow_and_report(deployment, allocation)
-        read_from = running.id if running is not None else None
-        _, running = _still_running(deployment, before, evaluation)
-        if running.id != read_from:
-            earlier = ("", "")
-    if not publication.changed and not now:
-        log.info(
-            "neither the job nor the services changed: %s did not apply anything new (it "
-            "applies a password rotated in Vault within its interval by itself)",
-            INIT_TASK,
-        )
-        return _report_last(
-            deployment,
-            running,
-            "pass",
-            f"to apply again at once: nomad-pginit deploy --now (sends SIGHUP to {INIT_TASK}; "
-            "PostgreSQL keeps running)",
-        )
-    if not publication.changed:
-        client.signal_task(running.id, INIT_TASK, "SIGHUP")
-        log.info(
-            "--now: sent SIGHUP to %s in allocation %s: it applies the services file again",
-            INIT_TASK,
-            running.short_id,
-        )
-    else:
-        log.info(
-            "Nomad re-renders the services file of %s in allocation %s and signals it (SIGHUP); "
-            "waiting for the pass that applies it",
-            INIT_TASK,
-            running.short_id,
-        )
-    return _wait_for_pass(deployment, running, earlier)
+    return publication
 
 
-def _wait_for_pass(deployment: Deployment, running: Allocation, earlier: tuple[str, str]) -> int:
-    """Wait until the sidecar logs a pass that read the services file after ``earlier``."""
+def _signal(deployment: Deployment, target: Allocation) -> None:
+    try:
+        deployment.client.signal_task(target.id, INIT_TASK, "SIGHUP")
+    except NomadUnavailable as err:
+        if "Task not running" not in str(err):
+            raise
+        raise DeployFailed(
+            f"{INIT_TASK} in allocation {target.short_id} is not running (Nomad restarts it?): "
+            "it reads the services file when it starts; nomad-pginit verify shows its state"
+        ) from err
+    log.info(
+        "--now: sent SIGHUP to %s in allocation %s: it reads the services file again",
+        INIT_TASK,
+        target.short_id,
+    )
+
+
+def _wait_for_services(
+    deployment: Deployment,
+    target: Allocation,
+    expected: str,
+    previous: TaskState | None,
+    *,
+    after: str,
+) -> int:
+    """Wait until the sidecar's last finished pass applied the services whose fingerprint is
+    ``expected`` (a pass that starts after ``after``, the log when deploy began, or any
+    later one), then report it. A refusal of the file, or an attempt that exits with an
+    error, ends the wait at once."""
     client = deployment.client
     interval = FIRST_POLL_SECONDS
     last_line = ""
     while True:
         allocation = next(
-            (a for a in client.allocations(deployment.job_id) if a.id == running.id), None
+            (a for a in client.allocations(deployment.job_id) if a.id == target.id), None
         )
         if allocation is None:
             raise DeployFailed(
-                f"allocation {running.short_id} disappeared from job {deployment.job_id}: look "
+                f"allocation {target.short_id} disappeared from job {deployment.job_id}: look "
                 f"at nomad job status {deployment.job_id}"
             )
         task = allocation.task(INIT_TASK)
@@ -410,29 +464,49 @@ def _wait_for_pass(deployment: Deployment, running: Allocation, earlier: tuple[s
         if line != last_line:
             log.info("%s", line)
             last_line = line
-        text = verify.without_prefix(
-            client.task_log(allocation.id, INIT_TASK, "stdout"), earlier[0]
-        )
-        refused = verify.refused_file(text)
-        if refused is not None:
-            log.error("%s refused the services file: %s", INIT_TASK, refused)
-            raise DeployFailed(
-                f"{INIT_TASK} in allocation {allocation.short_id} refused the published "
-                "services file and keeps applying the last good one: is its image older than "
-                "this nomad-pginit? Fix the file and deploy again"
+        stdout = client.task_log(allocation.id, INIT_TASK, "stdout")
+        new = verify.without_prefix(stdout, after)
+        finished = tasklog.last_finished(new)
+        # The log can be ahead of the task's state: Nomad's clients report in batches.
+        reported = task is not None and task.state in ("running", "dead")
+        # A sidecar of an older image logs no fingerprint: its next pass is the best sign.
+        applied = finished is not None and finished.fingerprint in (expected, None)
+        if applied and reported:
+            if finished is not None and finished.fingerprint is None:
+                log.warning(
+                    "%s logs no fingerprint of what it applies (an older image): this pass "
+                    "may be over the services before this publication",
+                    INIT_TASK,
+                )
+            verdict = verify.read_verdict(
+                client, deployment.job_id, allocation, sidecar=True, expected=expected
             )
-        applied = verify.reading_pass(text)
-        if applied is not None:
-            stderr = verify.without_prefix(
-                client.task_log(allocation.id, INIT_TASK, "stderr"), earlier[1]
-            )
-            verdict = verify.judge(deployment.job_id, allocation, applied, stderr, sidecar=True)
             verify.show_log("stdout", verdict.stdout, allocation, deployment.log_format)
             verify.show_log(
                 "stderr", verdict.stderr, allocation, deployment.log_format, always=False
             )
             verify.report_checks(verdict)
             return verify.conclude(verdict, "deploy")
+        refusals = tasklog.refusals(new)
+        last = tasklog.last_finished(stdout)
+        if not refusals and last is not None and last.fingerprint != expected:
+            # Refused before this deploy began, and still: the same file is published.
+            refusals = list(last.refusals)
+        if refusals:
+            log.error("%s", refusals[-1])
+            raise DeployFailed(
+                f"{INIT_TASK} in allocation {allocation.short_id} refused the published "
+                "services file and keeps applying the last good one (is its image older than "
+                "this nomad-pginit?): fix the file and deploy again"
+            )
+        crashed = task is not None and task.state != "running" and task.exit_code not in (None, 0)
+        if task is not None and (_failed_attempt(previous, task) or crashed):
+            text = verify.without_prefix(stdout, after) or stdout
+            verify.show_log("stdout", text, allocation, deployment.log_format)
+            raise DeployFailed(
+                f"{INIT_TASK} in allocation {allocation.short_id} exited with code "
+                f"{task.exit_code} and Nomad restarts it: its log above says why"
+            )
         if allocation.client_status in ALLOC_DONE:
             raise DeployFailed(
                 f"allocation {allocation.short_id} is {allocation.client_status}: {INIT_TASK} "
@@ -440,9 +514,9 @@ def _wait_for_pass(deployment: Deployment, running: Allocation, earlier: tuple[s
             )
         interval = deployment.sleep(
             interval,
-            f"{INIT_TASK} in allocation {allocation.short_id} has not logged a pass that applies "
-            "the published services file. It may still come: nomad-pginit verify shows the "
-            f"last pass later (or nomad alloc logs {allocation.id} {INIT_TASK})",
+            f"{INIT_TASK} in allocation {allocation.short_id} has not applied the published "
+            f"services (fingerprint {expected}) yet. It may still: nomad-pginit verify says "
+            f"whether its last pass did (or nomad alloc logs {allocation.id} {INIT_TASK})",
         )
 
 
@@ -704,7 +778,7 @@ def _follow(
             return allocation
         if deployment.sidecar and task is not None and task.state == "running":
             text = client.task_log(allocation.id, INIT_TASK, "stdout")
-            if verify.summary_line(verify.without_prefix(text, earlier_stdout)) is not None:
+            if tasklog.summary_line(verify.without_prefix(text, earlier_stdout)) is not None:
                 return allocation
         if task is not None and task.restarts > last_restarts:
             # A restart someone asked for (--rerun) has no restart reason; one that

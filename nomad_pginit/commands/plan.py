@@ -16,9 +16,9 @@ from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.plan import Action
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
-from nomad_pginit.report import configure_logging, log_summary
+from nomad_pginit.report import configure_logging, log_abandoned, log_summary
 from nomad_pginit.secret import MASK, Secret
-from nomad_pginit.stopping import StopRequest
+from nomad_pginit.stopping import StopRequest, exit_code
 
 log = logging.getLogger("nomad_pginit")
 
@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
     warn_inline_passwords(spec)
     stop = StopRequest()
     stop.install()
+    stop.last_resort(lambda: _last_words(stop))
     outcome = reconcile(
         spec,
         readiness=options.readiness(args, environ),
@@ -68,12 +69,21 @@ def main(args: argparse.Namespace) -> int:
     )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
+    stop.finishing()
     log_summary(outcome, log)
     if args.json:
         print(json.dumps(plan_document(outcome), indent=2, ensure_ascii=False))
     if outcome.exit_code != ExitCode.OK:
         return stop.exit_now(int(outcome.exit_code))
     return stop.exit_now(int(ExitCode.CONFIG) if outcome.pending else int(ExitCode.OK))
+
+
+def _last_words(stop: StopRequest) -> int:
+    """The summary a plan stuck on something unreachable could not write, and its code."""
+    log_abandoned(stop.fatal, log)
+    if stop.fatal is not None:
+        return int(stop.fatal.exit_code)
+    return int(exit_code(stop.signal))
 
 
 def action_document(action: Action) -> dict[str, object]:

@@ -25,14 +25,25 @@ def register(
         description=(
             "Validate the services file and write it, as the init-databases task sees it, "
             'into the Nomad variable of [job] variable (live mode, [job] mode = "live"): '
-            "the sidecar applies it at once, and PostgreSQL is not restarted. The write is a "
+            "once Nomad's client has rendered it into the sidecar's file (its template wait, "
+            "5 s by default) the sidecar applies it, and PostgreSQL is not restarted. "
+            "Services the variable holds and the file does not are removed only with --prune. "
+            "The write is a "
             "check-and-set on the variable's ModifyIndex: a change by someone else in between "
             "is refused, never overwritten. The same content writes nothing. Reads NOMAD_ADDR, "
             "NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION and the TLS variables, as deploy does. "
             "Exit codes: 0 written or already current, 1 someone else wrote the variable in "
-            "between, 2 invalid services file (nothing written), 5 Nomad unreachable or the "
-            "token rejected."
+            "between (or holds its lock), 2 invalid services file, services it would remove "
+            "without --prune, or a file too large (nothing written), 5 Nomad unreachable or "
+            "the token rejected."
         ),
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="let the publication remove services that the variable holds and the services "
+        "file does not (refused otherwise: an older checkout would drop someone else's "
+        "services)",
     )
     parser.set_defaults(handler=main)
 
@@ -41,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     services = spec.load(repository.services_file(args, os.environ))
     templates = render.Templates(render.LOCAL_TEMPLATES)
     client = Nomad.from_environ(os.environ)
-    publication = publish(client, services, templates)
+    publication = publish(client, services, templates, prune=args.prune)
     if publication.changed:
         log.info(
             "published %d services to variable %s in %s (ModifyIndex %d)",

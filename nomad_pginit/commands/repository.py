@@ -34,10 +34,19 @@ def write_rendered(
     """Write the rendered files that changed, and say for each what became of it."""
     written = render.write_changed(files)
     for path, _ in files:
-        if path in written:
-            log.info("%s %s (%d services)", verb, path, len(services.services))
-        else:
+        if path not in written:
             log.info("%s is up to date", path)
+        elif services.job.live and path.name.endswith(".hcl"):
+            log.info(
+                "%s %s (live mode: it lists no services; deploy or publish writes the %d "
+                "services to variable %s)",
+                verb,
+                path,
+                len(services.services),
+                services.job.variable,
+            )
+        else:
+            log.info("%s %s (%d services)", verb, path, len(services.services))
 
 
 def services_file(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:

@@ -8,15 +8,19 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from nomad_pginit import __version__
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.provision import reconcile, warn_inline_passwords
-from nomad_pginit.report import log_summary
+from nomad_pginit.report import log_abandoned, log_summary
 from nomad_pginit.spec import config_path as spec_path
-from nomad_pginit.stopping import StopRequest
-from nomad_pginit.watch import WatchSettings, watch
+from nomad_pginit.stopping import StopRequest, exit_code
+from nomad_pginit.watch import SpecFiles, WatchSettings, watch
+
+# The services file of live mode's split (--services).
+ENV_SERVICES = "PGINIT_SERVICES"
 
 log = logging.getLogger("nomad_pginit")
 
@@ -53,6 +57,14 @@ def register(
         "stops it within a second or two, exit 0",
     )
     parser.add_argument(
+        "--services",
+        metavar="PATH",
+        help="the services ([defaults] and [[service]] entries only) from this file, and "
+        "where PostgreSQL and Vault are from --config, which then lists no services: live "
+        "mode's split, where the job carries --config and a Nomad variable this file "
+        f"(default: ${ENV_SERVICES})",
+    )
+    parser.add_argument(
         "--interval",
         type=float,
         default=10.0,
@@ -76,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     # still runs for them, and the command exits with its summary line.
     stop = StopRequest()
     stop.install()
+    stop.last_resort(lambda: _last_words(stop))
     if _watch_mode(args, environ):
         if args.interval <= 0 or args.resync <= 0:
             raise ConfigError("--interval and --resync must be more than 0 seconds")
@@ -85,12 +98,15 @@ def main(args: argparse.Namespace) -> int:
             readiness=options.readiness(args, environ),
             disable_removed=args.disable_removed,
         )
+        stop.last_resort(lambda: _watch_last_words(stop))
         # SIGHUP: Nomad re-rendered the services file (live mode's template): apply now.
         reload = threading.Event()
         signal.signal(signal.SIGHUP, lambda *_: reload.set())
-        code = watch(spec_path(args.config, environ), settings, stop, environ, reload)
+        code = watch(_files(args, environ), settings, stop, environ, reload)
         return stop.exit_now(code)
-    spec = options.load_spec(args, environ)
+    # Not watching: nothing to read again, and a hangup must not end a run half-way.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    spec = _files(args, environ).load()
     log.info("nomad-pginit %s: %d services in %s", __version__, len(spec.services), spec.source)
     warn_inline_passwords(spec)
     outcome = reconcile(
@@ -103,8 +119,32 @@ def main(args: argparse.Namespace) -> int:
     )
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
+    stop.finishing()
     log_summary(outcome, log)
     return stop.exit_now(int(outcome.exit_code))
+
+
+def _watch_last_words(stop: StopRequest) -> int:
+    """Watch mode asked to stop (or given up on) while a pass could not end: exit
+    anyway, 0 when asked, the failure's code otherwise (Nomad starts it again)."""
+    if stop.fatal is not None:
+        log.error("stopped: %s; the pass under way could not finish", stop.fatal)
+        return int(stop.fatal.exit_code)
+    log.info("stopped; the pass under way could not finish and is left for the next start")
+    return 0
+
+
+def _last_words(stop: StopRequest) -> int:
+    """The summary a run stuck on something unreachable could not write, and its code."""
+    log_abandoned(stop.fatal, log)
+    if stop.fatal is not None:
+        return int(stop.fatal.exit_code)
+    return int(exit_code(stop.signal))
+
+
+def _files(args: argparse.Namespace, environ: Mapping[str, str]) -> SpecFiles:
+    services = args.services or environ.get(ENV_SERVICES)
+    return SpecFiles(spec_path(args.config, environ), Path(services) if services else None)
 
 
 def _watch_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:

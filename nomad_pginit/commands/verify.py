@@ -12,30 +12,19 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
 
+from nomad_pginit import tasklog
 from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
 from nomad_pginit.nomad import INIT_TASK, Allocation, Nomad, TaskState, newest
-from nomad_pginit.report import (
-    APPLYING,
-    INVALID_NEW_FILE,
-    READING_REASONS,
-    SUMMARY_PREFIX,
-    configure_logging,
-)
+from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
+from nomad_pginit.spec import VARIABLE_ITEM, fingerprint, loads_parts
+from nomad_pginit.tasklog import summary_line
 
 log = logging.getLogger("nomad_pginit")
-
-# `... INFO summary: ok: ...`; a service's own lines never say "ok" after its name,
-# and the run's real summary is its last line, so the last match wins.
-_SUMMARY: Final = re.compile(
-    rf"(?:^|\s)({re.escape(SUMMARY_PREFIX)} (?:ok|failed|stopped|changes pending)\b.*)$"
-)
-
 
 # --- the verdict ---------------------------------------------------------------------------
 
@@ -89,120 +78,78 @@ class Verdict:
         }
 
 
-# `2026-11-21T23:30:00Z INFO applying (SIGHUP: services file read again)`
-_PASS: Final = re.compile(rf"^\S+ [A-Z]+ {re.escape(APPLYING)} \((.*)\)$")
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One line of a task's log, where it starts in the text, and what it says."""
-
-    start: int
-    summary: str | None  # the summary it logs, if it is the summary line
-    pass_reason: str | None  # why a watch-mode pass starts, if it starts one
-    message: str
-
-
-def _lines(text: str) -> list[_Line]:
-    """The log's lines, plain or JSON (one record per line), with their offsets."""
-    found: list[_Line] = []
-    offset = 0
-    for raw in text.splitlines(keepends=True):
-        start, offset = offset, offset + len(raw)
-        line = raw.strip()
-        if line.startswith("{"):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = None
-            if isinstance(entry, dict):
-                message = entry.get("message")
-                if not isinstance(message, str):
-                    continue
-                summary = message if entry.get("event") == "summary" else None
-                reason = None
-                if message.startswith(f"{APPLYING} (") and message.endswith(")"):
-                    reason = message[len(APPLYING) + 2 : -1]
-                found.append(_Line(start, summary, reason, message))
-                continue
-        match = _SUMMARY.search(line)
-        started = _PASS.match(line)
-        found.append(
-            _Line(
-                start,
-                match.group(1) if match else None,
-                started.group(1) if started else None,
-                line,
-            )
-        )
-    return found
-
-
-def summary_line(text: str) -> str | None:
-    """The last summary line of a `nomad-pginit run` log, plain or JSON."""
-    summaries = [line.summary for line in _lines(text) if line.summary is not None]
-    return summaries[-1] if summaries else None
-
-
-def last_pass(text: str) -> str:
-    """A watch-mode log from the start of its last finished pass (its "applying"
-    line): what the sidecar did last, not since the allocation started. The
-    whole text when no pass has both started and finished in it."""
-    lines = _lines(text)
-    summaries = [line.start for line in lines if line.summary is not None]
-    if not summaries:
-        return text
-    starts = [line.start for line in lines if line.pass_reason is not None]
-    before = [start for start in starts if start < summaries[-1]]
-    return text[before[-1] :] if before else text
-
-
-def reading_pass(text: str) -> str | None:
-    """The log of the first pass in ``text`` that read the services file anew (at
-    start, on SIGHUP, or on a change), up to its summary line; None until that
-    pass has logged its summary."""
-    lines = _lines(text)
-    for index, line in enumerate(lines):
-        if line.pass_reason in READING_REASONS:
-            for position, later in enumerate(lines[index:], start=index):
-                if later.summary is not None:
-                    end = lines[position + 1].start if position + 1 < len(lines) else len(text)
-                    return text[line.start : end]
-            return None
-    return None
-
-
-def refused_file(text: str) -> str | None:
-    """The line in which watch mode refused a new services file, if any."""
-    return next((line.message for line in _lines(text) if INVALID_NEW_FILE in line.message), None)
-
-
 def judge(
-    job: str, allocation: Allocation, stdout: str, stderr: str, *, sidecar: bool = False
+    job: str,
+    allocation: Allocation,
+    stdout: str,
+    stderr: str,
+    *,
+    sidecar: bool = False,
+    expected: str | None = None,
 ) -> Verdict:
     """Check the task's state, its exit code and its summary line. No I/O.
 
-    ``sidecar``: watch mode, where the task keeps running and each pass logs a
-    summary; running is then the good state, and there is no exit code yet.
+    ``sidecar``: live mode, where the task keeps running and each pass logs a
+    summary; running is then the good state, there is no exit code yet, and the
+    last finished pass is what is judged (and shown). ``expected``: the
+    fingerprint of the services it should be applying (the variable's), checked
+    against that pass's.
     """
     task = allocation.task(INIT_TASK)
-    if sidecar:
-        # Each pass logs its own summary: judge the last one, show its log only.
-        stdout = last_pass(stdout)
-    summary = summary_line(stdout) or summary_line(stderr)
-    if sidecar and task is not None and task.state == "running":
-        checks = (
-            Check("task state", True, "running (watch mode: a sidecar that keeps running)"),
-            Check("exit code", True, "none yet: the watch-mode sidecar is still running"),
+    if not sidecar:
+        summary = summary_line(stdout) or summary_line(stderr)
+        oneshot = (
+            _state_check(allocation, task, sidecar=False),
+            _exit_check(task),
             _summary_check(summary, stdout, stderr),
         )
-        return Verdict(job, allocation, task, stdout, stderr, summary, checks)
-    checks = (
-        _state_check(allocation, task, sidecar=sidecar),
-        _exit_check(task),
-        _summary_check(summary, stdout, stderr),
+        return Verdict(job, allocation, task, stdout, stderr, summary, oneshot)
+    finished = tasklog.last_finished(stdout)
+    shown = stdout[finished.start :] if finished is not None else stdout
+    summary = finished.summary if finished is not None else summary_line(stderr)
+    summary_check = _summary_check(summary, shown, stderr)
+    if finished is not None and finished.refusals and summary_check.ok:
+        first = finished.refusals[-1].split("\n", 1)[0]
+        summary_check = Check(
+            "summary line",
+            False,
+            f"{summary}, but since then {INIT_TASK} refused a new services file and keeps "
+            f"applying the last good one: {first}",
+        )
+    checks: list[Check]
+    if task is not None and task.state == "running":
+        checks = [
+            Check("task state", True, "running (live mode: a sidecar that keeps running)"),
+            Check("exit code", True, "none yet: the live-mode sidecar is still running"),
+            summary_check,
+        ]
+    else:
+        checks = [_state_check(allocation, task, sidecar=True), _exit_check(task), summary_check]
+    if expected is not None:
+        checks.append(_services_check(finished, expected))
+    return Verdict(job, allocation, task, shown, stderr, summary, tuple(checks))
+
+
+def _services_check(finished: tasklog.Pass | None, expected: str) -> Check:
+    if finished is None:
+        return Check("services", False, "no pass has finished yet")
+    if finished.fingerprint is None:
+        return Check(
+            "services", True, "not compared: this sidecar does not log what it applies (older)"
+        )
+    if finished.fingerprint == expected:
+        return Check(
+            "services",
+            True,
+            f"the last pass applied the services the variable holds (fingerprint {expected})",
+        )
+    return Check(
+        "services",
+        False,
+        f"the variable holds services with fingerprint {expected}, the last pass applied "
+        f"{finished.fingerprint}: Nomad has not re-rendered the file yet, or {INIT_TASK} "
+        "refused it (deploy waits for it and says which)",
     )
-    return Verdict(job, allocation, task, stdout, stderr, summary, checks)
 
 
 def _state_check(allocation: Allocation, task: TaskState | None, *, sidecar: bool) -> Check:
@@ -281,11 +228,12 @@ def read_verdict(
     sidecar: bool = False,
     earlier_stdout: str = "",
     earlier_stderr: str = "",
+    expected: str | None = None,
 ) -> Verdict:
     """Fetch the task's logs and judge. ``earlier_*``: log text of previous runs to leave out."""
     stdout = without_prefix(client.task_log(allocation.id, INIT_TASK, "stdout"), earlier_stdout)
     stderr = without_prefix(client.task_log(allocation.id, INIT_TASK, "stderr"), earlier_stderr)
-    return judge(job, allocation, stdout, stderr, sidecar=sidecar)
+    return judge(job, allocation, stdout, stderr, sidecar=sidecar, expected=expected)
 
 
 def without_prefix(text: str, earlier: str) -> str:
@@ -332,9 +280,12 @@ def register(
         description=(
             "Find the newest allocation of the job (highest CreateIndex), print its "
             f"{INIT_TASK} task's stdout and stderr, and check that the task is dead and not "
-            f"failed, exited 0, and logged '{SUMMARY_PREFIX} ok'. Reads NOMAD_ADDR, "
+            f"failed, exited 0, and logged '{SUMMARY_PREFIX} ok'. In live mode: that the "
+            "sidecar runs, that its last finished pass logged 'summary: ok' with no refused "
+            "file since, and that it applied the services the job's variable holds. Reads "
+            "NOMAD_ADDR, "
             "NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. "
-            "Exit codes: 0 all three checks pass, 1 a check failed (it says which), "
+            "Exit codes: 0 every check passes, 1 a check failed (it says which), "
             "2 invalid command line or job file, 5 Nomad unreachable, the job unknown, or the "
             "token rejected."
         ),
@@ -392,7 +343,29 @@ def verify(client: Nomad, job: str) -> Verdict | None:
     allocation = newest(client.allocations(job))
     if allocation is None:
         return None
-    return read_verdict(client, job, allocation, sidecar=found.init_sidecar)
+    expected = None
+    if found.services_variable is not None:
+        expected = published_fingerprint(client, found.services_variable)
+    return read_verdict(client, job, allocation, sidecar=found.init_sidecar, expected=expected)
+
+
+def published_fingerprint(client: Nomad, path: str) -> str | None:
+    """The fingerprint of the services live mode's variable holds, or None when it cannot
+    be read (no variables read on the token, say: the check is left out, and said so)."""
+    try:
+        variable = client.variable(path)
+    except NomadUnavailable as err:
+        log.info("not comparing the services with variable %s: %s", path, err)
+        return None
+    text = variable.items.get(VARIABLE_ITEM) if variable is not None else None
+    if not text:
+        return None
+    try:
+        held = loads_parts("", Path("(job)"), text, Path(path))
+    except ConfigError as err:
+        log.warning("variable %s holds services nomad-pginit cannot read: %s", path, err)
+        return None
+    return fingerprint(held.services)
 
 
 def conclude(verdict: Verdict, command: str = "verify") -> int:

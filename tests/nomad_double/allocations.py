@@ -42,7 +42,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Self
+
+from nomad_pginit.errors import ConfigError
+from nomad_pginit.render import TASK_CLUSTER_FILE, TASK_SERVICES_FILE
+from nomad_pginit.report import APPLYING, INVALID_NEW_FILE, REASON_RELOAD
+from nomad_pginit.spec import VARIABLE_ITEM, fingerprint, loads_parts
 
 INIT_TASK: Final = "init-databases"
 ZERO_TIME: Final = "0001-01-01T00:00:00Z"
@@ -66,6 +72,13 @@ class TaskRun:
     starts: bool = True
     # True: watch mode, a sidecar that keeps running after it logged its summary.
     keeps_running: bool = False
+    # True: live mode's sidecar, whose passes the double plays from the services
+    # its template reads from the variable (Behaviour.sidecar_pass).
+    live: bool = False
+
+    @classmethod
+    def live_sidecar(cls) -> Self:
+        return cls(keeps_running=True, live=True)
 
     @classmethod
     def ok(cls, summary: str = "summary: ok: 2 services in sync (0 created, 2 unchanged)") -> Self:
@@ -244,11 +257,14 @@ class Behaviour:
     # The postgres task's own output.
     main_stdout: str = "LOG:  database system is ready to accept connections\n"
     # What the init task prints after a SIGHUP (a template re-rendered, or the
-    # signal API): one pass of a live-mode sidecar.
-    reload_output: str = (
-        "2026-11-21T23:30:00Z INFO applying (SIGHUP: services file read again)\n"
-        "2026-11-21T23:30:01Z INFO summary: ok: 3 services in sync (1 created, 2 unchanged)\n"
-    )
+    # signal API); None: one pass of a live-mode sidecar, played from the variable.
+    reload_output: str | None = None
+    # The client's template wait (5 s by default, client/config/config.go): a
+    # changed variable is rendered, and the task signalled, this many steps later.
+    render_delay_steps: int = 0
+    # Variables the client cannot read for its templates (its Nomad servers away,
+    # or no ACL for them): after consul-template's retries the task fails for good.
+    unreadable_variables: set[str] = field(default_factory=set)
     # The variables Nomad holds, (namespace, path) -> items: templates read them.
     variables: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
@@ -444,6 +460,18 @@ class Allocation:
                 hook_message=f"vault: failed to derive Vault token: {reason}",
             )
             return False
+        denied = [
+            path for path in task.template_variables if path in self.behaviour.unreadable_variables
+        ]
+        if denied:
+            # template.go handleFirstRender: the runner's error after nomad_retry's
+            # attempts (12 by default) kills the task with SetFailsTask.
+            self._fail_for_good(
+                task,
+                f"Template failed: nomad.var.block({denied[0]}@{self.namespace}.global): "
+                "Unexpected response code: 403 (Permission denied) (exceeded maximum retries)",
+            )
+            return False
         missing = [
             path
             for path in task.template_variables
@@ -476,6 +504,12 @@ class Allocation:
             task.run = self._next_run()
             if not task.run.starts:
                 return False
+            if task.run.live:
+                output, valid = self._sidecar_pass(task, "start")
+                task.stdout += output
+                if not valid:
+                    # run --watch exits 2 when its first file is invalid.
+                    task.run = TaskRun(exit_code=2)
             task.stdout += task.run.stdout
             task.stderr += task.run.stderr
         task.event("Started", "Task started by client")
@@ -513,9 +547,18 @@ class Allocation:
                 and task.state == "running"
                 and task.signals_on_change
             ):
-                # template.go: SetTaskSignal(s) (Go's name for SIGHUP) and its own display.
-                task.event("Signaling", "Template re-rendered", task_signal="hangup")
-                task.stdout += self.behaviour.reload_output
+                if not self.behaviour.render_delay_steps:
+                    self._rerendered(task)
+                    continue
+                waits = [lambda: None] * self.behaviour.render_delay_steps
+                self.steps.extend([*waits, functools.partial(self._rerendered, task)])
+
+    def _rerendered(self, task: Task) -> None:
+        if task.state != "running":
+            return  # a restarting task reads the file when it starts again
+        # template.go: SetTaskSignal(s) (Go's name for SIGHUP) and its own display.
+        task.event("Signaling", "Template re-rendered", task_signal="hangup")
+        task.stdout += self._reload_output(task)
 
     def signal(self, task_name: str, signal: str) -> None:
         """POST /v1/client/allocation/:id/signal (alloc_runner.go Signal)."""
@@ -524,7 +567,33 @@ class Allocation:
         # structs.go's "Task being sent a signal".
         task.event("Signaling", "Task being sent a signal", signal=signal)
         if signal == "SIGHUP":
-            task.stdout += self.behaviour.reload_output
+            task.stdout += self._reload_output(task)
+
+    def _reload_output(self, task: Task) -> str:
+        if self.behaviour.reload_output is not None:
+            return self.behaviour.reload_output
+        return self._sidecar_pass(task, REASON_RELOAD)[0]
+
+    def _sidecar_pass(self, task: Task, reason: str) -> tuple[str, bool]:
+        """What `run --watch --services` logs for a pass over the services the task's
+        template rendered from the variable, and whether the file was valid."""
+        items = self.behaviour.variables.get((self.namespace, task.template_variables[0]), {})
+        text = items.get(VARIABLE_ITEM, "") + "\n"  # the template's own newline
+        when = "2026-11-21T23:30:00Z"
+        try:
+            services = loads_parts("", Path(TASK_CLUSTER_FILE), text, Path(TASK_SERVICES_FILE))
+        except ConfigError as err:
+            first = str(err)
+            if reason == "start":
+                return f"{when} ERROR {first}\n", False
+            return f"{when} ERROR the new /local/pginit.toml {INVALID_NEW_FILE}: {first}\n", True
+        count = len(services.services)
+        return (
+            f"{when} INFO {APPLYING} ({reason}): {count} services, fingerprint "
+            f"{fingerprint(services.services)}\n"
+            f"{when} INFO summary: ok: {count} services in sync (0 created, {count} unchanged)\n",
+            True,
+        )
 
     def _finish_run(self, task: Task) -> None:
         run = task.run

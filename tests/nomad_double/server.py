@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socketserver
 import ssl
 import threading
@@ -667,8 +668,26 @@ class NomadDouble:
         except ValueError as err:
             raise _Failure(400, str(err)) from err
         items = body.get("Items") or {}
+        if not isinstance(items, dict) or any(not isinstance(v, str) for v in items.values()):
+            # decodeBody into VariableDecrypted, whose Items are map[string]string.
+            raise _Failure(
+                400,
+                "json: cannot unmarshal number into Go struct field VariableDecrypted.Items "
+                "of type string",
+            )
         if not items:
             raise _Failure(400, "variable missing required Items object")
+        cas_text = request.query.get("cas")
+        if cas_text is not None and not cas_text.isdigit():
+            # variable_endpoint.go parseCAS.
+            raise _Failure(
+                400, f'can not parse cas: strconv.ParseUint: parsing "{cas_text}": invalid syntax'
+            )
+        problem = _variable_path_problem(path)
+        if problem is not None:
+            # nomad/variables_endpoint.go Apply: NewErrRPCCoded(400, ...), which the
+            # HTTP layer answers as its code and message (command/agent/http.go).
+            raise _Failure(400, problem)
         # A Namespace in the body beats ?namespace= (variables_endpoint.go).
         namespace = body.get("Namespace") or self._namespace(request)
         self._require(request, namespace, "variables-write")
@@ -676,20 +695,30 @@ class NomadDouble:
             len(str(key).encode()) + len(str(value).encode()) for key, value in items.items()
         )
         if size > 64 * 1024:
-            raise _Failure(400, "RPC Error:: 400,variables are limited to 64KiB in total size")
+            raise _Failure(400, "variables are limited to 64KiB in total size")
         with self._lock:
             key = (namespace, path)
             racing = self._racing_writes.pop(key, None)
             if racing is not None:
                 self.set_variable(path, racing, namespace)
-            cas = request.query.get("cas")
+            cas = cas_text
             exists = key in self.behaviour.variables
             if cas is not None:
                 current = self._variable_meta[key][1] if exists else 0
                 if int(cas) != current:
                     if exists:
                         return 409, self._variable_document(namespace, path)
-                    return 409, {"Namespace": namespace, "Path": path}
+                    # state_store_variables.go varSetCASTxn: "a plausible zero value".
+                    return 409, {
+                        "Namespace": namespace,
+                        "Path": path,
+                        "CreateIndex": 0,
+                        "CreateTime": 0,
+                        "ModifyIndex": 0,
+                        "ModifyTime": 0,
+                        "Items": None,
+                        "Lock": None,
+                    }
             index = self._next_index()
             created = self._variable_meta[key][0] if exists else index
             self._variable_meta[key] = (created, index)
@@ -832,3 +861,35 @@ def _handler(double: NomadDouble) -> type[BaseHTTPRequestHandler]:
 
 
 __all__ = ["INIT_TASK", "VARIABLES", "WRITE", "NomadDouble", "Recorded", "TaskRun", "Token"]
+
+
+_VARIABLE_PATH: Final = re.compile(r"^[a-zA-Z0-9-_~/]{1,128}$")
+
+
+def _variable_path_problem(path: str) -> str | None:
+    """nomad/structs/variables.go ValidatePath: why Nomad refuses ``path``, or None."""
+    if not path:
+        return "variable requires path"
+    if not _VARIABLE_PATH.match(path):
+        return f'invalid path "{path}"'
+    parts = path.split("/")
+    if parts[0] != "nomad":
+        return None
+    if len(parts) == 1:
+        return (
+            '"nomad" is a reserved top-level directory path, but you may write variables to '
+            '"nomad/jobs", "nomad/job-templates", "nomad/sentinel", or below'
+        )
+    if parts[1] in ("jobs", "sentinel"):
+        return None
+    if parts[1] == "job-templates" and len(parts) == 3:
+        return None
+    if parts[1] == "job-templates":
+        return (
+            '"nomad/job-templates" is a reserved directory path, but you may write variables '
+            'at the level below it, for example, "nomad/job-templates/template-name"'
+        )
+    return (
+        'only paths at "nomad/jobs" or "nomad/job-templates" and below are valid paths under '
+        'the top-level "nomad" directory'
+    )
