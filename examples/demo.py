@@ -27,7 +27,12 @@ import psycopg
 
 from nomad_pginit import render
 from nomad_pginit import spec as specs
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, WorkloadIdentities
+from nomad_pginit.sandbox import (
+    ThrowawayPostgres,
+    ThrowawayVault,
+    WorkloadIdentities,
+    describe_pg,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_FILE = ROOT / "jobs/services/databases/postgresql/pginit.toml"
@@ -60,7 +65,8 @@ def run_task(env: dict[str, str], label: str) -> int:
 def main() -> int:
     step("starting a throwaway PostgreSQL cluster and an OpenBao dev server")
     with ThrowawayPostgres() as pg, ThrowawayVault() as vault:
-        print(f"PostgreSQL on 127.0.0.1:{pg.port}, OpenBao (Vault API) on {vault.addr}")
+        print(f"postgresql: {describe_pg(pg.found_bindir)}, on 127.0.0.1:{pg.port}")
+        print(f"OpenBao (Vault API) on {vault.addr}")
 
         alloc = Path(tempfile.mkdtemp(prefix="pginit-alloc-"))
         task_dir = alloc / "init-databases" / "local"

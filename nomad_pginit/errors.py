@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
     OK = 0
     SERVICE_FAILED = 1  # at least one service failed; the others were provisioned
     CONFIG = 2  # invalid configuration or usage; nothing was read or written
-    POSTGRES = 3  # PostgreSQL not ready before the deadline, or the admin cannot log in
+    POSTGRES = 3  # not ready before the deadline, the admin cannot log in, older than 14
     VAULT = 4  # Vault unreachable, or the token rejected
     NOMAD = 5  # Nomad unreachable, job unknown or token rejected
     # Asked to stop (128 + the signal) before every service was in sync: the rest

@@ -480,6 +480,18 @@ def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -
         if name not in schema.extensions
     ]
     held = schema.privileges >= SCHEMA_PRIVILEGES
-    if not held and not (owner_changes and schema.owned_by_database_owner):
+    if held or (owner_changes and schema.owned_by_database_owner):
+        return actions
+    if schema.admin_may_grant:
         actions.append(GrantSchema(service.name, service.database, service.user))
+    elif schema.privileges_with_public < SCHEMA_PRIVILEGES:
+        raise Refusal(
+            f'the admin may not grant on schema public in database "{service.database}" '
+            f'(only its owner, or a superuser), and "{service.user}" may not use it: '
+            f'GRANT ALL ON SCHEMA public TO "{service.user}" there as its owner, or provision '
+            "with a superuser admin"
+        )
+    # Else PostgreSQL 14's default, public the bootstrap superuser's with CREATE for
+    # PUBLIC, and an admin that is no superuser: the service works through PUBLIC,
+    # which only the owner can change. Granting would do nothing (a warning).
     return actions

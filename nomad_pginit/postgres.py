@@ -101,6 +101,11 @@ PROBE_INTERVAL_SECONDS: Final = 0.05
 # While waiting, say again why every so often so the log shows the task is alive.
 WAIT_REPORT_SECONDS: Final = 10.0
 # What CREATE DATABASE copies, and so what nobody may be connected to meanwhile.
+# The majors nomad-pginit runs on: 14 brought pg_database_owner; make
+# test-matrix runs the real-server tests on each of them.
+OLDEST_MAJOR: Final = 14
+NEWEST_TESTED_MAJOR: Final = 18
+_WARNED_MAJORS: set[int] = set()
 TEMPLATE_DATABASE: Final = "template1"
 # Serializes concurrent runs (two allocations during a redeploy): any constant
 # bigint works, this one spells "pginit".
@@ -522,7 +527,8 @@ _PRIVILEGED_ROLES: Final = (
     "pg_read_all_stats",
     "pg_monitor",
     "pg_use_reserved_connections",
-    "pg_maintain",
+    "pg_maintain",  # PostgreSQL 17+
+    "pg_signal_autovacuum_worker",  # PostgreSQL 18+
     # Superuser-only settings (primary_conninfo, with its password), and locks on any table.
     "pg_read_all_settings",
     "pg_stat_scan_tables",
@@ -708,6 +714,29 @@ def wait_until_ready(
             stop.check("PostgreSQL was ready")
 
 
+def _check_supported(conn: psycopg.Connection[tuple[object, ...]], target: Target) -> None:
+    """Refuse a major older than OLDEST_MAJOR (no pg_database_owner, no
+    has_parameter_privilege); warn, once, of one newer than the newest tested."""
+    major = conn.info.server_version // 10000
+    if major < OLDEST_MAJOR:
+        conn.close()
+        raise PostgresUnavailable(
+            f"PostgreSQL at {target.description} is version {major}: nomad-pginit supports "
+            f"PostgreSQL {OLDEST_MAJOR} to {NEWEST_TESTED_MAJOR}; upgrade the server "
+            "(pg_upgrade, or a dump and restore)"
+        )
+    if major > NEWEST_TESTED_MAJOR and major not in _WARNED_MAJORS:
+        _WARNED_MAJORS.add(major)
+        log.warning(
+            "PostgreSQL at %s is version %d, newer than any nomad-pginit was tested with "
+            "(%d to %d): check the summary and nomad-pginit plan",
+            target.description,
+            major,
+            OLDEST_MAJOR,
+            NEWEST_TESTED_MAJOR,
+        )
+
+
 def _probe(target: Target, *, writable: bool) -> Admin | str:
     """A connected Admin when ready, else why not."""
     status = pq.PGconn.ping(target.ping_conninfo)
@@ -746,6 +775,7 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
                 "in Vault, password_file, or PGPASSWORD) and the user in [postgres] dsn"
             ) from err
         return f"not accepting the admin yet: {_last_line(message)}"
+    _check_supported(conn, target)
     if not writable:
         return Admin(conn, target)
     row = conn.execute("SELECT pg_is_in_recovery(), current_database()").fetchone()
@@ -1096,14 +1126,21 @@ class Admin:
         if exposed and tuple(exposed) not in _WARNED:
             # Once per process: watch mode observes again at every pass.
             _WARNED.add(tuple(exposed))
+            exposed_names = ", ".join(item.split(" = ")[0] for item in exposed)
+            remedy = (
+                f"GRANT SET ON PARAMETER {exposed_names} TO {name} avoids it"
+                if self.server_version >= 150000
+                # PostgreSQL 14 has no GRANT SET ON PARAMETER.
+                else f"a superuser admin, or {exposed_names} off for this role and the "
+                "server, avoids it"
+            )
             log.warning(
                 'the admin "%s" may not switch off %s: the statements that set passwords '
                 "may be logged or stored with their SCRAM verifiers (never the passwords "
-                "themselves); GRANT SET ON PARAMETER %s TO %s avoids it",
+                "themselves); %s",
                 name,
                 ", ".join(exposed),
-                ", ".join(item.split(" = ")[0] for item in exposed),
-                name,
+                remedy,
             )
         return self._admin
 
@@ -1314,7 +1351,10 @@ class Admin:
 
     def _run(self, action: Action, statement: Query) -> bool:
         try:
-            with _IN_FLIGHT.track(self._conn, self._target) as running:
+            with (
+                _IN_FLIGHT.track(self._conn, self._target) as running,
+                _nothing_granted_fails(self._conn, action),
+            ):
                 self._conn.execute(statement)
         except _ALREADY_EXISTS:
             return False
@@ -1466,14 +1506,40 @@ class DatabaseSession:
         FROM clause costs no planning. The privilege functions alone are what a
         run with nothing to do needs.
         """
-        if role is None:
-            # has_schema_privilege() fails for a role that does not exist; PUBLIC holds nothing.
-            role = "public"
+        # A privilege the role holds only through PUBLIC does not count: on
+        # PostgreSQL 14 and earlier, PUBLIC has CREATE on public by default (owned
+        # by the bootstrap superuser, not pg_database_owner), and the first
+        # REVOKE CREATE ON SCHEMA public FROM PUBLIC, which hardening guides
+        # recommend, would take it from the service. The role holds it by itself
+        # when it is a member of the owner or of a grantee other than PUBLIC.
+        held_by_itself = (
+            "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege}) "
+            "AND (NOT has_schema_privilege('public', to_regnamespace('public'), {privilege}) "
+            "OR (SELECT pg_has_role(%(role)s, nspowner, 'USAGE') "
+            "OR EXISTS (SELECT FROM aclexplode(COALESCE(nspacl, acldefault('n', nspowner))) "
+            "AS granted WHERE granted.privilege_type = {privilege} AND granted.grantee <> 0 "
+            "AND pg_has_role(%(role)s, granted.grantee, 'USAGE')) "
+            "FROM pg_namespace WHERE oid = to_regnamespace('public')))"
+        )
+        held = sql.SQL(held_by_itself if role is not None else "false")
+        # What the role may do, PUBLIC's included (a role not there yet: PUBLIC's).
+        may = "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege})"
+        # Whether the admin may grant on public: its owner (a member of), a superuser,
+        # or a holder of the grant option. Not so on PostgreSQL 14 for an admin that
+        # is no superuser: public is the bootstrap superuser's there.
+        grantable = (
+            "has_schema_privilege(current_user, to_regnamespace('public'), "
+            "'USAGE WITH GRANT OPTION') AND has_schema_privilege(current_user, "
+            "to_regnamespace('public'), 'CREATE WITH GRANT OPTION')"
+        )
         # to_regnamespace() is NULL when public is gone, and so are the functions given it.
         columns = [
             sql.SQL("to_regnamespace('public') IS NOT NULL"),
-            sql.SQL("has_schema_privilege(%(role)s, to_regnamespace('public'), 'USAGE')"),
-            sql.SQL("has_schema_privilege(%(role)s, to_regnamespace('public'), 'CREATE')"),
+            held.format(privilege=sql.Literal("USAGE")),
+            held.format(privilege=sql.Literal("CREATE")),
+            sql.SQL(may).format(privilege=sql.Literal("USAGE")),
+            sql.SQL(may).format(privilege=sql.Literal("CREATE")),
+            sql.SQL(grantable),
             sql.SQL(
                 "(SELECT nspowner = 'pg_database_owner'::regrole "
                 "FROM pg_namespace WHERE nspname = 'public')"
@@ -1485,12 +1551,22 @@ class DatabaseSession:
         try:
             query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
             with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
-                found = self._conn.execute(query, {"role": role}).fetchone()
+                # has_schema_privilege() fails for a role that does not exist: PUBLIC's then.
+                found = self._conn.execute(query, {"role": role or "public"}).fetchone()
         except psycopg.Error as err:
             doing = "read schema public and the extensions"
             raise self._error(doing, err, running) from err
         # The query always returns its one row.
-        exists, usage, create, owned_by_database_owner, installed = found or (False,) + (None,) * 4
+        (
+            exists,
+            usage,
+            create,
+            may_use,
+            may_create,
+            admin_may_grant,
+            owned_by_database_owner,
+            installed,
+        ) = found or (False,) + (None,) * 7
         installed_names = frozenset(
             str(name) for name in (installed if isinstance(installed, list) else ())
         )
@@ -1501,11 +1577,16 @@ class DatabaseSession:
                 privileges=frozenset(),
                 extensions=installed_names,
             )
-        held = {name for name, has in (("USAGE", usage), ("CREATE", create)) if has}
+
+        def names(use: object, create: object) -> frozenset[str]:
+            return frozenset(name for name, has in (("USAGE", use), ("CREATE", create)) if has)
+
         return SchemaState(
             database=self.name,
             exists=True,
-            privileges=frozenset(held),
+            privileges=names(usage, create),
+            privileges_with_public=names(may_use, may_create),
+            admin_may_grant=bool(admin_may_grant),
             owned_by_database_owner=bool(owned_by_database_owner),
             extensions=installed_names,
         )
@@ -1531,6 +1612,7 @@ class DatabaseSession:
             with (
                 _IN_FLIGHT.track(self._conn, self._admin._target) as running,
                 self._conn.transaction(),
+                _nothing_granted_fails(self._conn, action),
             ):
                 for statement in statements:
                     self._conn.execute(statement)
@@ -1619,6 +1701,68 @@ _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
 }
 
 
+# The actions on a role that PostgreSQL 16+ allows a CREATEROLE admin only with
+# ADMIN OPTION on that role, which it holds on the roles it created itself.
+_ROLE_ACTIONS: Final = (
+    CreateRole,
+    SetPassword,
+    RestoreLogin,
+    GrantRoleToAdmin,
+    SetConnectionLimit,
+    MarkRole,
+    DisableRole,
+    ClearValidUntil,
+)
+
+
+def _needed_privilege(action: Action, conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
+    role = getattr(action, "role", None)
+    if (
+        isinstance(action, _ROLE_ACTIONS)
+        and not isinstance(action, CreateRole)
+        and role is not None
+        and not conn.closed
+        and conn.info.server_version >= 160000
+    ):
+        needed = (
+            f'CREATEROLE and ADMIN OPTION on role "{role}" (PostgreSQL 16+ gives it on '
+            "the roles the admin created; for another, a superuser runs "
+            f"GRANT {sql.Identifier(role).as_string(conn)} TO "
+            f"{sql.Identifier(str(conn.info.user)).as_string(conn)} WITH ADMIN OPTION)"
+        )
+    return needed
+
+
+# A GRANT or REVOKE by a role that may not: a warning, and the statement succeeds.
+_NOTHING_GRANTED: Final = frozenset({"01007", "01006"})
+
+
+@contextmanager
+def _nothing_granted_fails(
+    conn: psycopg.Connection[tuple[object, ...]], action: Action
+) -> Iterator[None]:
+    """Turn PostgreSQL's warning that a GRANT granted nothing (or a REVOKE revoked
+    nothing) into the service's failure: otherwise it would pass for done."""
+    warnings: list[str] = []
+
+    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.sqlstate in _NOTHING_GRANTED:
+            warnings.append(diagnostic.message_primary or "no privileges were granted")
+
+    conn.add_notice_handler(collect)
+    try:
+        yield
+    finally:
+        conn.remove_notice_handler(collect)
+    if warnings:
+        needed = _needed_privilege(action, conn)
+        raise ServiceError(
+            f"cannot {action.describe()}: {warnings[0]} (PostgreSQL's warning); "
+            f"the admin needs {needed}"
+        )
+
+
 def _service_error(
     action: Action,
     err: psycopg.Error,
@@ -1642,8 +1786,12 @@ def _service_error(
             "tries again"
         )
     if isinstance(err, psycopg.errors.InsufficientPrivilege):
-        needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
-        return ServiceError(f"cannot {action.describe()}: {primary}; the admin needs {needed}")
+        needed = _needed_privilege(action, conn)
+        # PostgreSQL 16+ says in its detail which role attribute or option it wanted.
+        detail = f" ({err.diag.message_detail.rstrip('.')})" if err.diag.message_detail else ""
+        return ServiceError(
+            f"cannot {action.describe()}: {primary}{detail}; the admin needs {needed}"
+        )
     return ServiceError(f"cannot {action.describe()}: {primary} (SQLSTATE {err.sqlstate})")
 
 

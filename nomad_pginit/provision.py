@@ -657,12 +657,15 @@ def _reconcile_database_level(
                 _record(outcome, action, True)
             return
     elif not outcome.applied and created:
-        # The template could not be read: PostgreSQL's defaults.
+        # The template could not be read: PostgreSQL's defaults. From 15 on,
+        # public belongs to pg_database_owner, the new database's owner; before,
+        # to the bootstrap superuser, with CREATE for PUBLIC, which does not count.
+        owned = admin.server_version >= 150000
         predicted = SchemaState(
             database=service.database,
             exists=True,
-            privileges=SCHEMA_PRIVILEGES,
-            owned_by_database_owner=True,
+            privileges=SCHEMA_PRIVILEGES if owned else frozenset(),
+            owned_by_database_owner=owned,
         )
         for action in plan_schema(service, predicted, owner_changes=True):
             _record(outcome, action, True)

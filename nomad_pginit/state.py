@@ -101,8 +101,12 @@ class SchemaState:
 
     database: str
     exists: bool
-    # The privileges the service's role holds on it.
+    # The privileges the service's role holds on it by itself (PUBLIC's not counted).
     privileges: frozenset[str]
+    # What the role may do there, PUBLIC's privileges included.
+    privileges_with_public: frozenset[str] = frozenset()
+    # Whether the admin may grant on it (see plan_schema).
+    admin_may_grant: bool = True
     # PostgreSQL 15's default: whoever owns the database owns public too.
     owned_by_database_owner: bool = False
     extensions: frozenset[str] = frozenset()

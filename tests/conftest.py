@@ -21,7 +21,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, WorkloadIdentities
+from nomad_pginit.sandbox import (
+    SandboxError,
+    ThrowawayPostgres,
+    ThrowawayVault,
+    WorkloadIdentities,
+    describe_pg,
+    find_pg_bindir,
+)
 
 pytest_plugins = ["fix_nomad"]
 
@@ -33,6 +40,14 @@ LOGGED_SETTINGS = {
 }
 # The tool must never echo these markers; passwords in tests contain them.
 PASSWORD_MARKER = "pw-marker-"
+
+
+def pytest_report_header() -> str:
+    """Which PostgreSQL the real-server tests run (PG_BINDIR chooses another)."""
+    try:
+        return f"postgresql: {describe_pg(find_pg_bindir())}"
+    except SandboxError as err:
+        return f"postgresql: {err}"
 
 
 # The repository's own files that a command run from the wrong directory would
@@ -126,6 +141,12 @@ class Cluster:
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
         return superuser_connect(self.server, dbname)
+
+    @property
+    def server_version(self) -> int:
+        """PostgreSQL's version number: 150018 for 15.18."""
+        with self.connect() as conn:
+            return conn.info.server_version
 
     def log_offset(self) -> int:
         return self.server.logfile.stat().st_size if self.server.logfile.exists() else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import subprocess
 import time
@@ -228,10 +229,14 @@ def test_plan_on_an_empty_cluster_lists_every_change_and_writes_nothing(
     assert pending.result.returncode == 2, pending.result.output
     assert pending.document["in_sync"] is False
     assert pending.document["pending"] is True
+    expected = ["CreateRole", "CreateDatabase", "IsolateDatabase"]
+    if pg.server_version < 150000:
+        # public is the bootstrap superuser's, not the new database's owner's.
+        expected.append("GrantSchema")
     for name in names:
         entry = pending.service(name)
         assert entry["status"] == "pending", entry
-        assert pending.actions(name) == ["CreateRole", "CreateDatabase", "IsolateDatabase"]
+        assert pending.actions(name) == expected
         (create_role,) = [a for a in entry["actions"] if a["action"] == "CreateRole"]
         assert create_role["password"] == "******", create_role
         assert f'{name}: would create role "{name}"' in pending.result.stderr
@@ -371,6 +376,8 @@ DRIFTS = {
         (
             (DRIFTER, "ALTER SCHEMA public OWNER TO postgres"),
             (DRIFTER, "REVOKE ALL ON SCHEMA public FROM {role}"),
+            # PostgreSQL 14 and earlier give PUBLIC CREATE on public.
+            (DRIFTER, "REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         ),
         ("GrantSchema",),
         (f'ALL on schema public in database "{DRIFTER}" granted to "{DRIFTER}"',),
@@ -528,6 +535,36 @@ def test_services_cannot_connect_to_each_others_databases(
     assert public_database_privileges(pg, "open-c") == {"CONNECT", "TEMPORARY"}
     login_as(pg.server, "tenant-a", password_for("tenant-a"), "open-c").close()
     assert_in_sync(config, env, pg)
+
+
+def test_schema_public_is_the_services_own_not_publics(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    # PostgreSQL 14 and earlier: public belongs to the bootstrap superuser and
+    # PUBLIC may CREATE in it; template1 here plays that on any major.
+    with psycopg.connect(pg.server.conninfo(dbname="template1"), autocommit=True) as conn:
+        before_15 = conn.info.server_version < 150000
+        conn.execute("ALTER SCHEMA public OWNER TO postgres")
+        conn.execute("GRANT ALL ON SCHEMA public TO PUBLIC")
+    try:
+        config = provision(pg, vault, tmp_path, ["tenant-14"])
+        env = tool_env(vault)
+        result = run(config, env)
+        assert result.returncode == 0, result.output
+        assert 'ALL on schema public in database "tenant-14" granted to "tenant-14"' in (
+            result.stdout
+        )
+        # What hardening guides say to do next leaves the service its schema.
+        with psycopg.connect(pg.server.conninfo(dbname="tenant-14"), autocommit=True) as conn:
+            conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        assert_can_work(pg.server, "tenant-14", password_for("tenant-14"))
+        assert_in_sync(config, env, pg)
+    finally:
+        # Each major's own default back.
+        with psycopg.connect(pg.server.conninfo(dbname="template1"), autocommit=True) as conn:
+            if not before_15:
+                conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
 
 
 def test_isolate_false_under_defaults_and_switching_it_on_later(
@@ -752,6 +789,65 @@ def test_non_superuser_admin_provisions_verifies_and_rotates(
     assert_in_sync(config, env, pg)
 
 
+def test_a_role_someone_else_created_needs_admin_option_from_16_on(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    execute(pg, sql.SQL("CREATE ROLE gitea LOGIN PASSWORD 'set-by-hand'"))
+    config = as_admin(
+        pg, tmp_path, provision(pg, vault, tmp_path, ["gitea"]), "CREATEDB CREATEROLE"
+    )
+    env = tool_env(vault)
+
+    first = run(config, env)
+
+    if pg.server_version < 160000:
+        # CREATEROLE alone manages any role that is no superuser.
+        assert first.returncode == 0, first.output
+    else:
+        assert first.returncode == 1, first.output
+        (failure,) = [line for line in service_lines(first.stdout, "gitea") if "failed" in line]
+        assert 'the admin needs CREATEROLE and ADMIN OPTION on role "gitea"' in failure
+        assert f'GRANT "gitea" TO "{ADMIN}" WITH ADMIN OPTION' in failure
+        # What the message says to do, done as a superuser:
+        execute(pg, sql.SQL(f'GRANT "gitea" TO "{ADMIN}" WITH ADMIN OPTION'))
+        again = run(config, env)
+        assert again.returncode == 0, again.output
+    assert_can_work(pg.server, "gitea", password_for("gitea"))
+    assert_in_sync(config, env, pg)
+
+
+def test_a_schema_public_the_admin_may_not_grant_on_is_refused_with_what_to_do(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    # public the bootstrap superuser's (PostgreSQL 14's default) without PUBLIC's
+    # CREATE: an admin that is no superuser can neither use PUBLIC's nor grant.
+    with psycopg.connect(pg.server.conninfo(dbname="template1"), autocommit=True) as conn:
+        before_15 = conn.info.server_version < 150000
+        conn.execute("ALTER SCHEMA public OWNER TO postgres")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        config = as_admin(
+            pg, tmp_path, provision(pg, vault, tmp_path, ["gitea"]), "CREATEDB CREATEROLE"
+        )
+        env = tool_env(vault)
+        found = plan(config, env)
+        result = run(config, env)
+    finally:
+        with psycopg.connect(pg.server.conninfo(dbname="template1"), autocommit=True) as conn:
+            if before_15:
+                conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            else:
+                conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
+
+    assert found.result.returncode == 1, found.result.output
+    assert result.returncode == 1, result.output
+    (failure,) = [line for line in service_lines(result.stdout, "gitea") if "failed" in line]
+    assert 'the admin may not grant on schema public in database "gitea"' in failure
+    assert 'GRANT ALL ON SCHEMA public TO "gitea" there as its owner' in failure
+    # No line claims a grant that PostgreSQL did not make.
+    assert "ALL on schema public in database" not in result.stdout
+
+
 @pytest.mark.parametrize(
     ("attributes", "missing"),
     [
@@ -785,11 +881,12 @@ def test_non_superuser_admin_missing_privilege_is_named(
 # --- 7: readiness means a writable primary ------------------------------------------------
 
 
-def _as_postgres_user() -> dict[str, Any]:
-    """subprocess arguments that run a server tool as the postgres OS user when we are root."""
-    if os.geteuid() != 0:
+def _as_server_user(server: ThrowawayPostgres) -> dict[str, Any]:
+    """subprocess arguments that run a server tool as the server's OS user when we are root."""
+    if server.os_user is None:
         return {}
-    return {"user": "postgres", "group": "postgres", "extra_groups": []}
+    entry = pwd.getpwnam(server.os_user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _server_tool(server: ThrowawayPostgres, name: str) -> Path:
@@ -833,7 +930,7 @@ def standby_of(primary: ThrowawayPostgres) -> Iterator[ThrowawayPostgres]:
             text=True,
             timeout=120,
             check=False,
-            **_as_postgres_user(),
+            **_as_server_user(primary),
         )
         assert backup.returncode == 0, backup.stdout + backup.stderr
         assert (standby.datadir / "standby.signal").exists()
@@ -856,7 +953,7 @@ def promote(server: ThrowawayPostgres) -> None:
         text=True,
         timeout=60,
         check=False,
-        **_as_postgres_user(),
+        **_as_server_user(server),
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -13,8 +13,8 @@ from conftest import Cluster
 from psycopg import pq, sql
 
 from nomad_pginit import postgres
-from nomad_pginit.errors import ConfigError, PostgresUnavailable
-from nomad_pginit.plan import CreateRole
+from nomad_pginit.errors import ConfigError, PostgresUnavailable, ServiceError
+from nomad_pginit.plan import CreateRole, GrantDatabase, GrantSchema
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings
 
@@ -130,3 +130,28 @@ def test_admin_connected_to_template1_is_refused(pg: Cluster, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="connect to postgres instead"):
         postgres.wait_until_ready(target, READY_NOW)
     assert eventually_no_backends(pg)
+
+
+def test_a_grant_that_grants_nothing_fails_instead_of_passing_for_done(
+    pg: Cluster, tmp_path: Path
+) -> None:
+    # PostgreSQL only warns when the grantor may not grant: the GRANT "succeeds".
+    with pg.connect() as conn:
+        conn.execute("CREATE ROLE pginit_admin LOGIN CREATEDB CREATEROLE PASSWORD 'admin-pw'")
+        conn.execute("CREATE ROLE svc LOGIN")
+        conn.execute("CREATE DATABASE svc")
+    with pg.connect("svc") as conn:
+        conn.execute("ALTER SCHEMA public OWNER TO postgres")
+        conn.execute("GRANT CONNECT ON DATABASE svc TO pginit_admin")
+    target = admin_target(pg, tmp_path, "pginit_admin", "admin-pw")
+    with postgres.wait_until_ready(target, READY_NOW) as admin:
+        with admin.database("svc") as session, pytest.raises(ServiceError) as raised:
+            session.apply(GrantSchema("svc", "svc", "svc"))
+        assert "no privileges were granted" in str(raised.value)
+        assert "the admin needs ownership of schema public" in str(raised.value)
+        with pytest.raises(ServiceError, match="no privileges were granted"):
+            admin.apply(GrantDatabase("svc", "svc", "svc"))
+    with pg.connect("svc") as conn:
+        row = conn.execute("SELECT has_schema_privilege('svc', 'public', 'CREATE')").fetchone()
+        # PUBLIC's CREATE on PostgreSQL 14 and earlier; none from 15 on.
+        assert row == (conn.info.server_version < 150000,)
