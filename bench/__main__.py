@@ -12,7 +12,7 @@ from pathlib import Path
 from bench import machine, table
 from bench.lab import BenchError, choose_storage, open_lab
 from bench.measure import measure_all
-from nomad_pginit.sandbox import SandboxError
+from sandbox import SandboxError
 
 DEFAULT_N = 200
 DEFAULT_REPEAT = 3

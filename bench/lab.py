@@ -26,7 +26,7 @@ import hvac
 import psycopg
 from psycopg import sql
 
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault
+from sandbox import ThrowawayPostgres, ThrowawayVault
 
 # Where the tool looks by default ([vault] mount, path and key left out of the file).
 MOUNT = "secret"

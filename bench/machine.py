@@ -12,7 +12,7 @@ from pathlib import Path
 import nomad_pginit
 from bench import reference
 from nomad_pginit import __version__
-from nomad_pginit.sandbox import find_bao, find_pg_bindir
+from sandbox import find_bao, find_pg_bindir
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from bench.lab import (
 from nomad_pginit import spec as spec_file
 from nomad_pginit.errors import ServiceError
 from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, connect_vault
-from nomad_pginit.sandbox import ThrowawayPostgres
 from nomad_pginit.stopping import StopRequest
+from sandbox import ThrowawayPostgres
 
 COLD, WARM, ROTATE = "cold", "warm", "rotate"
 SCENARIOS = (COLD, WARM, ROTATE)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.lab import BenchError, clean_env, tail
-from nomad_pginit.sandbox import ThrowawayPostgres, find_pg_bindir
+from sandbox import ThrowawayPostgres, find_pg_bindir
 
 # The seed's block, verbatim but for the names and the rendered password.
 _BLOCK = """\

@@ -25,9 +25,12 @@ from pathlib import Path
 import hvac
 import psycopg
 
+# The throwaway servers (sandbox/) live beside the package, not in it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from nomad_pginit import render
 from nomad_pginit import spec as specs
-from nomad_pginit.sandbox import (
+from sandbox import (
     ThrowawayPostgres,
     ThrowawayVault,
     WorkloadIdentities,

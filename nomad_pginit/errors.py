@@ -17,6 +17,9 @@ class ExitCode(IntEnum):
     OK = 0
     SERVICE_FAILED = 1  # at least one service failed; the others were provisioned
     CONFIG = 2  # invalid configuration or usage; nothing was read or written
+    # plan: the run would change something. The number is the config error's
+    # (documented), the name says what it means: an alias, as IntEnum makes it.
+    CHANGES_PENDING = 2
     POSTGRES = 3  # not ready before the deadline, the admin cannot log in, older than 14
     VAULT = 4  # Vault unreachable, or the token rejected
     NOMAD = 5  # Nomad unreachable, job unknown or token rejected

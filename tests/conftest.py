@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from nomad_pginit.sandbox import (
+from sandbox import (
     SandboxError,
     ThrowawayPostgres,
     ThrowawayVault,

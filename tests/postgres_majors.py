@@ -125,7 +125,7 @@ def bindir(major: int) -> Path:
 def installed() -> dict[int, Path]:
     """The binaries already here, by major: the wheel's, Debian's, the one on PATH."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from nomad_pginit import sandbox
+    import sandbox
 
     candidates = [sandbox.wheel_pg_bindir(), sandbox.system_pg_bindir()]
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -143,7 +143,7 @@ def others() -> list[Path]:
     """Besides the default, the one other major make test runs the real-server subset
     on: the wheel's (18) when the machine has its own, which is then the default."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from nomad_pginit import sandbox
+    import sandbox
 
     wheel = sandbox.wheel_pg_bindir()
     if wheel is None or os.environ.get("PG_BINDIR"):

@@ -29,7 +29,7 @@ from nomad_double import NomadDouble
 from test_watch import LineReader
 
 from nomad_pginit import render, spec
-from nomad_pginit.sandbox import ThrowawayPostgres, WorkloadIdentities
+from sandbox import ThrowawayPostgres, WorkloadIdentities
 
 JOB_FILE = (
     Path(__file__).resolve().parent.parent

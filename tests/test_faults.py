@@ -34,7 +34,7 @@ from conftest import (
 )
 
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.sandbox import ThrowawayVault
+from sandbox import ThrowawayVault
 
 # What "a second or two" is allowed to be on a loaded shared machine.
 PROMPT_SECONDS = 4.0

@@ -39,7 +39,7 @@ from conftest import (
 from psycopg import sql
 from server_log import tool_statements, writes
 
-from nomad_pginit.sandbox import ThrowawayPostgres, ThrowawayVault, free_port
+from sandbox import ThrowawayPostgres, ThrowawayVault, free_port
 
 # --- reading the tool's output and the server log ------------------------------------------
 

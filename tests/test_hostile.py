@@ -32,7 +32,7 @@ from psycopg import sql
 
 from nomad_pginit import postgres
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.sandbox import ThrowawayPostgres
+from sandbox import ThrowawayPostgres
 
 
 def run(config: Path, env: dict[str, str], *extra: str) -> Result:

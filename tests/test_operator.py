@@ -538,7 +538,7 @@ def test_rejected_token(nomad: NomadDouble, job_dir: Path, token: str | None) ->
 
 
 def test_unreachable_nomad(job_dir: Path) -> None:
-    from nomad_pginit.sandbox import free_port
+    from sandbox import free_port
 
     env = tool_env(NOMAD_ADDR=f"http://127.0.0.1:{free_port()}")
 
@@ -937,7 +937,7 @@ def test_check_finds_a_changed_owner_and_a_missing_password(
 
 
 def test_check_with_postgres_down_fails_fast(tmp_path: Path, vault: Vault) -> None:
-    from nomad_pginit.sandbox import free_port
+    from sandbox import free_port
 
     config = tmp_path / "pginit.toml"
     config.write_text(

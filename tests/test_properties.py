@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 import nomad_pginit
 from nomad_pginit import cli
-from nomad_pginit.sandbox import free_port
 from nomad_pginit.spec import MAX_NAME_BYTES, RESERVED_NAMES, name_problem
+from sandbox import free_port
 
 # Every character a services file can carry in a string, bar control characters.
 PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))

@@ -31,7 +31,7 @@ from conftest import (
 from server_log import tool_statements, writes
 
 from nomad_pginit import __version__
-from nomad_pginit.sandbox import ThrowawayPostgres, free_port
+from sandbox import ThrowawayPostgres, free_port
 
 THREE = ("gitea", "uptime-kuma", "MixedCase")
 

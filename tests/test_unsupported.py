@@ -14,7 +14,7 @@ import pytest
 from conftest import Vault, run_tool, tool_env
 
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.sandbox import ThrowawayPostgres
+from sandbox import ThrowawayPostgres
 
 
 def test_postgresql_13_is_refused_and_left_untouched(tmp_path: Path, vault: Vault) -> None:

@@ -35,7 +35,7 @@ from conftest import (
 
 from nomad_pginit import spec
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.sandbox import WorkloadIdentities
+from sandbox import WorkloadIdentities
 
 JWT_SETTINGS = """
 [vault]

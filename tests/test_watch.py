@@ -264,7 +264,7 @@ def test_standalone_mode_retries_five_times_five_seconds_apart(
     tmp_path: Path, pg: Cluster, vault: Vault
 ) -> None:
     """Outside Nomad, with no timeout given, the old provisioner's retry policy applies."""
-    from nomad_pginit.sandbox import free_port
+    from sandbox import free_port
 
     config = write_services_file(tmp_path, pg, ["gitea"])
     text = config.read_text(encoding="utf-8").replace(f":{pg.port}/", f":{free_port()}/")

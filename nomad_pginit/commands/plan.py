@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(plan_document(outcome), indent=2, ensure_ascii=False))
     if outcome.exit_code != ExitCode.OK:
         return stop.exit_now(int(outcome.exit_code))
-    return stop.exit_now(int(ExitCode.CONFIG) if outcome.pending else int(ExitCode.OK))
+    return stop.exit_now(int(ExitCode.CHANGES_PENDING) if outcome.pending else int(ExitCode.OK))
 
 
 def _last_words(stop: StopRequest) -> int:
