@@ -348,6 +348,15 @@ def _plan_role(
         actions.append(SetConnectionLimit(service.name, service.user, limit))
     if not role.managed:
         actions.append(MarkRole(service.name, service.user))
+    needs_membership = not admin.superuser and not role.admin_is_member
+    if (actions or needs_membership) and not admin.superuser and not role.admin_may_alter:
+        # PostgreSQL 16+: CREATEROLE is no longer enough for a role someone else made.
+        raise Refusal(
+            f'the admin "{admin.name}" may not alter role "{service.user}": from PostgreSQL '
+            "16 on, a CREATEROLE admin needs ADMIN OPTION on a role it did not create; "
+            f"as a superuser, GRANT {_sql_name(service.user)} TO {_sql_name(admin.name)} "
+            "WITH ADMIN OPTION, then run again"
+        )
     return actions
 
 
@@ -462,6 +471,11 @@ def _refuse_foreign_role(
         )
 
 
+def _sql_name(name: str) -> str:
+    """``name`` as an SQL identifier in a message the operator may paste into psql."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -> list[Action]:
     """The actions needed inside the service's own database.
 
@@ -488,8 +502,8 @@ def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -
         raise Refusal(
             f'the admin may not grant on schema public in database "{service.database}" '
             f'(only its owner, or a superuser), and "{service.user}" may not use it: '
-            f'GRANT ALL ON SCHEMA public TO "{service.user}" there as its owner, or provision '
-            "with a superuser admin"
+            f"GRANT ALL ON SCHEMA public TO {_sql_name(service.user)} there as its owner, or "
+            "provision with a superuser admin"
         )
     # Else PostgreSQL 14's default, public the bootstrap superuser's with CREATE for
     # PUBLIC, and an admin that is no superuser: the service works through PUBLIC,

@@ -589,6 +589,18 @@ _ELEVATED: Final = sql.SQL(
 )
 
 # Who blocks each waiting backend; never their query, which may hold a password.
+# Whether the admin may hand the role a database (CREATE/ALTER DATABASE ... OWNER)
+# and act as the database's owner. Up to 15, membership. From 16 on, also the SET
+# and INHERIT options of that membership: the one CREATE ROLE gives a CREATEROLE
+# admin carries ADMIN OPTION alone (createrole_self_grant adds the others).
+_ADMIN_IS_MEMBER: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER')")
+_ADMIN_IS_MEMBER_16: Final = sql.SQL(
+    "pg_has_role(current_user, r.oid, 'SET') AND pg_has_role(current_user, r.oid, 'USAGE')"
+)
+# Whether the admin may ALTER, COMMENT ON and GRANT the role: from 16 on, a CREATEROLE
+# admin needs ADMIN OPTION on it, which it holds on the roles it created.
+_ADMIN_MAY_ALTER_16: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')")
+
 _BLOCKERS: Final = sql.SQL(
     """
     SELECT w.pid, b.pid, b.usename, b.application_name, b.state,
@@ -939,7 +951,7 @@ class Admin:
         query = sql.SQL(
             """
             SELECT r.rolname, r.rolcanlogin, r.rolsuper, {verifier},
-                   pg_has_role(current_user, r.oid, 'MEMBER'),
+                   {member},
                    ARRAY(SELECT d.datname::text FROM pg_database d
                          WHERE d.datdba = r.oid ORDER BY d.datname),
                    r.rolconnlimit,
@@ -951,22 +963,29 @@ class Admin:
                          FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
                          WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
                                AND s.deptype = 'o'
-                         ORDER BY 1)
+                         ORDER BY 1),
+                   {may_alter}
             FROM pg_roles r
             WHERE r.rolname = ANY(%(users)s)
             """
-        ).format(verifier=verifier_query, elevated=_ELEVATED)
+        ).format(
+            verifier=verifier_query,
+            elevated=_ELEVATED,
+            member=_ADMIN_IS_MEMBER_16 if self.server_version >= 160000 else _ADMIN_IS_MEMBER,
+            may_alter=(_ADMIN_MAY_ALTER_16 if self.server_version >= 160000 else sql.SQL("true")),
+        )
         roles: dict[str, RoleState] = {}
         params = {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users}
         for row in self._rows(query, params):
             name, login, superuser, verifier, member, owned, limit, managed = row[:8]
-            valid_until, expired, elevated, owns_objects_in = row[8:]
+            valid_until, expired, elevated, owns_objects_in, may_alter = row[8:]
             roles[str(name)] = RoleState(
                 name=str(name),
                 can_login=bool(login),
                 superuser=bool(superuser),
                 verifier=str(verifier) if verifier is not None else None,
                 admin_is_member=bool(member),
+                admin_may_alter=bool(may_alter),
                 owned_databases=tuple(owned) if isinstance(owned, list) else (),
                 connection_limit=int(str(limit)),
                 managed=bool(managed),
@@ -1220,8 +1239,13 @@ class Admin:
                     action, sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role))
                 )
             case GrantRoleToAdmin(role=role, admin=admin_name):
-                statement = sql.SQL("GRANT {} TO {}").format(
-                    sql.Identifier(role), sql.Identifier(admin_name)
+                # From 16 on, the membership must let the admin SET ROLE (to hand the
+                # role a database) and inherit (to act as the database's owner).
+                options = sql.SQL(
+                    " WITH INHERIT TRUE, SET TRUE" if self.server_version >= 160000 else ""
+                )
+                statement = sql.SQL("GRANT {} TO {}{}").format(
+                    sql.Identifier(role), sql.Identifier(admin_name), options
                 )
                 return self._run(action, statement)
             case CreateDatabase(database=database, owner=owner):

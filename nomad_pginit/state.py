@@ -44,7 +44,8 @@ class RoleState:
     superuser: bool
     # The SCRAM verifier, or None when unset or when the admin cannot read pg_authid.
     verifier: str | None = field(repr=False)
-    # Whether the admin is a member, which CREATE/ALTER DATABASE ... OWNER needs.
+    # Whether the admin is a member, which CREATE/ALTER DATABASE ... OWNER needs (from
+    # PostgreSQL 16 on, with the SET and INHERIT options).
     admin_is_member: bool
     # Databases this role owns, whichever service they belong to.
     owned_databases: tuple[str, ...] = ()
@@ -61,6 +62,9 @@ class RoleState:
     elevated: tuple[str, ...] = ()
     # Databases in which it owns objects (tables, schemas, ...), whichever they are.
     owns_objects_in: tuple[str, ...] = ()
+    # Whether the admin may alter, comment on and grant it: from PostgreSQL 16 on, a
+    # CREATEROLE admin needs ADMIN OPTION on it (it has it on the roles it created).
+    admin_may_alter: bool = True
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from nomad_double import NomadDouble, TaskRun, parse_job
 from psycopg import sql
 
 from nomad_pginit import render, spec
-from nomad_pginit.commands.verify import judge
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.nomad import Allocation, TaskEvent, TaskState, job_label
 from nomad_pginit.nomad_http import Settings
 from nomad_pginit.tasklog import summary_line
+from nomad_pginit.verdicts import judge
 
 # --- deploy -------------------------------------------------------------------------------
 

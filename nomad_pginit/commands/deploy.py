@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nomad_pginit import jobspec, render, spec, tasklog
-from nomad_pginit.commands import repository, verify
+from nomad_pginit import jobspec, render, spec, tasklog, verdicts
+from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable, PginitError
 from nomad_pginit.live import Publication, publish
 from nomad_pginit.nomad import (
@@ -465,7 +465,7 @@ def _wait_for_services(
             log.info("%s", line)
             last_line = line
         stdout = client.task_log(allocation.id, INIT_TASK, "stdout")
-        new = verify.without_prefix(stdout, after)
+        new = verdicts.without_prefix(stdout, after)
         finished = tasklog.last_finished(new)
         # The log can be ahead of the task's state: Nomad's clients report in batches.
         reported = task is not None and task.state in ("running", "dead")
@@ -478,15 +478,15 @@ def _wait_for_services(
                     "may be over the services before this publication",
                     INIT_TASK,
                 )
-            verdict = verify.read_verdict(
+            verdict = verdicts.read_verdict(
                 client, deployment.job_id, allocation, sidecar=True, expected=expected
             )
-            verify.show_log("stdout", verdict.stdout, allocation, deployment.log_format)
-            verify.show_log(
+            verdicts.show_log("stdout", verdict.stdout, allocation, deployment.log_format)
+            verdicts.show_log(
                 "stderr", verdict.stderr, allocation, deployment.log_format, always=False
             )
-            verify.report_checks(verdict)
-            return verify.conclude(verdict, "deploy")
+            verdicts.report_checks(verdict)
+            return verdicts.conclude(verdict, "deploy")
         refusals = tasklog.refusals(new)
         last = tasklog.last_finished(stdout)
         if not refusals and last is not None and last.fingerprint != expected:
@@ -501,8 +501,8 @@ def _wait_for_services(
             )
         crashed = task is not None and task.state != "running" and task.exit_code not in (None, 0)
         if task is not None and (_failed_attempt(previous, task) or crashed):
-            text = verify.without_prefix(stdout, after) or stdout
-            verify.show_log("stdout", text, allocation, deployment.log_format)
+            text = verdicts.without_prefix(stdout, after) or stdout
+            verdicts.show_log("stdout", text, allocation, deployment.log_format)
             raise DeployFailed(
                 f"{INIT_TASK} in allocation {allocation.short_id} exited with code "
                 f"{task.exit_code} and Nomad restarts it: its log above says why"
@@ -616,7 +616,7 @@ def _report_unchanged(deployment: Deployment, running: Allocation, why: str) -> 
 
 def _report_last(deployment: Deployment, running: Allocation, what: str, hint: str) -> int:
     """Judge the init task's last run (oneshot) or last pass (live) in ``running``."""
-    verdict = verify.read_verdict(
+    verdict = verdicts.read_verdict(
         deployment.client, deployment.job_id, running, sidecar=deployment.sidecar
     )
     if verdict.ok:
@@ -716,7 +716,7 @@ def _follow_and_report(
     earlier: tuple[str, str] = ("", ""),
 ) -> int:
     finished = _follow(deployment, allocation, previous=previous, earlier_stdout=earlier[0])
-    verdict = verify.read_verdict(
+    verdict = verdicts.read_verdict(
         deployment.client,
         deployment.job_id,
         finished,
@@ -724,10 +724,10 @@ def _follow_and_report(
         earlier_stdout=earlier[0],
         earlier_stderr=earlier[1],
     )
-    verify.show_log("stdout", verdict.stdout, finished, deployment.log_format)
-    verify.show_log("stderr", verdict.stderr, finished, deployment.log_format, always=False)
-    verify.report_checks(verdict)
-    return verify.conclude(verdict, "deploy")
+    verdicts.show_log("stdout", verdict.stdout, finished, deployment.log_format)
+    verdicts.show_log("stderr", verdict.stderr, finished, deployment.log_format, always=False)
+    verdicts.report_checks(verdict)
+    return verdicts.conclude(verdict, "deploy")
 
 
 def _follow(
@@ -778,7 +778,7 @@ def _follow(
             return allocation
         if deployment.sidecar and task is not None and task.state == "running":
             text = client.task_log(allocation.id, INIT_TASK, "stdout")
-            if tasklog.summary_line(verify.without_prefix(text, earlier_stdout)) is not None:
+            if tasklog.summary_line(verdicts.without_prefix(text, earlier_stdout)) is not None:
                 return allocation
         if task is not None and task.restarts > last_restarts:
             # A restart someone asked for (--rerun) has no restart reason; one that
