@@ -541,7 +541,7 @@ _PRIVILEGED_ROLES: Final = (
 # functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
 # the admin's database, where such grants matter); and members of its own, who
 # would own the service's database through it (the admin aside).
-_ELEVATED: Final = sql.SQL(
+_ELEVATED_TEXT: Final = (
     """
     ARRAY(
         WITH RECURSIVE up(roleid) AS (
@@ -584,9 +584,26 @@ _ELEVATED: Final = sql.SQL(
         FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
         WHERE m.roleid = r.oid AND u.rolname <> current_user
         HAVING count(*) > 0
+        {parameters}
     )
     """
 )
+# PostgreSQL 15+: SET or ALTER SYSTEM granted on a parameter (archive_command runs a
+# shell command as the server), to the role or a role it inherits from.
+_PARAMETER_PRIVILEGES: Final = """
+        UNION ALL
+        SELECT 'holds privileges on parameters (' ||
+               string_agg(DISTINCT p.parname, ', ' ORDER BY p.parname) || ')'
+        FROM pg_parameter_acl p CROSS JOIN LATERAL aclexplode(p.paracl) a
+        WHERE a.grantee IN (SELECT roleid FROM up)
+        HAVING count(*) > 0
+"""
+
+
+def _elevated(server_version: int) -> sql.SQL:
+    """What makes each role r more than a service's login (see above), on this version."""
+    parameters = _PARAMETER_PRIVILEGES if server_version >= 150000 else ""
+    return sql.SQL(_ELEVATED_TEXT.replace("{parameters}", parameters))
 
 # Who blocks each waiting backend; never their query, which may hold a password.
 # Whether the admin may hand the role a database (CREATE/ALTER DATABASE ... OWNER)
@@ -835,6 +852,11 @@ def _refuse_tls_mismatch(target: Target) -> None:
             ) from err
 
 
+def _sql_name(name: str) -> str:
+    """``name`` as an SQL identifier in a message the operator may paste into psql."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _last_line(message: str) -> str:
     """libpq's message on one line: 'connection failed: ... FATAL: reason', or
     'server closed the connection unexpectedly This probably means ...'."""
@@ -970,7 +992,7 @@ class Admin:
             """
         ).format(
             verifier=verifier_query,
-            elevated=_ELEVATED,
+            elevated=_elevated(self.server_version),
             member=_ADMIN_IS_MEMBER_16 if self.server_version >= 160000 else _ADMIN_IS_MEMBER,
             may_alter=(_ADMIN_MAY_ALTER_16 if self.server_version >= 160000 else sql.SQL("true")),
         )
@@ -1062,7 +1084,7 @@ class Admin:
                 FROM pg_roles r
                 WHERE shobj_description(r.oid, 'pg_authid') = %(marker)s
                 """
-            ).format(elevated=_ELEVATED),
+            ).format(elevated=_elevated(self.server_version)),
             {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users},
         ):
             managed_roles[str(name)] = bool(login)
@@ -1276,17 +1298,32 @@ class Admin:
             case MarkDatabase(database=database):
                 return self._run(action, _comment_on_database(database))
             case IsolateDatabase(database=database, role=role):
-                return self._run_together(
+                revoke = sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(database)
+                )
+                done = self._run_together(
                     action,
                     [
-                        sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                            sql.Identifier(database)
-                        ),
+                        revoke,
                         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                             sql.Identifier(database), sql.Identifier(role)
                         ),
                     ],
                 )
+                # That REVOKE, as the owner, leaves what other grantors gave PUBLIC,
+                # without a word: each takes back its own.
+                for grantor in self._public_grantors(database):
+                    as_grantor = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(grantor))
+                    with suppress(ServiceError):  # may not SET ROLE: said just below
+                        self._run_together(action, [as_grantor, revoke])
+                if left := self._public_grantors(database):
+                    raise ServiceError(
+                        f'cannot {action.describe()}: PUBLIC may still connect through a grant '
+                        f'by "{left[0]}", which only that role can take back: run REVOKE '
+                        f"CONNECT, TEMPORARY ON DATABASE {_sql_name(database)} FROM PUBLIC as "
+                        f"{_sql_name(left[0])}"
+                    )
+                return done
             case DisableRole(role=role):
                 return self._run(
                     action, sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role))
@@ -1349,6 +1386,19 @@ class Admin:
             )
             self._session_silenced = True
         return self._run_together(action, statements)
+
+    def _public_grantors(self, database: str) -> list[str]:
+        """Who granted PUBLIC CONNECT or TEMPORARY on ``database`` (and has not revoked it)."""
+        rows = self._rows(
+            sql.SQL(
+                "SELECT DISTINCT pg_get_userbyid(a.grantor) "
+                "FROM pg_database d, aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a "
+                "WHERE d.datname = %s AND a.grantee = 0 "
+                "AND a.privilege_type IN ('CONNECT', 'TEMPORARY') ORDER BY 1"
+            ),
+            (database,),
+        )
+        return [str(grantor) for (grantor,) in rows]
 
     def _run_together(self, action: Action, statements: Sequence[Query]) -> bool:
         """Run ``statements`` in one transaction, sent at once with a single sync

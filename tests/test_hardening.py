@@ -567,6 +567,41 @@ def test_schema_public_is_the_services_own_not_publics(
                 conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
 
 
+@pytest.mark.parametrize("admin", ["superuser", "limited"])
+def test_connect_granted_to_public_by_another_grantor_is_taken_back_or_named(
+    pg: Cluster, vault: Vault, tmp_path: Path, admin: str
+) -> None:
+    # REVOKE ... FROM PUBLIC as the owner leaves another grantor's grant, silently.
+    config = provision(pg, vault, tmp_path, ["alpha"])
+    if admin == "limited":
+        config = as_admin(pg, tmp_path, config, "CREATEDB CREATEROLE")
+    env = tool_env(vault)
+    assert run(config, env).returncode == 0
+    execute(pg, sql.SQL("CREATE ROLE bob LOGIN PASSWORD 'bob-pw'"))
+    execute(pg, sql.SQL("GRANT CONNECT ON DATABASE alpha TO bob WITH GRANT OPTION"))
+    with login_as(pg.server, "bob", "bob-pw", "postgres") as conn:
+        conn.execute("GRANT CONNECT ON DATABASE alpha TO PUBLIC")
+    execute(pg, sql.SQL(f"CREATE ROLE {BYSTANDER} LOGIN PASSWORD '{BYSTANDER_PASSWORD}'"))
+
+    result = run(config, env)
+
+    if admin == "superuser":
+        assert result.returncode == 0, result.output
+        assert 'database "alpha" isolated' in result.stdout
+        assert public_database_privileges(pg, "alpha") == set()
+        assert_login_refused(
+            pg.server, BYSTANDER, BYSTANDER_PASSWORD, "permission denied for database", "alpha"
+        )
+        assert_in_sync(config, env, pg)
+    else:
+        # It may not act as bob: the service fails, naming who can, never "isolated".
+        assert result.returncode == 1, result.output
+        assert 'isolated: only "alpha"' not in result.stdout
+        (failure,) = [line for line in service_lines(result.stdout, "alpha") if "failed" in line]
+        assert 'PUBLIC may still connect through a grant by "bob"' in failure
+        assert 'FROM PUBLIC as "bob"' in failure
+
+
 def test_isolate_false_under_defaults_and_switching_it_on_later(
     pg: Cluster, vault: Vault, tmp_path: Path
 ) -> None:

@@ -118,6 +118,33 @@ def test_an_existing_privileged_role_is_refused_and_left_untouched(
     assert not database_exists(pg, "squatter")
 
 
+def test_a_role_holding_privileges_on_parameters_is_refused(
+    tmp_path: Path, pg: Cluster, vault: Vault
+) -> None:
+    # ALTER SYSTEM on archive_command: a shell command run by the server (PostgreSQL 15+).
+    with superuser_connect(pg.server) as conn:
+        if conn.info.server_version < 150000:
+            pytest.skip("GRANT ... ON PARAMETER came with PostgreSQL 15")
+        conn.execute("CREATE ROLE squatter LOGIN PASSWORD 'the-squatters-own'")
+        conn.execute("CREATE ROLE archivists NOLOGIN")
+        conn.execute("GRANT ALTER SYSTEM ON PARAMETER archive_command TO archivists")
+        conn.execute("GRANT archivists TO squatter")
+    try:
+        before = verifier(pg, "squatter")
+        vault.put("squatter", f"{PASSWORD_MARKER}squatter")
+        result = run(write_services_file(tmp_path, pg, ["squatter"]), tool_env(vault))
+    finally:
+        with superuser_connect(pg.server) as conn:
+            # A parameter's ACL outlives the roles' reset: take it back by hand.
+            conn.execute("REVOKE ALTER SYSTEM ON PARAMETER archive_command FROM archivists")
+
+    assert result.returncode == ExitCode.SERVICE_FAILED, result.output
+    (line,) = [line for line in result.stdout.splitlines() if "squatter: failed" in line]
+    assert "holds privileges on parameters (archive_command)" in line
+    assert verifier(pg, "squatter") == before
+    assert not database_exists(pg, "squatter")
+
+
 def test_every_privileged_predefined_role_of_this_major_is_refused(
     tmp_path: Path, pg: Cluster, vault: Vault
 ) -> None:
