@@ -541,8 +541,7 @@ _PRIVILEGED_ROLES: Final = (
 # functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
 # the admin's database, where such grants matter); and members of its own, who
 # would own the service's database through it (the admin aside).
-_ELEVATED_TEXT: Final = (
-    """
+_ELEVATED_TEXT: Final = """
     ARRAY(
         WITH RECURSIVE up(roleid) AS (
             SELECT r.oid
@@ -587,7 +586,6 @@ _ELEVATED_TEXT: Final = (
         {parameters}
     )
     """
-)
 # PostgreSQL 15+: SET or ALTER SYSTEM granted on a parameter (archive_command runs a
 # shell command as the server), to the role or a role it inherits from.
 _PARAMETER_PRIVILEGES: Final = """
@@ -604,6 +602,7 @@ def _elevated(server_version: int) -> sql.SQL:
     """What makes each role r more than a service's login (see above), on this version."""
     parameters = _PARAMETER_PRIVILEGES if server_version >= 150000 else ""
     return sql.SQL(_ELEVATED_TEXT.replace("{parameters}", parameters))
+
 
 # Who blocks each waiting backend; never their query, which may hold a password.
 # Whether the admin may hand the role a database (CREATE/ALTER DATABASE ... OWNER)
@@ -1318,7 +1317,7 @@ class Admin:
                         self._run_together(action, [as_grantor, revoke])
                 if left := self._public_grantors(database):
                     raise ServiceError(
-                        f'cannot {action.describe()}: PUBLIC may still connect through a grant '
+                        f"cannot {action.describe()}: PUBLIC may still connect through a grant "
                         f'by "{left[0]}", which only that role can take back: run REVOKE '
                         f"CONNECT, TEMPORARY ON DATABASE {_sql_name(database)} FROM PUBLIC as "
                         f"{_sql_name(left[0])}"
