@@ -1171,8 +1171,8 @@ class Admin:
                 f"GRANT SET ON PARAMETER {exposed_names} TO {name} avoids it"
                 if self.server_version >= 150000
                 # PostgreSQL 14 has no GRANT SET ON PARAMETER.
-                else f"a superuser admin, or {exposed_names} off for this role and the "
-                "server, avoids it"
+                else f"a superuser admin avoids it, or {exposed_names} set to keep no "
+                f"statement (postgresql.conf, or ALTER ROLE {_sql_name(str(name))} SET ...)"
             )
             log.warning(
                 'the admin "%s" may not switch off %s: the statements that set passwords '

@@ -665,6 +665,9 @@ def _reconcile_database_level(
             database=service.database,
             exists=True,
             privileges=SCHEMA_PRIVILEGES if owned else frozenset(),
+            privileges_with_public=SCHEMA_PRIVILEGES,
+            # Only a superuser may grant on the bootstrap superuser's schema.
+            admin_may_grant=owned or admin.state.superuser,
             owned_by_database_owner=owned,
         )
         for action in plan_schema(service, predicted, owner_changes=True):

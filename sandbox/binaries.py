@@ -40,7 +40,8 @@ def find_pg_bindir() -> Path:
     a machine with only Python)."""
     override = os.environ.get("PG_BINDIR")
     if override:
-        bindir = Path(override)
+        # Absolute: initdb and pg_ctl run in the cluster's directory.
+        bindir = Path(override).absolute()
         if not has_pg_tools(bindir):
             raise SandboxError(f"PG_BINDIR={override} does not contain initdb and pg_ctl")
         return bindir
@@ -70,17 +71,18 @@ def wheel_pg_bindir() -> Path | None:
 
 
 def pg_version(bindir: Path) -> str:
-    """``postgres --version`` of the binaries in ``bindir``: "PostgreSQL 18.6"."""
+    """``initdb --version`` of the binaries in ``bindir``: "PostgreSQL 18.6". initdb:
+    a bindir may hold only initdb and pg_ctl, symlinked (has_pg_tools)."""
     try:
         output = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
+            [str(bindir / "initdb"), "--version"],
             capture_output=True,
             text=True,
             timeout=30,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError) as err:
-        raise SandboxError(f"{bindir}/postgres --version failed: {err}") from err
+        raise SandboxError(f"{bindir}/initdb --version failed: {err}") from err
     match = re.search(r"\(PostgreSQL\) (\S+)", output)
     return f"PostgreSQL {match.group(1)}" if match else output.strip()
 
@@ -128,40 +130,62 @@ def reachable_install(bindir: Path, os_user: pwd.struct_passwd) -> Path:
     """``bindir``, or, when the server's OS user cannot reach it (a virtualenv under
     /root, say), the same installation copied once under the temporary directory."""
     uid, gid = os_user.pw_uid, os_user.pw_gid
-    if traversable_by(bindir, uid, gid):
+    # Through symlinks: the binaries are where they really are.
+    install = (bindir / "initdb").resolve().parent.parent  # bin, lib, share side by side
+    if traversable_by(bindir, uid, gid) and traversable_by(install / "bin", uid, gid):
         return bindir
-    install = bindir.resolve().parent  # bin, lib, share side by side
     package = install.parent
     # A wheel repaired by auditwheel finds its libraries (libpq for initdb) at
     # $ORIGIN/../../../<package>.libs: the copy keeps that layout.
     wheel_libs = package.parent / f"{package.name}.libs"
     stamp = (install / "bin" / "postgres").stat()
     key = hashlib.sha256(f"{install}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"nomad-pginit-pginstall-{key}"
+    temporary = Path(tempfile.gettempdir())
+    if not traversable_by(temporary, uid, gid):
+        raise SandboxError(
+            f"{bindir} is not reachable by the {os_user.pw_name!r} OS user, and neither is "
+            f"{temporary} to copy it to: set TMPDIR to a directory it can reach (e.g. /tmp)"
+        )
+    target = temporary / f"nomad-pginit-pginstall-{key}"
     copied_bindir = target / package.name / install.name / "bin"
-    if not has_pg_tools(copied_bindir):
+    # Written last: a copy without it was interrupted, and is made again.
+    complete = target / ".complete"
+    if not complete.exists():
         staging = Path(tempfile.mkdtemp(prefix="nomad-pginit-pginstall-"))
         try:
             tree = staging / "tree"
             shutil.copytree(install, tree / package.name / install.name, symlinks=True)
             if wheel_libs.is_dir():
                 shutil.copytree(wheel_libs, tree / wheel_libs.name, symlinks=True)
-            for directory in [tree, *tree.rglob("*")]:
-                if directory.is_dir() and not directory.is_symlink():
-                    directory.chmod(0o755)
+            _readable_by_all(tree)
+            (tree / ".complete").touch()
+            if not complete.exists():
+                # One made before copies were marked complete: the rename is atomic,
+                # .complete in it, so a copy without it is never one in use.
+                shutil.rmtree(target, ignore_errors=True)
             try:
                 tree.rename(target)
             except OSError:
-                if not has_pg_tools(copied_bindir):  # not another process's copy
+                if not complete.exists():  # not another process's copy
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    if not traversable_by(copied_bindir, uid, gid):
-        raise SandboxError(
-            f"{bindir} is not reachable by the {os_user.pw_name!r} OS user, and neither is "
-            f"{target}: set TMPDIR to a directory it can reach"
-        )
     return copied_bindir
+
+
+def _readable_by_all(tree: Path) -> None:
+    """Directories 0755, files readable (and executable, when they are) by anyone:
+    whatever root's umask made of the copy, the server's OS user must run it."""
+    for path in [tree, *tree.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        if path.is_dir():
+            path.chmod(0o755)
+        elif mode & stat.S_IXUSR:
+            path.chmod((mode | 0o555) & 0o7777)
+        else:
+            path.chmod((mode | 0o444) & 0o7777)
 
 
 def system_pg_bindir() -> Path | None:

