@@ -1488,7 +1488,8 @@ def test_admin_session_in_a_service_database_terminated_is_reported_not_a_crash(
             ).fetchone()
             if row is not None:
                 break
-            assert proc.poll() is None, "the tool did not wait for the lock"
+            if proc.poll() is not None:
+                pytest.fail(f"the tool did not wait for the lock:\n{communicate(proc).output}")
             assert time.monotonic() < deadline, "the tool never looked inside the database"
             time.sleep(0.05)
         observer.execute("SELECT pg_terminate_backend(%s)", (row[0],))

@@ -1,0 +1,61 @@
+"""PostgreSQL, the only place that imports psycopg: one module per concern, as pglift
+keeps one per object kind and Patroni splits its PostgreSQL adapter.
+
+- ``connection``: targets, logging in, the session's options and deadlines
+- ``readiness``: waiting for a writable primary
+- ``running``: statements in flight, cancelled on a stop, frozen ones noticed
+- ``failures``: psycopg's errors as ours
+- ``logsettings``: what is switched off while a password statement runs
+- ``catalog``: reading roles, databases and the admin's rights
+- ``session``: the admin's connections (the coordinator, and a worker per thread)
+- ``roles``, ``databases``, ``schema``: the SQL of each action, by object kind
+- ``logins``: logging in as a service
+"""
+
+from nomad_pginit.postgres.catalog import _PRIVILEGED_ROLES
+from nomad_pginit.postgres.connection import (
+    ADVISORY_LOCK_KEY,
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_SECONDS,
+    ENV_STATEMENT_TIMEOUT,
+    LOCK_TIMEOUT_SECONDS,
+    STATEMENT_TIMEOUT_SECONDS,
+    TEMPLATE_DATABASE,
+    Target,
+    target,
+)
+from nomad_pginit.postgres.logins import LoginCheck, password_works, try_service_login
+from nomad_pginit.postgres.readiness import (
+    NEWEST_TESTED_MAJOR,
+    OLDEST_MAJOR,
+    Readiness,
+    wait_until_ready,
+)
+from nomad_pginit.postgres.running import cancel_running, on_frozen
+from nomad_pginit.postgres.schema import DatabaseSession
+from nomad_pginit.postgres.session import Admin, AdminPool
+
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "APPLICATION_NAME",
+    "CONNECT_TIMEOUT_SECONDS",
+    "ENV_STATEMENT_TIMEOUT",
+    "LOCK_TIMEOUT_SECONDS",
+    "NEWEST_TESTED_MAJOR",
+    "OLDEST_MAJOR",
+    "STATEMENT_TIMEOUT_SECONDS",
+    "TEMPLATE_DATABASE",
+    "_PRIVILEGED_ROLES",
+    "Admin",
+    "AdminPool",
+    "DatabaseSession",
+    "LoginCheck",
+    "Readiness",
+    "Target",
+    "cancel_running",
+    "on_frozen",
+    "password_works",
+    "target",
+    "try_service_login",
+    "wait_until_ready",
+]

@@ -1,0 +1,373 @@
+"""What makes a role more than a service's login, as SQL over the catalogs, and how the
+admin's membership and rights are read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from psycopg import sql
+
+from nomad_pginit.postgres.connection import (
+    _sql_name,
+)
+from nomad_pginit.postgres.logsettings import (
+    _STATEMENT_LOG_SETTINGS,
+    _TRANSIENT_SETTINGS,
+    _would_keep_statement,
+)
+from nomad_pginit.spec import Service
+from nomad_pginit.state import (
+    MANAGED_COMMENT,
+    AdminState,
+    ClusterState,
+    DatabaseState,
+    RoleState,
+)
+
+if TYPE_CHECKING:  # session.py calls these with itself
+    from nomad_pginit.postgres.session import Admin
+
+log = logging.getLogger("nomad_pginit")
+
+# Predefined roles that reach beyond one database: a service's role that is a member
+# (directly or not) could read or write every tenant's data, or the server's files.
+_PRIVILEGED_ROLES: Final = (
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_signal_backend",
+    "pg_create_subscription",
+    "pg_checkpoint",
+    "pg_read_all_stats",
+    "pg_monitor",
+    "pg_use_reserved_connections",
+    "pg_maintain",  # PostgreSQL 17+
+    "pg_signal_autovacuum_worker",  # PostgreSQL 18+
+    # Superuser-only settings (primary_conninfo, with its password), and locks on any table.
+    "pg_read_all_settings",
+    "pg_stat_scan_tables",
+)
+
+
+# What makes role r more than a service's login, for the holder of its password:
+# its own attributes; the roles it is a member of, directly or not, that are
+# superusers, have such attributes, are privileged predefined roles (parameter
+# "privileged": _PRIVILEGED_ROLES) or are another service's role (parameter
+# "users": every service's user); privileges on the system catalogs or their
+# functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
+# the admin's database, where such grants matter); and members of its own, who
+# would own the service's database through it (the admin aside).
+_ELEVATED_TEXT: Final = """
+    ARRAY(
+        WITH RECURSIVE up(roleid) AS (
+            SELECT r.oid
+            UNION
+            SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
+        )
+        SELECT attribute FROM unnest(ARRAY[
+            CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
+            CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+            CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
+            CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END]) AS attribute
+        WHERE attribute IS NOT NULL
+        UNION ALL
+        (SELECT 'is a member of "' || g.rolname || '"' ||
+                CASE WHEN g.rolsuper THEN ' (a superuser)'
+                     WHEN g.rolname = ANY(%(users)s) THEN ' (another service''s role)'
+                     ELSE '' END
+         FROM up JOIN pg_roles g ON g.oid = up.roleid
+         WHERE g.oid <> r.oid
+               AND (g.rolsuper OR g.rolcreatedb OR g.rolcreaterole OR g.rolreplication
+                    OR g.rolbypassrls OR g.rolname = ANY(%(privileged)s)
+                    OR g.rolname = ANY(%(users)s))
+         ORDER BY 1)
+        UNION ALL
+        SELECT 'holds privileges on system catalog objects (' ||
+               string_agg(DISTINCT name, ', ' ORDER BY name) || ')'
+        FROM (SELECT c.relname::text AS name, a.grantee
+              FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE c.relnamespace = 'pg_catalog'::regnamespace
+              UNION ALL
+              SELECT p.proname::text, a.grantee
+              FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+              WHERE p.pronamespace = 'pg_catalog'::regnamespace) AS granted
+        WHERE granted.grantee IN (SELECT roleid FROM up)
+        HAVING count(*) > 0
+        UNION ALL
+        SELECT 'has members (' || string_agg('"' || u.rolname || '"', ', ' ORDER BY u.rolname)
+               || ') who would own the service''s database through it'
+        FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+        WHERE m.roleid = r.oid AND u.rolname <> current_user
+        HAVING count(*) > 0
+        {parameters}
+    )
+    """
+
+
+# PostgreSQL 15+: SET or ALTER SYSTEM granted on a parameter (archive_command runs a
+# shell command as the server), to the role or a role it inherits from.
+_PARAMETER_PRIVILEGES: Final = """
+        UNION ALL
+        SELECT 'holds privileges on parameters (' ||
+               string_agg(DISTINCT p.parname, ', ' ORDER BY p.parname) || ')'
+        FROM pg_parameter_acl p CROSS JOIN LATERAL aclexplode(p.paracl) a
+        WHERE a.grantee IN (SELECT roleid FROM up)
+        HAVING count(*) > 0
+"""
+
+
+def _elevated(server_version: int) -> sql.SQL:
+    """What makes each role r more than a service's login (see above), on this version."""
+    parameters = _PARAMETER_PRIVILEGES if server_version >= 150000 else ""
+    return sql.SQL(_ELEVATED_TEXT.replace("{parameters}", parameters))
+
+
+# Who blocks each waiting backend; never their query, which may hold a password.
+# Whether the admin may hand the role a database (CREATE/ALTER DATABASE ... OWNER)
+# and act as the database's owner. Up to 15, membership. From 16 on, also the SET
+# and INHERIT options of that membership: the one CREATE ROLE gives a CREATEROLE
+# admin carries ADMIN OPTION alone (createrole_self_grant adds the others).
+_ADMIN_IS_MEMBER: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER')")
+
+
+_ADMIN_IS_MEMBER_16: Final = sql.SQL(
+    "pg_has_role(current_user, r.oid, 'SET') AND pg_has_role(current_user, r.oid, 'USAGE')"
+)
+
+
+# Whether the admin may ALTER, COMMENT ON and GRANT the role: from 16 on, a CREATEROLE
+# admin needs ADMIN OPTION on it, which it holds on the roles it created.
+_ADMIN_MAY_ALTER_16: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')")
+
+
+# The admin's exposed settings already warned of (watch mode warns once, not per pass).
+_WARNED: Final[set[tuple[str, ...]]] = set()
+
+
+def observe_cluster(session: Admin, services: Sequence[Service]) -> ClusterState:
+    """Read everything the planner needs about these services, in a few bulk queries."""
+    admin = session.state
+    users = [service.user for service in services]
+    names = [service.database for service in services]
+    marker = MANAGED_COMMENT
+    verifier_query = (
+        sql.SQL("(SELECT a.rolpassword FROM pg_authid a WHERE a.oid = r.oid)")
+        if admin.can_read_verifiers
+        else sql.SQL("NULL::text")
+    )
+    query = sql.SQL(
+        """
+        SELECT r.rolname, r.rolcanlogin, r.rolsuper, {verifier},
+               {member},
+               ARRAY(SELECT d.datname::text FROM pg_database d
+                     WHERE d.datdba = r.oid ORDER BY d.datname),
+               r.rolconnlimit,
+               shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %(marker)s,
+               CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END,
+               r.rolvaliduntil < now(),
+               {elevated},
+               ARRAY(SELECT DISTINCT d.datname::text
+                     FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+                     WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
+                           AND s.deptype = 'o'
+                     ORDER BY 1),
+               {may_alter}
+        FROM pg_roles r
+        WHERE r.rolname = ANY(%(users)s)
+        """
+    ).format(
+        verifier=verifier_query,
+        elevated=_elevated(session.server_version),
+        member=_ADMIN_IS_MEMBER_16 if session.server_version >= 160000 else _ADMIN_IS_MEMBER,
+        may_alter=(_ADMIN_MAY_ALTER_16 if session.server_version >= 160000 else sql.SQL("true")),
+    )
+    roles: dict[str, RoleState] = {}
+    params = {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users}
+    for row in session.rows(query, params):
+        name, login, superuser, verifier, member, owned, limit, managed = row[:8]
+        valid_until, expired, elevated, owns_objects_in, may_alter = row[8:]
+        roles[str(name)] = RoleState(
+            name=str(name),
+            can_login=bool(login),
+            superuser=bool(superuser),
+            verifier=str(verifier) if verifier is not None else None,
+            admin_is_member=bool(member),
+            admin_may_alter=bool(may_alter),
+            owned_databases=tuple(owned) if isinstance(owned, list) else (),
+            connection_limit=int(str(limit)),
+            managed=bool(managed),
+            valid_until=str(valid_until) if valid_until is not None else None,
+            expired=bool(expired),
+            elevated=tuple(str(item) for item in elevated) if isinstance(elevated, list) else (),
+            owns_objects_in=tuple(str(item) for item in owns_objects_in)
+            if isinstance(owns_objects_in, list)
+            else (),
+        )
+    databases: dict[str, DatabaseState] = {}
+    for name, owner, public, managed in session.rows(
+        sql.SQL(
+            """
+            SELECT d.datname, pg_get_userbyid(d.datdba),
+                   ARRAY(SELECT DISTINCT a.privilege_type::text
+                         FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
+                         WHERE a.grantee = 0),
+                   shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM %s
+            FROM pg_database d
+            WHERE d.datname = ANY(%s)
+            """
+        ),
+        (marker, names),
+    ):
+        databases[str(name)] = DatabaseState(
+            name=str(name),
+            owner=str(owner),
+            public_privileges=frozenset(public) if isinstance(public, list) else frozenset(),
+            managed=bool(managed),
+        )
+    privileges: dict[tuple[str, str], frozenset[str]] = {}
+    for database, role, create, connect, temporary in session.rows(
+        sql.SQL(
+            """
+            SELECT p.db, p.role,
+                   has_database_privilege(p.role, p.db, 'CREATE'),
+                   has_database_privilege(p.role, p.db, 'CONNECT'),
+                   has_database_privilege(p.role, p.db, 'TEMPORARY')
+            FROM unnest(%s::text[], %s::text[]) AS p(db, role)
+            WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = p.role)
+              AND EXISTS (SELECT FROM pg_database WHERE datname = p.db)
+            """
+        ),
+        (names, users),
+    ):
+        held = {
+            privilege
+            for privilege, has in (
+                ("CREATE", create),
+                ("CONNECT", connect),
+                ("TEMPORARY", temporary),
+            )
+            if has
+        }
+        privileges[(str(database), str(role))] = frozenset(held)
+    available: frozenset[str] = frozenset()
+    if any(service.extensions for service in services):
+        available = frozenset(
+            str(row[0]) for row in session.rows(sql.SQL("SELECT name FROM pg_available_extensions"))
+        )
+    managed_roles: dict[str, bool] = {}
+    protected: dict[str, str] = {}
+    for name, login, superuser, is_admin, group, elevated in session.rows(
+        sql.SQL(
+            """
+            SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolname = current_user,
+                   EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+                           WHERE m.roleid = r.oid AND u.rolname <> current_user),
+                   {elevated}
+            FROM pg_roles r
+            WHERE shobj_description(r.oid, 'pg_authid') = %(marker)s
+            """
+        ).format(elevated=_elevated(session.server_version)),
+        {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users},
+    ):
+        managed_roles[str(name)] = bool(login)
+        # The comment alone proves nothing: anyone may have put it there.
+        if superuser:
+            protected[str(name)] = "it is a superuser"
+        elif is_admin:
+            protected[str(name)] = "it is the admin nomad-pginit logs in as"
+        elif group:
+            protected[str(name)] = "other roles are members of it (a group role)"
+        elif isinstance(elevated, list) and elevated:
+            protected[str(name)] = f"it {', '.join(str(item) for item in elevated)}"
+    managed_databases = frozenset(
+        str(row[0])
+        for row in session.rows(
+            sql.SQL(
+                "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = %s"
+            ),
+            (marker,),
+        )
+    )
+    return ClusterState(
+        admin=admin,
+        roles=roles,
+        databases=databases,
+        database_privileges=privileges,
+        available_extensions=available,
+        managed_roles=managed_roles,
+        managed_databases=managed_databases,
+        protected_roles=protected,
+    )
+
+
+def observe_admin(session: Admin) -> AdminState:
+    """Who the admin is, what it may do, and which statement-logging settings it may
+    switch off (warning, once per process, of those it may not)."""
+    row = session.row(
+        sql.SQL(
+            "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole, "
+            "has_table_privilege('pg_authid', 'SELECT') "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+    )
+    name, superuser, createdb, createrole, read_authid = row
+    # Who may set each: a superuser anything, anyone a "user" setting, others
+    # what they were granted (GRANT SET ON PARAMETER, PostgreSQL 15+).
+    granted = (
+        sql.SQL("has_parameter_privilege(name, 'SET')")
+        if session.server_version >= 150000
+        else sql.SQL("false")
+    )
+    names = [*_STATEMENT_LOG_SETTINGS, "pg_stat_statements.track_utility"]
+    settings: dict[str, str] = {}
+    silenceable: set[str] = set()
+    for setting, value, context, allowed in session.rows(
+        sql.SQL("SELECT name, setting, context, {} FROM pg_settings WHERE name = ANY(%s)").format(
+            granted
+        ),
+        (names,),
+    ):
+        settings[str(setting)] = str(value).lower()
+        if setting in _STATEMENT_LOG_SETTINGS and (superuser or context == "user" or allowed):
+            silenceable.add(str(setting))
+    admin = AdminState(
+        name=str(name),
+        superuser=bool(superuser),
+        createdb=bool(createdb),
+        createrole=bool(createrole),
+        can_read_verifiers=bool(read_authid),
+        silenceable_settings=frozenset(silenceable),
+    )
+    exposed = [
+        f"{setting} = {value}"
+        for setting, value in settings.items()
+        if setting in _STATEMENT_LOG_SETTINGS
+        and setting not in silenceable
+        and setting not in _TRANSIENT_SETTINGS
+        and _would_keep_statement(setting, value, settings)
+    ]
+    if exposed and tuple(exposed) not in _WARNED:
+        # Once per process: watch mode observes again at every pass.
+        _WARNED.add(tuple(exposed))
+        exposed_names = ", ".join(item.split(" = ")[0] for item in exposed)
+        remedy = (
+            f"GRANT SET ON PARAMETER {exposed_names} TO {name} avoids it"
+            if session.server_version >= 150000
+            # PostgreSQL 14 has no GRANT SET ON PARAMETER.
+            else f"a superuser admin avoids it, or {exposed_names} set to keep no "
+            f"statement (postgresql.conf, or ALTER ROLE {_sql_name(str(name))} SET ...)"
+        )
+        log.warning(
+            'the admin "%s" may not switch off %s: the statements that set passwords '
+            "may be logged or stored with their SCRAM verifiers (never the passwords "
+            "themselves); %s",
+            name,
+            ", ".join(exposed),
+            remedy,
+        )
+    return admin

@@ -1,0 +1,92 @@
+"""The SQL of each action on a database: pure functions from an action to its statements.
+
+Adding a database option: a plan action in plan.py, its statements here.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from nomad_pginit.plan import (
+    Action,
+    ChangeDatabaseOwner,
+    CreateDatabase,
+    GrantDatabase,
+    IsolateDatabase,
+    MarkDatabase,
+)
+from nomad_pginit.state import MANAGED_COMMENT
+
+# The actions this module writes the SQL of.
+DATABASE_ACTIONS = (
+    CreateDatabase,
+    ChangeDatabaseOwner,
+    GrantDatabase,
+    MarkDatabase,
+    IsolateDatabase,
+)
+
+# Who granted PUBLIC CONNECT or TEMPORARY on a database (%s: its name).
+PUBLIC_GRANTORS = sql.SQL(
+    "SELECT DISTINCT pg_get_userbyid(a.grantor) "
+    "FROM pg_database d, aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a "
+    "WHERE d.datname = %s AND a.grantee = 0 "
+    "AND a.privilege_type IN ('CONNECT', 'TEMPORARY') ORDER BY 1"
+)
+
+
+def comment_on_database(database: str) -> sql.Composed:
+    """The mark of a database nomad-pginit manages."""
+    return sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(database), sql.Literal(MANAGED_COMMENT)
+    )
+
+
+def revoke_from_public(database: str) -> sql.Composed:
+    return sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+        sql.Identifier(database)
+    )
+
+
+def revoke_from_public_as(grantor: str, database: str) -> list[sql.Composed]:
+    """One transaction: what ``grantor`` gave PUBLIC, taken back as ``grantor`` (the
+    owner's REVOKE takes back only the owner's grants, silently)."""
+    return [
+        sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(grantor)),
+        revoke_from_public(database),
+    ]
+
+
+def database_statements(action: Action) -> list[sql.Composed]:
+    """The statements of a database action, each run on its own (CREATE DATABASE
+    cannot run in a transaction block), except IsolateDatabase's, run together."""
+    match action:
+        case CreateDatabase(database=database, owner=owner):
+            return [
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(database), sql.Identifier(owner)
+                ),
+                comment_on_database(database),
+            ]
+        case ChangeDatabaseOwner(database=database, owner=owner):
+            return [
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(database), sql.Identifier(owner)
+                )
+            ]
+        case GrantDatabase(database=database, role=role):
+            return [
+                sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                )
+            ]
+        case MarkDatabase(database=database):
+            return [comment_on_database(database)]
+        case IsolateDatabase(database=database, role=role):
+            return [
+                revoke_from_public(database),
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                ),
+            ]
+    raise TypeError(f"not a database action: {action!r}")
