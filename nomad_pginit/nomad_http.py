@@ -29,6 +29,7 @@ import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
 
+from nomad_pginit.envbool import parse_bool
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.secret import Secret
 
@@ -38,17 +39,6 @@ UNIX_URL: Final = "http://127.0.0.1"
 _PEM_CERTIFICATE: Final = re.compile(
     r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----"
 )
-
-
-def parse_bool(value: str | None) -> bool | None:
-    """Go's strconv.ParseBool, which the nomad CLI uses for NOMAD_SKIP_VERIFY; None if invalid."""
-    if value is None:
-        return None
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    return None
 
 
 @dataclass(frozen=True)

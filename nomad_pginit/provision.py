@@ -420,7 +420,7 @@ def _reconcile_service(
     service: Service,
     *,
     passwords: PasswordReads,
-    workers: postgres.AdminPool,
+    workers: postgres.WorkerPool,
     target: postgres.Target,
     cluster: ClusterState,
     template: SchemaState | None,
@@ -431,7 +431,7 @@ def _reconcile_service(
     """One service, start to end, on this worker's own admin connection."""
     password = passwords.wait(service, stop)  # SecretUnavailable fails this service alone
     verified = _password_verified(target, service, password, cluster)
-    admin = workers.admin()
+    admin = workers.worker()
     cluster_actions = plan_cluster(
         service,
         password,
@@ -465,7 +465,7 @@ def _password_verified(
 
 
 def _handle_leftovers(
-    admin: postgres.Admin,
+    admin: postgres.Coordinator,
     spec: Spec,
     cluster: ClusterState,
     result: Outcome,
@@ -632,7 +632,7 @@ class PasswordReads:
 
 
 def _reconcile_database_level(
-    admin: postgres.Admin,
+    admin: postgres.Worker,
     service: Service,
     cluster: ClusterState,
     outcome: ServiceOutcome,

@@ -162,6 +162,14 @@ def summary_status(outcome: Outcome) -> str:
     return "ok"
 
 
+def log_end(outcome: Outcome, logger: logging.Logger) -> None:
+    """How every run, plan and watch pass ends: the error that ended it, if one did,
+    then the summary line."""
+    if outcome.fatal is not None:
+        logger.error("%s", outcome.fatal)
+    log_summary(outcome, logger)
+
+
 def log_summary(outcome: Outcome, logger: logging.Logger) -> None:
     """Log the summary line, with its counts as fields for JSON logs."""
     status = summary_status(outcome)

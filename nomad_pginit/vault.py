@@ -21,6 +21,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from nomad_pginit.envbool import parse_bool
 from nomad_pginit.errors import ConfigError, SecretUnavailable, VaultUnavailable
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import ADMIN_SECRET_KEY, IDENTITY_NAME, VaultSettings
@@ -66,12 +67,12 @@ class VaultSecret:
     version: int
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _tls_verify(environ: Mapping[str, str]) -> bool | str:
-    if _truthy(environ.get("VAULT_SKIP_VERIFY")):
+    skip = environ.get("VAULT_SKIP_VERIFY")
+    if skip and parse_bool(skip) is None:
+        # The vault CLI refuses it too (strconv.ParseBool).
+        raise ConfigError(f"VAULT_SKIP_VERIFY must be true or false, not {skip!r}")
+    if parse_bool(skip):
         return False
     cacert = environ.get("VAULT_CACERT") or environ.get("VAULT_CAPATH") or ""
     if cacert and not os.path.exists(cacert):

@@ -32,7 +32,7 @@ from nomad_pginit.report import (
     REASON_CHANGED,
     REASON_RELOAD,
     REASON_START,
-    log_summary,
+    log_end,
 )
 from nomad_pginit.stopping import Stopped, StopRequest
 from nomad_pginit.vault import Vault, request_deadline
@@ -232,9 +232,7 @@ def _apply(
     except PginitError as err:
         log.error("%s", err)
         return None
-    if outcome.fatal is not None:
-        log.error("%s", outcome.fatal)
-    log_summary(outcome, log)
+    log_end(outcome, log)
     return outcome
 
 

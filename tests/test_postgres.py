@@ -58,7 +58,7 @@ def test_workers_log_in_with_the_superusers_scram_keys(pg: Cluster, tmp_path: Pa
         keyed = replace(workers.target, password=Secret("not the password"))
         with psycopg.connect(keyed.secret_conninfo, autocommit=True) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (pg.server.superuser,)
-        assert workers.admin() is workers.admin()  # one connection per thread
+        assert workers.worker() is workers.worker()  # one connection per thread
         assert backend_count(pg) == 2
     assert eventually_no_backends(pg)
 
@@ -74,7 +74,7 @@ def test_stale_keys_fall_back_to_the_password(pg: Cluster, tmp_path: Path) -> No
                     sql.Identifier(pg.server.superuser), sql.Literal(pg.server.password)
                 )
             )
-        with workers.admin().database("template1") as session:
+        with workers.worker().database("template1") as session:
             assert session.name == "template1"
         # Once is enough: the next logins go with the password, not another failure.
         assert not workers.logs_in_with_keys
@@ -86,17 +86,17 @@ def test_admin_without_pg_authid_logs_in_with_its_password(pg: Cluster, tmp_path
     target = admin_target(pg, tmp_path, "pginit_admin", "admin-pw")
     with postgres.wait_until_ready(target, READY_NOW) as admin, admin.workers() as workers:
         assert not workers.logs_in_with_keys
-        assert workers.admin() is not None
+        assert workers.worker() is not None
 
 
 def test_no_worker_connection_when_the_server_is_gone(pg: Cluster, tmp_path: Path) -> None:
     target = admin_target(pg, tmp_path, pg.server.superuser, pg.server.password)
     gone = replace(target, conninfo=psycopg.conninfo.make_conninfo(target.conninfo, port=1))
     with postgres.wait_until_ready(target, READY_NOW) as admin, admin.workers() as workers:
-        broken = postgres.AdminPool(gone, admin.state)
+        broken = postgres.WorkerPool(gone, admin.state)
         with pytest.raises(PostgresUnavailable, match="cannot open another connection"):
-            broken.admin()
-        assert workers.admin() is not None
+            broken.worker()
+        assert workers.worker() is not None
 
 
 def test_a_password_and_its_transaction_go_in_one_round_trip(pg: Cluster, tmp_path: Path) -> None:

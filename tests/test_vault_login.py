@@ -470,3 +470,16 @@ def test_a_jwt_path_that_is_not_a_file(
 
     assert result.returncode == ExitCode.VAULT, result.output
     assert "is not a regular file" in result.stdout
+
+
+@pytest.mark.parametrize(("value", "code"), [("maybe", ExitCode.CONFIG), ("true", ExitCode.OK)])
+def test_vault_skip_verify_is_read_as_the_vault_cli_reads_it(
+    pg: Cluster, vault: Vault, tmp_path: Path, value: str, code: ExitCode
+) -> None:
+    # strconv.ParseBool: true/false/1/0/t/f; anything else is an error, not "false".
+    vault.put("gitea", "gitea-pw")
+    config = write_services_file(tmp_path, pg, ["gitea"])
+    result = run_tool(["run", "--config", str(config)], tool_env(vault, VAULT_SKIP_VERIFY=value))
+    assert result.returncode == code, result.output
+    if code == ExitCode.CONFIG:
+        assert "VAULT_SKIP_VERIFY must be true or false, not 'maybe'" in result.output

@@ -258,7 +258,7 @@ def check_service(
         login = postgres.try_service_login(target, service.user, service.database, password)
         if not login.logged_in:
             failure = login.failure or "unknown reason"
-            if "password authentication failed" in failure:
+            if login.wrong_password:
                 problems.append(
                     Problem(
                         Kind.PASSWORD_DIFFERS,

@@ -16,7 +16,7 @@ from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
 from nomad_pginit.plan import Action
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
-from nomad_pginit.report import configure_logging, log_abandoned, log_summary
+from nomad_pginit.report import configure_logging, log_abandoned, log_end
 from nomad_pginit.secret import MASK, Secret
 from nomad_pginit.stopping import StopRequest, exit_code
 
@@ -67,10 +67,8 @@ def main(args: argparse.Namespace) -> int:
         environ=environ,
         stop=stop,
     )
-    if outcome.fatal is not None:
-        log.error("%s", outcome.fatal)
     stop.finishing()
-    log_summary(outcome, log)
+    log_end(outcome, log)
     if args.json:
         print(json.dumps(plan_document(outcome), indent=2, ensure_ascii=False))
     if outcome.exit_code != ExitCode.OK:

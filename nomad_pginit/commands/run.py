@@ -14,7 +14,7 @@ from nomad_pginit import __version__
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.provision import reconcile, warn_inline_passwords
-from nomad_pginit.report import log_abandoned, log_summary
+from nomad_pginit.report import log_abandoned, log_end
 from nomad_pginit.spec import config_path as spec_path
 from nomad_pginit.stopping import StopRequest, exit_code
 from nomad_pginit.watch import SpecFiles, WatchSettings, watch
@@ -117,10 +117,8 @@ def main(args: argparse.Namespace) -> int:
         environ=environ,
         stop=stop,
     )
-    if outcome.fatal is not None:
-        log.error("%s", outcome.fatal)
     stop.finishing()
-    log_summary(outcome, log)
+    log_end(outcome, log)
     return stop.exit_now(int(outcome.exit_code))
 
 

@@ -33,7 +33,7 @@ from nomad_pginit.postgres.readiness import (
 )
 from nomad_pginit.postgres.running import cancel_running, on_frozen
 from nomad_pginit.postgres.schema import DatabaseSession
-from nomad_pginit.postgres.session import Admin, AdminPool
+from nomad_pginit.postgres.session import AdminSession, Coordinator, Worker, WorkerPool
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
@@ -46,12 +46,14 @@ __all__ = [
     "STATEMENT_TIMEOUT_SECONDS",
     "TEMPLATE_DATABASE",
     "_PRIVILEGED_ROLES",
-    "Admin",
-    "AdminPool",
+    "AdminSession",
+    "Coordinator",
     "DatabaseSession",
     "LoginCheck",
     "Readiness",
     "Target",
+    "Worker",
+    "WorkerPool",
     "cancel_running",
     "on_frozen",
     "password_works",

@@ -28,7 +28,7 @@ from nomad_pginit.state import (
 )
 
 if TYPE_CHECKING:  # session.py calls these with itself
-    from nomad_pginit.postgres.session import Admin
+    from nomad_pginit.postgres.session import AdminSession
 
 log = logging.getLogger("nomad_pginit")
 
@@ -149,7 +149,7 @@ _ADMIN_MAY_ALTER_16: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER W
 _WARNED: Final[set[tuple[str, ...]]] = set()
 
 
-def observe_cluster(session: Admin, services: Sequence[Service]) -> ClusterState:
+def observe_cluster(session: AdminSession, services: Sequence[Service]) -> ClusterState:
     """Read everything the planner needs about these services, in a few bulk queries."""
     admin = session.state
     users = [service.user for service in services]
@@ -305,7 +305,7 @@ def observe_cluster(session: Admin, services: Sequence[Service]) -> ClusterState
     )
 
 
-def observe_admin(session: Admin) -> AdminState:
+def observe_admin(session: AdminSession) -> AdminState:
     """Who the admin is, what it may do, and which statement-logging settings it may
     switch off (warning, once per process, of those it may not)."""
     row = session.row(

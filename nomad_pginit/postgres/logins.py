@@ -14,6 +14,7 @@ from nomad_pginit.postgres.connection import (
     CONNECT_TIMEOUT_SECONDS,
     Target,
     _auth_guard,
+    _authentication_failed,
     _last_line,
 )
 from nomad_pginit.secret import Secret
@@ -26,6 +27,8 @@ class LoginCheck:
     logged_in: bool
     # The server's reason when the login failed; never contains the password.
     failure: str | None = None
+    # The failure was the password's (SQLSTATE 28P01), not pg_hba.conf's or CONNECT's.
+    wrong_password: bool = False
     can_create_in_public: bool = False
 
 
@@ -48,7 +51,11 @@ def try_service_login(target: Target, user: str, database: str, password: Secret
     try:
         conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as err:
-        return LoginCheck(logged_in=False, failure=_last_line(str(err)))
+        return LoginCheck(
+            logged_in=False,
+            failure=_last_line(str(err)),
+            wrong_password=_authentication_failed(err),
+        )
     with conn:
         try:
             row = conn.execute(
@@ -72,6 +79,6 @@ def password_works(target: Target, user: str, database: str, password: Secret) -
     check = try_service_login(target, user, database, password)
     if check.logged_in:
         return True
-    if check.failure and "password authentication failed" in check.failure:
+    if check.wrong_password:
         return False
     return None

@@ -26,7 +26,7 @@ from nomad_pginit.postgres.connection import (
     _connect,
     _last_line,
 )
-from nomad_pginit.postgres.session import Admin
+from nomad_pginit.postgres.session import Coordinator
 from nomad_pginit.stopping import StopRequest
 
 log = logging.getLogger("nomad_pginit")
@@ -66,7 +66,7 @@ def wait_until_ready(
     *,
     writable: bool = True,
     stop: StopRequest | None = None,
-) -> Admin:
+) -> Coordinator:
     """Wait like pg_isready until the server accepts the admin (on a writable primary,
     unless ``writable`` is False: read-only checks may run on a standby).
 
@@ -89,7 +89,7 @@ def wait_until_ready(
                 f"for {seconds:g}s (a stalled proxy or pooler?): giving up"
             ),
         )
-        if isinstance(attempt, Admin):
+        if isinstance(attempt, Coordinator):
             waited = time.monotonic() - started
             if last_reason:
                 log.info("PostgreSQL at %s is ready after %.1fs", target.description, waited)
@@ -137,8 +137,8 @@ def _check_supported(conn: psycopg.Connection[tuple[object, ...]], target: Targe
         )
 
 
-def _probe(target: Target, *, writable: bool) -> Admin | str:
-    """A connected Admin when ready, else why not."""
+def _probe(target: Target, *, writable: bool) -> Coordinator | str:
+    """A connected Coordinator when ready, else why not."""
     status = pq.PGconn.ping(target.ping_conninfo)
     if status == pq.Ping.NO_ATTEMPT:
         raise ConfigError(
@@ -177,7 +177,7 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
         return f"not accepting the admin yet: {_last_line(message)}"
     _check_supported(conn, target)
     if not writable:
-        return Admin(conn, target)
+        return Coordinator(conn, target)
     row = conn.execute("SELECT pg_is_in_recovery(), current_database()").fetchone()
     if row is None or row[0]:
         conn.close()
@@ -190,7 +190,7 @@ def _probe(target: Target, *, writable: bool) -> Admin | str:
             f"PGDATABASE): CREATE DATABASE copies {TEMPLATE_DATABASE} and fails while anyone "
             "is connected to it; connect to postgres instead"
         )
-    return Admin(conn, target)
+    return Coordinator(conn, target)
 
 
 # What a server that answers says when the connection's TLS settings cannot work:

@@ -20,14 +20,14 @@ from nomad_pginit.postgres.running import _IN_FLIGHT, _interrupted, _Running
 from nomad_pginit.state import SchemaState
 
 if TYPE_CHECKING:  # session.py makes DatabaseSessions: the type only, here
-    from nomad_pginit.postgres.session import Admin
+    from nomad_pginit.postgres.session import AdminSession
 
 
 class DatabaseSession:
     """The admin connected to one service's database, for schema-level work."""
 
     def __init__(
-        self, conn: psycopg.Connection[tuple[object, ...]], name: str, admin: Admin
+        self, conn: psycopg.Connection[tuple[object, ...]], name: str, admin: AdminSession
     ) -> None:
         self._conn = conn
         self.name = name

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from typing import Self
 
 import psycopg
 import psycopg.errors
@@ -73,8 +74,10 @@ from nomad_pginit.state import (
 log = logging.getLogger("nomad_pginit")
 
 
-class Admin:
-    """The admin's connection: observes the catalogs and applies actions."""
+class AdminSession:
+    """One connection as the admin: reads the catalogs, applies actions, and opens
+    connections to the services' databases. A run has one Coordinator and one
+    Worker per thread; both are this."""
 
     def __init__(
         self,
@@ -82,7 +85,7 @@ class Admin:
         target: Target,
         state: AdminState | None = None,
         *,
-        pool: AdminPool | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self._conn = conn
         self._target = target
@@ -95,7 +98,7 @@ class Admin:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Admin:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -110,89 +113,10 @@ class Admin:
         """Who the admin is and what it may do (read once per run)."""
         return self._observe_admin()
 
-    @contextmanager
-    def exclusive(self, timeout: float) -> Iterator[None]:
-        """Hold the advisory lock that serializes runs against this cluster, waiting at
-        most ``timeout`` seconds for another run to release it."""
-        if self.server_version >= 140000:
-            # The lock lives as long as this connection, which idles while workers
-            # run: a server-side idle timeout must not end it (and the lock) early.
-            self.execute(sql.SQL("SET idle_session_timeout = 0"))
-        locked = self.scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
-        if not locked:
-            log.info("another nomad-pginit run holds the lock on this cluster: waiting for it")
-            # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
-            milliseconds = max(1, round(timeout * 1000))
-            self.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(milliseconds)))
-            # The statement lasts as long as the wait, which may be longer than our
-            # statement_timeout: the lock wait, not that, ends it.
-            waiting = self._target.with_statement_timeout(
-                max(self._target.statement_timeout, timeout + 1)
-            )
-            self.execute(
-                sql.SQL("SET statement_timeout = {}").format(
-                    sql.Literal(round(waiting.statement_timeout * 1000))
-                )
-            )
-            try:
-                with _IN_FLIGHT.track(self._conn, waiting) as running:
-                    self._conn.execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
-            except psycopg.errors.LockNotAvailable as err:
-                holder = f" ({running.blockers})" if running.blockers else ""
-                raise PostgresUnavailable(
-                    f"another nomad-pginit run{holder} held the lock on this cluster for more "
-                    f"than {timeout:g}s (--wait-timeout); run again once it is done"
-                ) from err
-            except psycopg.Error as err:
-                if (fatal := _fatal(err, running, "wait for the lock on this cluster")) is None:
-                    raise
-                raise fatal from err
-            finally:
-                self.execute(sql.SQL("RESET lock_timeout"))
-                self.execute(sql.SQL("RESET statement_timeout"))
-        try:
-            yield
-        finally:
-            # A lost connection has released the lock already: nothing to report.
-            with suppress(psycopg.Error):
-                if not self._conn.closed:
-                    self._conn.execute(
-                        sql.SQL("SELECT pg_advisory_unlock(%s)"), (ADVISORY_LOCK_KEY,)
-                    )
-
-    def observe(self, services: Sequence[Service]) -> ClusterState:
-        """Read everything the planner needs about these services (catalog.py)."""
-        return observe_cluster(self, services)
-
     def _observe_admin(self) -> AdminState:
         if self._admin is None:
             self._admin = observe_admin(self)
         return self._admin
-
-    @contextmanager
-    def workers(self) -> Iterator[AdminPool]:
-        """Admin connections for worker threads, closed on the way out.
-
-        Where the admin may read its own verifier and libpq takes SCRAM keys,
-        they log in with the keys: a login then costs the client no PBKDF2,
-        which is most of what one connection per database costs us.
-        """
-        target = self._target
-        admin = self._observe_admin()
-        if admin.can_read_verifiers and target.password is not None and _libpq_takes_scram_keys():
-            verifier = self.scalar(
-                sql.SQL("SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
-            )
-            keys = derive_keys(
-                str(verifier) if verifier is not None else None, target.password.reveal()
-            )
-            if keys is not None:
-                target = replace(target, scram_keys=keys)
-        pool = AdminPool(target, admin)
-        try:
-            yield pool
-        finally:
-            pool.close()
 
     @contextmanager
     def database(self, name: str) -> Iterator[DatabaseSession]:
@@ -209,16 +133,6 @@ class Admin:
             yield DatabaseSession(conn, name, self)
         finally:
             conn.close()
-
-    def template_contents(self) -> SchemaState | None:
-        """What every new database starts with: template1's schema public, as its owner
-        holds it (through pg_database_owner), and its extensions. None if unreadable."""
-        try:
-            with self.database("template1") as session:
-                return session.observe_schema("pg_database_owner")
-        except ServiceError as err:
-            log.info("cannot look into template1 (%s): checking each new database instead", err)
-            return None
 
     def _alive(self) -> bool:
         """Whether the admin's own connection still works: is the server still there?"""
@@ -398,7 +312,106 @@ class Admin:
             raise fatal from err
 
 
-class AdminPool:
+class Coordinator(AdminSession):
+    """The run's first connection: it holds the lock that serializes runs, reads the
+    catalogs for every service, opens the workers, and handles the leftovers."""
+
+    @contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        """Hold the advisory lock that serializes runs against this cluster, waiting at
+        most ``timeout`` seconds for another run to release it."""
+        if self.server_version >= 140000:
+            # The lock lives as long as this connection, which idles while workers
+            # run: a server-side idle timeout must not end it (and the lock) early.
+            self.execute(sql.SQL("SET idle_session_timeout = 0"))
+        locked = self.scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
+        if not locked:
+            log.info("another nomad-pginit run holds the lock on this cluster: waiting for it")
+            # At least 1 ms: lock_timeout = 0 would mean waiting for ever.
+            milliseconds = max(1, round(timeout * 1000))
+            self.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(milliseconds)))
+            # The statement lasts as long as the wait, which may be longer than our
+            # statement_timeout: the lock wait, not that, ends it.
+            waiting = self._target.with_statement_timeout(
+                max(self._target.statement_timeout, timeout + 1)
+            )
+            self.execute(
+                sql.SQL("SET statement_timeout = {}").format(
+                    sql.Literal(round(waiting.statement_timeout * 1000))
+                )
+            )
+            try:
+                with _IN_FLIGHT.track(self._conn, waiting) as running:
+                    self._conn.execute(sql.SQL("SELECT pg_advisory_lock(%s)"), (ADVISORY_LOCK_KEY,))
+            except psycopg.errors.LockNotAvailable as err:
+                holder = f" ({running.blockers})" if running.blockers else ""
+                raise PostgresUnavailable(
+                    f"another nomad-pginit run{holder} held the lock on this cluster for more "
+                    f"than {timeout:g}s (--wait-timeout); run again once it is done"
+                ) from err
+            except psycopg.Error as err:
+                if (fatal := _fatal(err, running, "wait for the lock on this cluster")) is None:
+                    raise
+                raise fatal from err
+            finally:
+                self.execute(sql.SQL("RESET lock_timeout"))
+                self.execute(sql.SQL("RESET statement_timeout"))
+        try:
+            yield
+        finally:
+            # A lost connection has released the lock already: nothing to report.
+            with suppress(psycopg.Error):
+                if not self._conn.closed:
+                    self._conn.execute(
+                        sql.SQL("SELECT pg_advisory_unlock(%s)"), (ADVISORY_LOCK_KEY,)
+                    )
+
+    def observe(self, services: Sequence[Service]) -> ClusterState:
+        """Read everything the planner needs about these services (catalog.py)."""
+        return observe_cluster(self, services)
+
+    @contextmanager
+    def workers(self) -> Iterator[WorkerPool]:
+        """Admin connections for worker threads, closed on the way out.
+
+        Where the admin may read its own verifier and libpq takes SCRAM keys,
+        they log in with the keys: a login then costs the client no PBKDF2,
+        which is most of what one connection per database costs us.
+        """
+        target = self._target
+        admin = self._observe_admin()
+        if admin.can_read_verifiers and target.password is not None and _libpq_takes_scram_keys():
+            verifier = self.scalar(
+                sql.SQL("SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+            )
+            keys = derive_keys(
+                str(verifier) if verifier is not None else None, target.password.reveal()
+            )
+            if keys is not None:
+                target = replace(target, scram_keys=keys)
+        pool = WorkerPool(target, admin)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+    def template_contents(self) -> SchemaState | None:
+        """What every new database starts with: template1's schema public, as its owner
+        holds it (through pg_database_owner), and its extensions. None if unreadable."""
+        try:
+            with self.database("template1") as session:
+                return session.observe_schema("pg_database_owner")
+        except ServiceError as err:
+            log.info("cannot look into template1 (%s): checking each new database instead", err)
+            return None
+
+
+class Worker(AdminSession):
+    """A worker thread's connection, from the WorkerPool: it applies one service's
+    actions from start to end, while other workers apply others'."""
+
+
+class WorkerPool:
     """One more admin connection per worker thread, opened when the thread first asks.
 
     Services are independent of each other: on their own connections, one
@@ -409,7 +422,7 @@ class AdminPool:
         self._target = target
         self._state = state
         self._local = threading.local()
-        self._opened: list[Admin] = []
+        self._opened: list[Worker] = []
         self._lock = threading.Lock()
 
     @property
@@ -436,9 +449,9 @@ class AdminPool:
             self._target = replace(self._target, scram_keys=None)
         return _connect(self._target, dbname)
 
-    def admin(self) -> Admin:
+    def worker(self) -> Worker:
         """This thread's admin connection. Raises PostgresUnavailable if none can be had."""
-        admin: Admin | None = getattr(self._local, "admin", None)
+        admin: Worker | None = getattr(self._local, "admin", None)
         if admin is not None:
             return admin
         try:
@@ -449,7 +462,7 @@ class AdminPool:
                 f"{_last_line(str(err))}; run again once the server is back (nomad-pginit "
                 "needs a few connections at once, see max_connections)"
             ) from err
-        admin = Admin(conn, self._target, self._state, pool=self)
+        admin = Worker(conn, self._target, self._state, pool=self)
         self._local.admin = admin
         with self._lock:
             self._opened.append(admin)
