@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
-# 13 only to prove that it is refused (tests/test_unsupported.py).
+# 13 only to prove that it is refused (tests/integration/test_unsupported.py).
 MAJORS: Final = (13, 14, 15, 16, 17, 18)
 # Used when the npm registry cannot be asked for its versions (the newest we know).
 KNOWN: Final = {
@@ -181,13 +181,16 @@ def others() -> list[Path]:
 # The tests whose outcome depends on PostgreSQL's version: they provision real
 # clusters as superuser and as a CREATEROLE admin, against hostile catalogs.
 REAL_SERVER_TESTS: Final = tuple(
-    f"tests/{name}.py"
+    f"tests/integration/{name}.py"
     for name in (
         "test_provision",
         "test_postgres",
-        "test_scram",
         "test_hostile",
-        "test_hardening",
+        "test_plan_and_drift",
+        "test_isolation",
+        "test_limited_admin",
+        "test_readiness",
+        "test_servers_going_away",
         "test_run",
     )
 )
@@ -253,7 +256,7 @@ def matrix(majors: Sequence[int]) -> int:
             continue
         if major == 13:
             print(f"==> PostgreSQL 13, which nomad-pginit refuses: {directory}", flush=True)
-            tests: Sequence[str] = ["tests/test_unsupported.py"]
+            tests: Sequence[str] = ["tests/integration/test_unsupported.py"]
         else:
             print(f"==> PostgreSQL {major}: {directory}", flush=True)
             tests = REAL_SERVER_TESTS

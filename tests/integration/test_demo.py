@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import tool_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_provisions_then_finds_nothing_to_do() -> None:

@@ -28,7 +28,7 @@ from nomad_pginit import render, spec
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.secret import Secret
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES_FILE = ROOT / render.DEFAULT_SERVICES_FILE
 JOB_FILE = SERVICES_FILE.parent / render.JOB_FILE_NAME
 TODAYS_SERVICES = [

@@ -19,7 +19,7 @@ from nomad_double.jobspec import check_schema
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ExitCode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_JOB = ROOT / "jobs/services/databases/postgresql/postgresql.nomad.hcl"
 
 

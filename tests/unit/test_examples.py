@@ -10,7 +10,7 @@ import yaml
 
 from nomad_pginit import __version__, spec
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE = f"nomad-pginit:{__version__}"
 KUBERNETES = sorted((EXAMPLES / "kubernetes").glob("*.yaml"))
 
@@ -27,7 +27,7 @@ def config_path_of(env: dict[str, str]) -> str:
 
 def test_the_examples_use_the_image_the_job_runs() -> None:
     job = (
-        Path(__file__).resolve().parent.parent
+        Path(__file__).resolve().parents[2]
         / "jobs/services/databases/postgresql/postgresql.nomad.hcl"
     ).read_text(encoding="utf-8")
     assert f'"{IMAGE}"' in job

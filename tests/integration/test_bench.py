@@ -17,7 +17,7 @@ from bench import table
 from bench.machine import Machine
 from bench.measure import COLD, ROTATE, TOGETHER, WAITING, WARM, ReadinessSample, Results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample(latency_ms: float) -> ReadinessSample:

@@ -32,8 +32,7 @@ from nomad_pginit import render, spec
 from sandbox import ThrowawayPostgres, WorkloadIdentities
 
 JOB_FILE = (
-    Path(__file__).resolve().parent.parent
-    / "jobs/services/databases/postgresql/postgresql.nomad.hcl"
+    Path(__file__).resolve().parents[2] / "jobs/services/databases/postgresql/postgresql.nomad.hcl"
 )
 
 
