@@ -12,7 +12,7 @@ help:
 	@echo "make demo    run the init task against a throwaway PostgreSQL and OpenBao"
 	@echo "make test    lint, type-check and run the whole test suite"
 	@echo "make test-matrix  the real-server tests on PostgreSQL 14 to 18 (MAJORS='16 17')"
-	@echo "make bench   the benchmark: BENCH_ARGS='--n 1000' (see README, Performance)"
+	@echo "make bench   the benchmark: BENCH_ARGS='--n 1000' (see docs/performance.md)"
 	@echo "make clean   remove the virtualenv and caches"
 
 prerequisites:

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of every command, documented in the README."""
+    """Exit codes of every command: run's in README.md, the others' in docs/operator-commands.md."""
 
     OK = 0
     SERVICE_FAILED = 1  # at least one service failed; the others were provisioned

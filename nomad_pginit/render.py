@@ -1,4 +1,4 @@
-"""The postgresql Nomad job, consumer snippets and the README table, rendered from the Spec.
+"""The postgresql Nomad job, consumer snippets and the services table, rendered from the Spec.
 
 The only module that imports jinja2. The templates ship inside the package
 (``nomad_pginit/templates``); a ``templates/`` directory in the current
@@ -33,6 +33,8 @@ from nomad_pginit.spec import IDENTITY_NAME, PostgresSettings, Service, Spec, Va
 JOB_NAME: Final = "postgresql"
 DEFAULT_SERVICES_FILE: Final = Path("jobs/services/databases/postgresql/pginit.toml")
 JOB_FILE_NAME: Final = "postgresql.nomad.hcl"
+# The README next to the services file, whose services table render keeps current.
+README_FILE_NAME: Final = "README.md"
 LOCAL_TEMPLATES: Final = Path("templates")
 
 JOB_TEMPLATE: Final = "postgresql.nomad.hcl.j2"
@@ -209,7 +211,7 @@ class Templates:
         )
 
     def services_table(self, spec: Spec) -> str:
-        """The Markdown table of services that README.md carries between its markers."""
+        """The Markdown table of services that the README next to the services file carries."""
         return self._render(TABLE_TEMPLATE, source=spec.source.name, spec=spec)
 
     def update_readme(self, text: str, spec: Spec, where: Path) -> str | None:
@@ -434,7 +436,7 @@ _FILTERS: Final[dict[str, Callable[..., str]]] = {
 def job_files(
     templates: Templates, services: Spec, job_path: Path, readme: Path | None
 ) -> list[tuple[Path, str]]:
-    """What `render` writes: the job, and README's services table when ``readme`` has one.
+    """What `render` writes: the job, and the services table of ``readme`` when it has one.
 
     Raises ConfigError when ``readme`` does not exist; a README without the
     markers is left out (the caller decides whether that is an error).

@@ -114,7 +114,7 @@ def _expand(text: str, environ: Mapping[str, str]) -> str | None:
 
 
 class SourceKind(Enum):
-    """Where a token comes from; the order of choice is the README's."""
+    """Where a token comes from; the order of choice is docs/vault.md's."""
 
     ENVIRONMENT = "environment"  # $VAULT_TOKEN
     JWT = "jwt"  # a login with the task's workload identity

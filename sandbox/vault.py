@@ -160,7 +160,7 @@ class ThrowawayVault:
 JWT_MOUNT: Final = "jwt-nomad"
 JWT_ROLE: Final = "postgresql"
 JWT_POLICY: Final = "postgresql"
-# The policy of the README: read every service's password and the admin's.
+# The policy of docs/vault.md: read every service's password and the admin's.
 JWT_POLICY_TEXT: Final = 'path "secret/data/postgres/*" {\n  capabilities = ["read"]\n}\n'
 
 
@@ -228,7 +228,7 @@ class WorkloadIdentities:
         token_settings: dict[str, Any] | None = None,
         default_role: str = "",
     ) -> None:
-        """The README's setup, with this key in place of the agents' JWKS URL."""
+        """The setup of docs/vault.md, with this key in place of the agents' JWKS URL."""
         try:
             client.sys.enable_auth_method("jwt", path=mount)
         except hvac.exceptions.InvalidRequest as err:

@@ -51,13 +51,18 @@ def pytest_report_header() -> str:
 
 
 # The repository's own files that a command run from the wrong directory would
-# rewrite (render and add-service update ./README.md's services table).
-_GUARDED = ("README.md", "jobs/services/databases/postgresql/postgresql.nomad.hcl")
+# rewrite (render and add-service update the services table of the README next
+# to the services file; before, of ./README.md).
+_GUARDED = (
+    "README.md",
+    "jobs/services/databases/postgresql/README.md",
+    "jobs/services/databases/postgresql/postgresql.nomad.hcl",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def repository_untouched() -> Iterator[None]:
-    """Fail the session if a test wrote to the checkout's README or committed job."""
+    """Fail the session if a test wrote to the checkout's READMEs or committed job."""
     root = Path(__file__).resolve().parent.parent
     before = {name: (root / name).read_bytes() for name in _GUARDED}
     yield

@@ -47,7 +47,7 @@ def nomad() -> Iterator[NomadDouble]:
 @pytest.fixture
 def job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A services file and the job rendered from it, as an infrastructure repository has."""
-    monkeypatch.chdir(tmp_path)  # commands resolve ./templates and README.md here
+    monkeypatch.chdir(tmp_path)  # commands resolve ./templates here
     services = tmp_path / "pginit.toml"
     services.write_text(SERVICES_TOML, encoding="utf-8")
     job = render.Templates(None).job(spec.load(services))

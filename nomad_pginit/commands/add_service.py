@@ -43,8 +43,10 @@ def register(
             "Generate a strong random password and write it to Vault KV v2 at the service's "
             "path with check-and-set 0 (an existing secret is kept, never overwritten); append "
             "a [[service]] block to the services file (comments and layout stay); render the "
-            "job again. Running it twice changes nothing the second time. The services file "
-            f"is --config, else ${spec.ENV_CONFIG}, else {render.DEFAULT_SERVICES_FILE}. "
+            f"job again, and the services table of the {render.README_FILE_NAME} next to the "
+            "services file if it has one. Running it twice changes nothing the second time. "
+            f"The services file is --config, else ${spec.ENV_CONFIG}, else "
+            f"{render.DEFAULT_SERVICES_FILE}. "
             "Reads VAULT_ADDR, VAULT_TOKEN (or ~/.vault-token), VAULT_NAMESPACE, VAULT_CACERT. "
             "Exit codes: 0 done (or nothing to do), 2 invalid name or services file (nothing "
             "was written), 4 Vault unreachable or the token rejected, 1 Vault refused the write."
@@ -199,8 +201,8 @@ def _ensure_password(
 
 
 def _render(services: spec.Spec, path: Path) -> None:
-    """Render the job (and README's services table) as `nomad-pginit render` does."""
+    """Render the job (and the services table of the README next to it) as `render` does."""
     templates = render.Templates(render.LOCAL_TEMPLATES)
     job_file = path.parent / render.JOB_FILE_NAME
-    files = render.job_files(templates, services, job_file, repository.readme_if_present())
+    files = render.job_files(templates, services, job_file, repository.readme_next_to(path))
     repository.write_rendered(files, services, verb="rendered")

@@ -1,4 +1,8 @@
-"""``nomad-pginit render``: the postgresql job and the README services table, from pginit.toml."""
+"""``nomad-pginit render``: the postgresql job and the services table, from pginit.toml.
+
+Both land next to the services file: the job in postgresql.nomad.hcl, the
+table in the README.md there, between its markers.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +30,15 @@ def register(
     parser = subparsers.add_parser(
         "render",
         parents=[common],
-        help="render the postgresql Nomad job (and README's services table) from the services file",
+        help="render the postgresql Nomad job (and the services table of the README next to "
+        "it) from the services file",
         description=(
             "Render the postgresql Nomad job from the services file (--config, else "
             f"${spec.ENV_CONFIG}, else {render.DEFAULT_SERVICES_FILE}) and rewrite the "
-            f"services table of README.md between {render.TABLE_BEGIN} and "
-            f"{render.TABLE_END}. Templates in ./templates override the packaged ones, file "
-            "by file. With --check, write nothing: exit 1 and print a diff when a file is "
-            "stale, 0 when everything is current."
+            f"services table of the {render.README_FILE_NAME} next to the services file, "
+            f"between {render.TABLE_BEGIN} and {render.TABLE_END}. Templates in ./templates "
+            "override the packaged ones, file by file. With --check, write nothing: exit 1 "
+            "and print a diff when a file is stale, 0 when everything is current."
         ),
     )
     parser.add_argument(
@@ -44,8 +49,9 @@ def register(
     parser.add_argument(
         "--readme",
         metavar="PATH",
-        help="the README whose services table to update "
-        f"(default: ./{repository.README} if it exists, unless --output is given)",
+        help="the README whose services table to update (default: the "
+        f"{render.README_FILE_NAME} next to the services file if it exists, unless --output "
+        "is given)",
     )
     parser.add_argument(
         "--check",
@@ -80,8 +86,9 @@ def main(args: argparse.Namespace) -> int:
         if not readme.is_file():
             raise ConfigError(f"{readme} does not exist: check --readme")
     elif not args.output:
-        # With --output the job goes elsewhere: the README here may be another project's.
-        readme = repository.readme_if_present()
+        # With --output the job goes elsewhere (a preview, another repository): the
+        # README next to the services file is left alone unless --readme names it.
+        readme = repository.readme_next_to(config)
     files = render.job_files(templates, services, output, readme)
     if readme is not None and len(files) == 1:
         if args.readme:

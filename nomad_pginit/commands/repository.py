@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
 
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ConfigError
@@ -19,13 +18,35 @@ from nomad_pginit.nomad import job_label
 
 log = logging.getLogger("nomad_pginit")
 
-# The README whose services table `render` and `add-service` keep current, when it exists.
-README: Final = Path("README.md")
+
+def readme_next_to(services: Path) -> Path | None:
+    """The README.md next to the services file, when there is one: the services table's.
+
+    `render` and `add-service` keep its table current. A table left in
+    ./README.md (where it lived before) is no longer updated: say so.
+    """
+    readme = services.parent / render.README_FILE_NAME
+    found = readme if readme.is_file() else None
+    here = Path(render.README_FILE_NAME)
+    if _has_table(here) and (found is None or not here.samefile(found)):
+        log.warning(
+            "%s has a services table, which is no longer updated: the table lives in %s "
+            "next to the services file (move the %s and %s lines there, or pass --readme %s)",
+            here,
+            readme,
+            render.TABLE_BEGIN,
+            render.TABLE_END,
+            here,
+        )
+    return found
 
 
-def readme_if_present() -> Path | None:
-    """./README.md when there is one: the repository's services table lives there."""
-    return README if README.is_file() else None
+def _has_table(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(line.strip() == render.TABLE_BEGIN for line in text.splitlines())
 
 
 def write_rendered(

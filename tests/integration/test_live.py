@@ -567,7 +567,7 @@ def test_switching_a_oneshot_deployment_to_live(nomad: NomadDouble, job_dir: Pat
 def test_a_variable_the_template_cannot_read_stops_postgres(
     live_nomad: NomadDouble, live_dir: Path
 ) -> None:
-    """What the README warns of: the template's retries end, the task fails for good."""
+    """What docs/live-mode.md warns of: the template's retries end, the task fails for good."""
     live_nomad.behaviour.unreadable_variables.add(VARIABLE)
 
     result = deploy(live_nomad, live_dir)

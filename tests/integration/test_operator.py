@@ -693,6 +693,37 @@ def test_add_service_writes_vault_appends_the_block_and_renders(
     assert not list(job_dir.glob(".pginit.toml.*")), "a temporary file was left behind"
 
 
+def test_add_service_renders_the_table_of_the_readme_next_to_the_services_file(
+    vault: Vault, job_dir: Path
+) -> None:
+    # An infrastructure repository: the services file, its job and its README in a
+    # subdirectory, the command run from the root, whose own README has no table.
+    directory = job_dir / "jobs" / "postgresql"
+    directory.mkdir(parents=True)
+    for name in ("pginit.toml", render.JOB_FILE_NAME):
+        (job_dir / name).rename(directory / name)
+    readme = directory / "README.md"
+    readme.write_text(
+        f"# postgresql\n\n{render.TABLE_BEGIN}\n{render.TABLE_END}\n\nMore.\n", encoding="utf-8"
+    )
+    here = job_dir / "README.md"
+    here.write_text("# Infra\n", encoding="utf-8")
+
+    result = run_tool(
+        ["add-service", "uptime-kuma", "--config", "jobs/postgresql/pginit.toml"],
+        tool_env(vault),
+        cwd=job_dir,
+    )
+
+    assert result.returncode == ExitCode.OK, result.output
+    text = readme.read_text(encoding="utf-8")
+    assert "| uptime-kuma | uptime-kuma | uptime-kuma | `secret/postgres/uptime-kuma` |" in text
+    assert text.startswith(f"# postgresql\n\n{render.TABLE_BEGIN}\n")
+    assert text.endswith(f"{render.TABLE_END}\n\nMore.\n")
+    assert "rendered jobs/postgresql/README.md" in result.stdout
+    assert here.read_text(encoding="utf-8") == "# Infra\n"
+
+
 def test_add_service_twice_changes_nothing_the_second_time(vault: Vault, job_dir: Path) -> None:
     services = job_dir / "pginit.toml"
     job = job_dir / render.JOB_FILE_NAME

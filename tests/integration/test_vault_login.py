@@ -415,7 +415,7 @@ def test_add_service_keeps_an_existing_secret_with_a_read_only_token(
     config = write_services_file(tmp_path, pg, ["gitea"], extra=JWT_SETTINGS)
     task.write_jwt()
 
-    # From the test's own directory: add-service renders ./README.md's table too.
+    # From the test's own directory: add-service renders the job next to the file.
     result = run_tool(["add-service", "gitea", "--config", str(config)], task.env(), cwd=tmp_path)
 
     assert result.returncode == ExitCode.OK, result.output

@@ -416,25 +416,58 @@ README_TEXT = """# Infra
 """
 
 
-def test_render_keeps_the_readme_table_in_sync(tmp_path: Path) -> None:
-    shutil.copy(SERVICES_FILE, tmp_path / "pginit.toml")
-    readme = tmp_path / "README.md"
+def _services_in_a_subdirectory(root: Path) -> Path:
+    """The services file in jobs/postgresql/ of ``root``, as an infrastructure repository has."""
+    directory = root / "jobs" / "postgresql"
+    directory.mkdir(parents=True)
+    shutil.copy(SERVICES_FILE, directory / "pginit.toml")
+    return directory
+
+
+def test_render_keeps_the_table_of_the_readme_next_to_the_services_file(tmp_path: Path) -> None:
+    readme = _services_in_a_subdirectory(tmp_path) / "README.md"
     readme.write_text(README_TEXT, encoding="utf-8")
-    args = ["render", "--config", "pginit.toml"]
+    args = ["render", "--config", "jobs/postgresql/pginit.toml"]
 
     stale = pginit([*args, "--check"], tmp_path)
     assert stale.returncode == 1
     assert "+| vaultwarden | vaultwarden | vaultwarden | `secret/postgres/vaultwarden` |" in (
         stale.stdout
     )
+    assert "jobs/postgresql/README.md" in stale.stdout
 
-    assert pginit(args, tmp_path).returncode == 0
+    written = pginit(args, tmp_path)
+    assert written.returncode == 0, written.stdout + written.stderr
+    assert "wrote jobs/postgresql/README.md (7 services)" in written.stdout
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# Infra\n\n## Current services\n\n<!-- services:begin -->\n")
     assert text.endswith("<!-- services:end -->\n\n## More\n")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "`" in line]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == TODAYS_SERVICES
     assert pginit([*args, "--check"], tmp_path).returncode == 0
+
+
+def test_a_table_left_in_the_readme_here_is_not_updated_and_render_says_so(
+    tmp_path: Path,
+) -> None:
+    # Before, render kept ./README.md's table; now the table lives next to the services file.
+    _services_in_a_subdirectory(tmp_path)
+    here = tmp_path / "README.md"
+    here.write_text(README_TEXT, encoding="utf-8")
+    args = ["render", "--config", "jobs/postgresql/pginit.toml"]
+
+    result = pginit(args, tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert here.read_text(encoding="utf-8") == README_TEXT
+    assert "README.md has a services table, which is no longer updated" in result.stdout
+    assert "jobs/postgresql/README.md next to the services file" in result.stdout
+    assert not (tmp_path / "jobs" / "postgresql" / "README.md").exists()
+
+    named = pginit([*args, "--readme", "README.md"], tmp_path)
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert "vaultwarden" in here.read_text(encoding="utf-8")
+    assert "no longer updated" not in named.stdout
 
 
 def test_an_explicit_readme_needs_the_markers(tmp_path: Path) -> None:
@@ -544,7 +577,7 @@ def test_snippet_for_an_unknown_service_lists_the_known_ones() -> None:
     assert ", ".join(TODAYS_SERVICES) in output
 
 
-def test_render_with_output_leaves_the_readme_here_alone(tmp_path: Path) -> None:
+def test_render_with_output_leaves_the_readme_alone(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(f"# Another project\n\n{render.TABLE_BEGIN}\nold\n{render.TABLE_END}\n")
     write_services(tmp_path, '[[service]]\nname = "gitea"\n')

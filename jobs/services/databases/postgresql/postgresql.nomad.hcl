@@ -107,7 +107,8 @@ job "postgresql" {
 
       # The superuser's password, from Vault into the secrets dir: the job never
       # holds it. PostgreSQL reads it only to initialise an empty data directory,
-      # so a new version in Vault changes nothing (noop); see the README.
+      # so a new version in Vault changes nothing (noop); see nomad-pginit's
+      # docs/nomad-job.md.
       template {
         destination = "secrets/pg_admin_password"
         change_mode = "noop"
