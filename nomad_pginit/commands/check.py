@@ -15,19 +15,21 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
 from nomad_pginit import postgres, spec
 from nomad_pginit.commands import options, repository
-from nomad_pginit.errors import ExitCode, ServiceError
-from nomad_pginit.provision import connect_vault
+from nomad_pginit.errors import ExitCode, PginitError, ServiceError
+from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, connect_vault, vault_too_slow
 from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import PostgresSettings, Service, Spec
 from nomad_pginit.state import ClusterState
-from nomad_pginit.vault import Vault
+from nomad_pginit.stopping import StopRequest
+from nomad_pginit.vault import Vault, request_deadline
 
 log = logging.getLogger("nomad_pginit")
 
@@ -127,16 +129,46 @@ def main(args: argparse.Namespace) -> int:
     environ = os.environ
     if args.json:
         configure_logging(args.log_format, sys.stderr)
+    stop = StopRequest()
+    stop.install()
+    try:
+        return stop.exit_now(_check(args, environ, stop))
+    except PginitError as err:
+        if not stop.is_set():
+            raise
+        # Given up on a Vault that does not answer (stop.abandon): a thread still
+        # waits on it, and the process does not wait for that thread.
+        log.error("%s", err)
+        return stop.exit_now(int(err.exit_code))
+
+
+def _check(args: argparse.Namespace, environ: Mapping[str, str], stop: StopRequest) -> int:
     services = _load(args, environ)
     settings = PostgresSettings(dsn=args.dsn) if args.dsn else services.postgres
     target = postgres.target(settings)
     readiness = _readiness(args, environ)
 
-    vault = connect_vault(replace(services, postgres=settings), environ)
+    # Each Vault request within VAULT_CLIENT_TIMEOUT, as in run: a proxy that
+    # trickles its answer would otherwise hold check for ever.
+    deadline = request_deadline(environ)
+    spec = replace(services, postgres=settings)
+    vault = stop.call(
+        lambda: connect_vault(spec, environ),
+        "logging in to Vault",
+        deadline=deadline,
+        too_slow=vault_too_slow(spec, "the login"),
+    )
     if settings.password_secret:
         assert vault is not None  # connected for the admin's secret
-        target = target.with_password(vault.read_admin_password(settings.password_secret))
-    passwords, secret_problems = _read_passwords(services, vault)
+        reader, secret = vault, settings.password_secret
+        password = stop.call(
+            lambda: reader.read_admin_password(secret),
+            "reading the admin's password",
+            deadline=deadline,
+            too_slow=vault_too_slow(spec, f"the read of {spec.vault.mount}/{secret}"),
+        )
+        target = target.with_password(password)
+    passwords, secret_problems = _read_passwords(services, vault, environ, stop)
     log.info(
         "checking %d services in %s against PostgreSQL at %s",
         len(services.services),
@@ -193,23 +225,25 @@ def _readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> postgres
 
 
 def _read_passwords(
-    services: Spec, vault: Vault | None
+    services: Spec, vault: Vault | None, environ: Mapping[str, str], stop: StopRequest
 ) -> tuple[dict[str, Secret], dict[str, str]]:
-    """Each service's password, or why it cannot be read."""
-    passwords = {
-        service.name: service.password
-        for service in services.services
-        if service.password is not None
-    }
+    """Each service's password, or why it cannot be read: through the same concurrent
+    reads, with the same deadline, as ``run``."""
+    passwords: dict[str, Secret] = {}
     problems: dict[str, str] = {}
-    from_vault = [service for service in services.services if service.password is None]
-    if vault is None:
-        return passwords, problems
-    for service in from_vault:
-        try:
-            passwords[service.name] = vault.read_password(service.name).password
-        except ServiceError as err:
-            problems[service.name] = str(err)
+    reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
+    try:
+        reads = PasswordReads.start(services, vault, reader, request_deadline(environ))
+        for service in services.services:
+            if service.password is None and vault is None:
+                continue  # said by check_service: no Vault to read it from
+            try:
+                passwords[service.name] = reads.wait(service, stop)
+            except ServiceError as err:
+                problems[service.name] = str(err)
+    finally:
+        # A read given up on is not waited for (stop.exit_now ends the process).
+        reader.shutdown(wait=False, cancel_futures=True)
     return passwords, problems
 
 
