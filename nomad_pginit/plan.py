@@ -354,7 +354,7 @@ def _plan_role(
         raise Refusal(
             f'the admin "{admin.name}" may not alter role "{service.user}": from PostgreSQL '
             "16 on, a CREATEROLE admin needs ADMIN OPTION on a role it did not create; "
-            f"as a superuser, GRANT {_sql_name(service.user)} TO {_sql_name(admin.name)} "
+            f"as a superuser, GRANT {sql_name(service.user)} TO {sql_name(admin.name)} "
             "WITH ADMIN OPTION, then run again"
         )
     return actions
@@ -471,7 +471,7 @@ def _refuse_foreign_role(
         )
 
 
-def _sql_name(name: str) -> str:
+def sql_name(name: str) -> str:
     """``name`` as an SQL identifier in a message the operator may paste into psql."""
     return '"' + name.replace('"', '""') + '"'
 
@@ -502,7 +502,7 @@ def plan_schema(service: Service, schema: SchemaState, *, owner_changes: bool) -
         raise Refusal(
             f'the admin may not grant on schema public in database "{service.database}" '
             f'(only its owner, or a superuser), and "{service.user}" may not use it: '
-            f"GRANT ALL ON SCHEMA public TO {_sql_name(service.user)} there as its owner, or "
+            f"GRANT ALL ON SCHEMA public TO {sql_name(service.user)} there as its owner, or "
             "provision with a superuser admin"
         )
     # Else PostgreSQL 14's default, public the bootstrap superuser's with CREATE for

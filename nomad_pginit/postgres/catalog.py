@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from psycopg import sql
 
-from nomad_pginit.postgres.connection import (
-    _sql_name,
-)
+from nomad_pginit.plan import sql_name
 from nomad_pginit.postgres.logsettings import (
     _STATEMENT_LOG_SETTINGS,
     _TRANSIENT_SETTINGS,
@@ -360,7 +358,7 @@ def observe_admin(session: AdminSession) -> AdminState:
             if session.server_version >= 150000
             # PostgreSQL 14 has no GRANT SET ON PARAMETER.
             else f"a superuser admin avoids it, or {exposed_names} set to keep no "
-            f"statement (postgresql.conf, or ALTER ROLE {_sql_name(str(name))} SET ...)"
+            f"statement (postgresql.conf, or ALTER ROLE {sql_name(str(name))} SET ...)"
         )
         log.warning(
             'the admin "%s" may not switch off %s: the statements that set passwords '

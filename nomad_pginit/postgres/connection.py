@@ -295,11 +295,6 @@ def _describe(conninfo: str) -> str:
     return f"{user}@{host}:{value('port', '5432')}/{value('dbname', user)}"
 
 
-def _sql_name(name: str) -> str:
-    """``name`` as an SQL identifier in a message the operator may paste into psql."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _last_line(message: str) -> str:
     """libpq's message on one line: 'connection failed: ... FATAL: reason', or
     'server closed the connection unexpectedly This probably means ...'."""

@@ -22,6 +22,7 @@ from nomad_pginit.plan import (
     CreateRole,
     IsolateDatabase,
     SetPassword,
+    sql_name,
 )
 from nomad_pginit.postgres.catalog import (
     observe_admin,
@@ -36,7 +37,6 @@ from nomad_pginit.postgres.connection import (
     _connect,
     _last_line,
     _libpq_takes_scram_keys,
-    _sql_name,
 )
 from nomad_pginit.postgres.databases import (
     DATABASE_ACTIONS,
@@ -178,8 +178,8 @@ class AdminSession:
             raise ServiceError(
                 f"cannot {action.describe()}: PUBLIC may still connect through a grant "
                 f'by "{left[0]}", which only that role can take back: run REVOKE '
-                f"CONNECT, TEMPORARY ON DATABASE {_sql_name(database)} FROM PUBLIC as "
-                f"{_sql_name(left[0])}"
+                f"CONNECT, TEMPORARY ON DATABASE {sql_name(database)} FROM PUBLIC as "
+                f"{sql_name(left[0])}"
             )
         return done
 

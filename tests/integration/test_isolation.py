@@ -120,7 +120,12 @@ def test_connect_granted_to_public_by_another_grantor_is_taken_back_or_named(
     execute(pg, sql.SQL("GRANT CONNECT ON DATABASE alpha TO bob WITH GRANT OPTION"))
     with login_as(pg.server, "bob", "bob-pw", "postgres") as conn:
         conn.execute("GRANT CONNECT ON DATABASE alpha TO PUBLIC")
-    execute(pg, sql.SQL(f"CREATE ROLE {BYSTANDER} LOGIN PASSWORD '{BYSTANDER_PASSWORD}'"))
+    execute(
+        pg,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(BYSTANDER), sql.Literal(BYSTANDER_PASSWORD)
+        ),
+    )
 
     result = run(config, env)
 

@@ -106,7 +106,12 @@ def test_a_role_someone_else_created_needs_admin_option_from_16_on(
         assert refused.service("gitea")["status"] == "failed", refused.document
         assert "WITH ADMIN OPTION" in str(refused.service("gitea")["error"])
         # What the message says to do, done as a superuser:
-        execute(pg, sql.SQL(f'GRANT "gitea" TO "{ADMIN}" WITH ADMIN OPTION'))
+        execute(
+            pg,
+            sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                sql.Identifier("gitea"), sql.Identifier(ADMIN)
+            ),
+        )
         again = run(config, env)
         assert again.returncode == 0, again.output
     assert_can_work(pg.server, "gitea", password_for("gitea"))
