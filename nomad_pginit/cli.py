@@ -22,7 +22,8 @@ log = logging.getLogger("nomad_pginit")
 
 # Command name -> its module under nomad_pginit.commands, in --help order. A
 # module is imported only when its command runs (or for the full --help), so
-# the init task does not pay for Jinja2 and python-nomad at every start.
+# the init task does not pay for Jinja2 and python-nomad at every start. Each
+# module has HELP, DESCRIPTION, add_arguments(parser) and main(args) -> exit code.
 COMMANDS: Final = {
     "run": "run",
     "plan": "plan",
@@ -51,7 +52,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         if only is None or name == only:
             module = importlib.import_module(f"nomad_pginit.commands.{module_name}")
-            module.register(subparsers, common)
+            command = subparsers.add_parser(
+                name, parents=[common], help=module.HELP, description=module.DESCRIPTION
+            )
+            module.add_arguments(command)
+            command.set_defaults(
+                handler=module.main,
+                summary_on_error=getattr(module, "SUMMARY_ON_ERROR", False),
+            )
     return parser
 
 
@@ -65,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except PginitError as err:
         log.error("%s", err)
-        if getattr(args, "summary_on_error", False):
+        if args.summary_on_error:
             # The task's log always ends with the line operators grep for.
             log_error_summary(err, log)
         return int(err.exit_code)

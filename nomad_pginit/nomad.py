@@ -37,6 +37,10 @@ INIT_TASK: Final = "init-databases"
 
 # Evaluation statuses after which the scheduler will not place anything more for it.
 EVAL_DONE: Final = frozenset({"complete", "failed", "canceled"})
+# Task events that announce a kill someone asked for, not a failure of the task
+# (nomad/structs/structs.go TaskKilling and TaskRestartSignal, emitted before a
+# kill or restart by alloc_runner.go and the template and vault hooks).
+REQUESTED_KILLS: Final = frozenset({"Restart Signaled", "Killing"})
 # Allocation client statuses from which no task will run again.
 ALLOC_DONE: Final = frozenset({"complete", "failed", "lost"})
 
@@ -91,6 +95,45 @@ class TaskState:
     @property
     def last_event(self) -> TaskEvent | None:
         return self.events[-1] if self.events else None
+
+    @property
+    def last_exit_time(self) -> int:
+        """When the task last exited (unix nanoseconds), 0 if it never did."""
+        return max((event.time for event in self.events if event.type == "Terminated"), default=0)
+
+    @property
+    def last_policy_restart(self) -> TaskEvent | None:
+        """The last restart that Nomad's restart policy made (restarts.go gives those a
+        reason; a restart someone asked for has none)."""
+        by_policy = [e for e in self.events if e.type == "Restarting" and e.restart_reason]
+        return by_policy[-1] if by_policy else None
+
+    def ran_after(self, previous: TaskState | None) -> bool:
+        """Whether this state shows a later run than ``previous`` (an allocation restarted)."""
+        if previous is None:
+            return True
+        later_exit = self.last_exit_time > previous.last_exit_time
+        return later_exit or self.finished_at != previous.finished_at
+
+    def failed_after(self, previous: TaskState | None) -> bool:
+        """Whether an attempt after ``previous`` exited non-zero by itself.
+
+        A restart block in mode "delay" retries a failed task forever, so it may
+        never be dead: the first failed attempt is the answer. An exit after a kill
+        someone asked for (a restart through the API) is not a failure.
+        """
+        since = previous.last_exit_time if previous is not None else 0
+        requested = False
+        for event in self.events:
+            if event.time <= since:
+                continue
+            if event.type in REQUESTED_KILLS:
+                requested = True
+            elif event.type == "Terminated":
+                if event.exit_code not in (None, 0) and not requested:
+                    return True
+                requested = False
+        return False
 
 
 @dataclass(frozen=True)

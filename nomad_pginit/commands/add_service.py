@@ -31,27 +31,22 @@ log = logging.getLogger("nomad_pginit")
 PASSWORD_BYTES: Final = 32
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "add-service",
-        parents=[common],
-        help="create a service's password in Vault, add it to the services file, re-render the job",
-        description=(
-            "Generate a strong random password and write it to Vault KV v2 at the service's "
-            "path with check-and-set 0 (an existing secret is kept, never overwritten); append "
-            "a [[service]] block to the services file (comments and layout stay); render the "
-            f"job again, and the services table of the {render.README_FILE_NAME} next to the "
-            "services file if it has one. Running it twice changes nothing the second time. "
-            f"The services file is --config, else ${spec.ENV_CONFIG}, else "
-            f"{render.DEFAULT_SERVICES_FILE}. "
-            "Reads VAULT_ADDR, VAULT_TOKEN (or ~/.vault-token), VAULT_NAMESPACE, VAULT_CACERT. "
-            "Exit codes: 0 done (or nothing to do), 2 invalid name or services file (nothing "
-            "was written), 4 Vault unreachable or the token rejected, 1 Vault refused the write."
-        ),
-    )
+HELP: Final = "create a service's password in Vault, add it to the services file, re-render the job"
+DESCRIPTION: Final = (
+    "Generate a strong random password and write it to Vault KV v2 at the service's "
+    "path with check-and-set 0 (an existing secret is kept, never overwritten); append "
+    "a [[service]] block to the services file (comments and layout stay); render the "
+    f"job again, and the services table of the {render.README_FILE_NAME} next to the "
+    "services file if it has one. Running it twice changes nothing the second time. "
+    f"The services file is --config, else ${spec.ENV_CONFIG}, else "
+    f"{render.DEFAULT_SERVICES_FILE}. "
+    "Reads VAULT_ADDR, VAULT_TOKEN (or ~/.vault-token), VAULT_NAMESPACE, VAULT_CACERT. "
+    "Exit codes: 0 done (or nothing to do), 2 invalid name or services file (nothing "
+    "was written), 4 Vault unreachable or the token rejected, 1 Vault refused the write."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the service, e.g. gitea")
     parser.add_argument(
         "--database", metavar="NAME", help="its database (default: the service's name)"
@@ -59,7 +54,6 @@ def register(
     parser.add_argument(
         "--user", metavar="NAME", help="its login role (default: the service's name)"
     )
-    parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:

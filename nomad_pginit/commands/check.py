@@ -83,26 +83,21 @@ class ServiceCheck:
         }
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "check",
-        parents=[common],
-        help="log in as every service with its password from Vault and report what is wrong",
-        description=(
-            "For every service in the services file, check that its database and role exist, "
-            "that the role may log in (not NOLOGIN) and owns the database, then log in as the "
-            "service to its own database with its password from Vault and check that it may "
-            "create in schema public. Writes nothing; never prints a password. The services "
-            "file is --config, else $PGINIT_CONFIG, else the render default. PostgreSQL is "
-            "reached as in the services file's [postgres], or --dsn from elsewhere (libpq's "
-            "PG* variables and ~/.pgpass fill in the rest). Exit codes: 0 every service OK, "
-            "1 a service has a problem, 2 invalid services file or command line, 3 PostgreSQL "
-            "unreachable or the admin cannot log in, 4 Vault unreachable or the token rejected."
-        ),
-    )
+HELP: Final = "log in as every service with its password from Vault and report what is wrong"
+DESCRIPTION: Final = (
+    "For every service in the services file, check that its database and role exist, "
+    "that the role may log in (not NOLOGIN) and owns the database, then log in as the "
+    "service to its own database with its password from Vault and check that it may "
+    "create in schema public. Writes nothing; never prints a password. The services "
+    "file is --config, else $PGINIT_CONFIG, else the render default. PostgreSQL is "
+    "reached as in the services file's [postgres], or --dsn from elsewhere (libpq's "
+    "PG* variables and ~/.pgpass fill in the rest). Exit codes: 0 every service OK, "
+    "1 a service has a problem, 2 invalid services file or command line, 3 PostgreSQL "
+    "unreachable or the admin cannot log in, 4 Vault unreachable or the token rejected."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",
         metavar="DSN",
@@ -122,7 +117,6 @@ def register(
         help="print one JSON object on stdout (ok, and per service: name, database, user, "
         "vault_path, ok, problems with kind and message); the log goes to stderr",
     )
-    parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from typing import Final
 
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
@@ -23,20 +24,15 @@ from nomad_pginit.stopping import StopRequest, exit_code
 log = logging.getLogger("nomad_pginit")
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "plan",
-        parents=[common],
-        help="show what run would change, and change nothing",
-        description=(
-            "Compute the changes that run would make and make none. Exit codes: 0 everything "
-            "in sync, 2 changes pending, and otherwise as run (1 a service failed, "
-            "3 PostgreSQL, 4 Vault; an invalid services file is also 2 and says so)."
-        ),
-    )
+HELP: Final = "show what run would change, and change nothing"
+DESCRIPTION: Final = (
+    "Compute the changes that run would make and make none. Exit codes: 0 everything "
+    "in sync, 2 changes pending, and otherwise as run (1 a service failed, "
+    "3 PostgreSQL, 4 Vault; an invalid services file is also 2 and says so)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_wait_timeout(parser)
     parser.add_argument(
         "--json", action="store_true", help="print the plan as one JSON object on stdout"
@@ -46,7 +42,6 @@ def register(
         action="store_true",
         help="include setting leftover roles NOLOGIN, as run --disable-removed would",
     )
-    parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:

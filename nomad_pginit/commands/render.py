@@ -23,24 +23,21 @@ log = logging.getLogger("nomad_pginit")
 EXIT_STALE: Final = 1
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "render",
-        parents=[common],
-        help="render the postgresql Nomad job (and the services table of the README next to "
-        "it) from the services file",
-        description=(
-            "Render the postgresql Nomad job from the services file (--config, else "
-            f"${spec.ENV_CONFIG}, else {render.DEFAULT_SERVICES_FILE}) and rewrite the "
-            f"services table of the {render.README_FILE_NAME} next to the services file, "
-            f"between {render.TABLE_BEGIN} and {render.TABLE_END}. Templates in ./templates "
-            "override the packaged ones, file by file. With --check, write nothing: exit 1 "
-            "and print a diff when a file is stale, 0 when everything is current."
-        ),
-    )
+HELP: Final = (
+    "render the postgresql Nomad job (and the services table of the README next to "
+    "it) from the services file"
+)
+DESCRIPTION: Final = (
+    "Render the postgresql Nomad job from the services file (--config, else "
+    f"${spec.ENV_CONFIG}, else {render.DEFAULT_SERVICES_FILE}) and rewrite the "
+    f"services table of the {render.README_FILE_NAME} next to the services file, "
+    f"between {render.TABLE_BEGIN} and {render.TABLE_END}. Templates in ./templates "
+    "override the packaged ones, file by file. With --check, write nothing: exit 1 "
+    "and print a diff when a file is stale, 0 when everything is current."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         metavar="PATH",
@@ -58,7 +55,6 @@ def register(
         action="store_true",
         help="write nothing; exit 1 with a unified diff if the job or the table is stale",
     )
-    parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from nomad_pginit import __version__
 from nomad_pginit.commands import options
@@ -25,22 +26,19 @@ ENV_SERVICES = "PGINIT_SERVICES"
 log = logging.getLogger("nomad_pginit")
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        parents=[common],
-        help="create or repair every service's role, database and privileges",
-        description=(
-            "Wait for PostgreSQL, read each service's password from Vault, and create or "
-            "repair its login role, database and privileges. Exit codes: 0 every service in "
-            "sync, 1 a service failed, 2 invalid configuration, 3 PostgreSQL not ready or the "
-            "admin cannot log in, 4 Vault unreachable or the token rejected, 143/130 stopped by "
-            "SIGTERM/SIGINT before every service was in sync."
-        ),
-    )
+HELP: Final = "create or repair every service's role, database and privileges"
+DESCRIPTION: Final = (
+    "Wait for PostgreSQL, read each service's password from Vault, and create or "
+    "repair its login role, database and privileges. Exit codes: 0 every service in "
+    "sync, 1 a service failed, 2 invalid configuration, 3 PostgreSQL not ready or the "
+    "admin cannot log in, 4 Vault unreachable or the token rejected, 143/130 stopped by "
+    "SIGTERM/SIGINT before every service was in sync."
+)
+# The task's log always ends with its summary line, even after a fatal error.
+SUMMARY_ON_ERROR: Final = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_wait_timeout(parser)
     parser.add_argument(
         "--disable-removed",
@@ -78,7 +76,6 @@ def register(
         metavar="SECONDS",
         help="in watch mode, re-check everything this often to repair drift (default: 300)",
     )
-    parser.set_defaults(handler=main, summary_on_error=True)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from typing import Final
 
 from nomad_pginit.commands import repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
@@ -25,27 +26,22 @@ log = logging.getLogger("nomad_pginit")
 # --- the command ----------------------------------------------------------------------------
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    parser = subparsers.add_parser(
-        "verify",
-        parents=[common],
-        help="show the newest init-databases run's log and check that it succeeded",
-        description=(
-            "Find the newest allocation of the job (highest CreateIndex), print its "
-            f"{INIT_TASK} task's stdout and stderr, and check that the task is dead and not "
-            f"failed, exited 0, and logged '{SUMMARY_PREFIX} ok'. In live mode: that the "
-            "sidecar runs, that its last finished pass logged 'summary: ok' with no refused "
-            "file since, and that it applied the services the job's variable holds. Reads "
-            "NOMAD_ADDR, "
-            "NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. "
-            "Exit codes: 0 every check passes, 1 a check failed (it says which), "
-            "2 invalid command line or job file, 5 Nomad unreachable, the job unknown, or the "
-            "token rejected."
-        ),
-    )
+HELP: Final = "show the newest init-databases run's log and check that it succeeded"
+DESCRIPTION: Final = (
+    "Find the newest allocation of the job (highest CreateIndex), print its "
+    f"{INIT_TASK} task's stdout and stderr, and check that the task is dead and not "
+    f"failed, exited 0, and logged '{SUMMARY_PREFIX} ok'. In live mode: that the "
+    "sidecar runs, that its last finished pass logged 'summary: ok' with no refused "
+    "file since, and that it applied the services the job's variable holds. Reads "
+    "NOMAD_ADDR, "
+    "NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION, NOMAD_CACERT, NOMAD_SKIP_VERIFY. "
+    "Exit codes: 0 every check passes, 1 a check failed (it says which), "
+    "2 invalid command line or job file, 5 Nomad unreachable, the job unknown, or the "
+    "token rejected."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     repository.add_job_option(parser)
     repository.add_job_file_option(parser)
     parser.add_argument(
@@ -54,7 +50,6 @@ def register(
         help="print one JSON object (alloc_id, task_state, exit_code, summary, stdout, stderr, "
         "ok, checks) on stdout; the log goes to stderr",
     )
-    parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:

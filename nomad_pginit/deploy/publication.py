@@ -56,6 +56,12 @@ def publish(
     path = services.job.variable
     current = client.variable(path)
     if current is not None and current.items.get(VARIABLE_ITEM) == text:
+        log.info(
+            "variable %s in %s is up to date (%d services)",
+            path,
+            client.settings.where(),
+            len(services.services),
+        )
         return Publication(path, changed=False, modify_index=current.modify_index)
     if current is not None and not prune:
         _refuse_removals(current.items.get(VARIABLE_ITEM), services, path)
@@ -68,6 +74,13 @@ def publish(
         )
     written = client.write_variable(
         path, items, cas=current.modify_index if current is not None else 0
+    )
+    log.info(
+        "published %d services to variable %s in %s (ModifyIndex %d)",
+        len(services.services),
+        path,
+        client.settings.where(),
+        written.modify_index,
     )
     return Publication(path, changed=True, modify_index=written.modify_index)
 
