@@ -36,6 +36,7 @@ from nomad_pginit.plan import (
     Refusal,
     plan_cluster,
     plan_leftovers,
+    plan_notes,
     plan_schema,
 )
 from nomad_pginit.scram import verifier_matches
@@ -78,6 +79,9 @@ class ServiceOutcome:
     finished: bool = False
     # Why the run did not finish this service (it has no error of its own).
     not_finished: str | None = None
+    # What it will not change, and says: a database created otherwise than the file
+    # asks, a setting the file does not list (plan_notes).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> Status:
@@ -302,11 +306,14 @@ def _reconcile(
         cluster = admin.observe(spec.services)
         # Read before any CREATE DATABASE: PostgreSQL refuses to copy a template that
         # someone is connected to.
-        creates = any(service.database not in cluster.databases for service in spec.services)
+        creates = any(
+            name not in cluster.databases for service in spec.services for name in service.databases
+        )
         template = admin.template_contents() if creates else None
         workers = stack.enter_context(admin.workers())
         halted = threading.Event()  # start no more services: PostgreSQL went away, or worse
-        service_databases = frozenset(service.database for service in spec.services)
+        service_databases = frozenset(name for s in spec.services for name in s.databases)
+        service_users = frozenset(service.user for service in spec.services)
 
         def work(service: Service, view: ClusterState, handed_over: frozenset[str]) -> None:
             if halted.is_set():
@@ -322,6 +329,7 @@ def _reconcile(
                 outcome=outcomes[service.name],
                 stop=stop,
                 service_databases=handed_over,
+                service_users=service_users,
             )
 
         def run_round(
@@ -356,18 +364,24 @@ def _reconcile(
                     raise
 
         # A role that owns another service's database is taken over only once that
-        # service has its database: after the others, and only if it got it.
+        # service has its database: after the others, and only if it got it. A
+        # service whose readers are roles that other services create comes after them.
         later = [
             service
             for service in spec.services
             if _owns_a_database_of(service, cluster, service_databases)
+            or any(
+                reader in service_users and reader not in cluster.existing_readers
+                for reader in service.readers
+            )
         ]
         run_round([s for s in spec.services if s not in later], cluster, service_databases)
         if later:
             handed_over = frozenset(
-                outcome.service.database
+                name
                 for outcome in outcomes.values()
                 if outcome.finished and outcome.error is None
+                for name in outcome.service.databases
             )
             # What the hand-overs did, seen again (a plan changes nothing: predicted).
             view = cluster
@@ -398,7 +412,7 @@ def _owns_a_database_of(
     """Whether the service's existing role owns the database of another service."""
     role = cluster.roles.get(service.user)
     return role is not None and any(
-        name != service.database and name in service_databases for name in role.owned_databases
+        name not in service.databases and name in service_databases for name in role.owned_databases
     )
 
 
@@ -427,6 +441,7 @@ def _reconcile_service(
     outcome: ServiceOutcome,
     stop: StopRequest,
     service_databases: frozenset[str],
+    service_users: frozenset[str] = frozenset(),
 ) -> None:
     """One service, start to end, on this worker's own admin connection."""
     password = passwords.wait(service, stop)  # SecretUnavailable fails this service alone
@@ -438,12 +453,21 @@ def _reconcile_service(
         cluster,
         password_verified=verified,
         service_databases=service_databases,
+        service_users=service_users,
     )
+    _note(outcome, plan_notes(service, cluster))
     for action in cluster_actions:
         _record(outcome, action, admin.apply(action) if outcome.applied else True)
-    _reconcile_database_level(
-        admin, service, cluster, outcome, cluster_actions=cluster_actions, template=template
-    )
+    for database in service.databases:
+        _reconcile_database_level(
+            admin,
+            service,
+            database,
+            cluster,
+            outcome,
+            cluster_actions=cluster_actions,
+            template=template,
+        )
 
 
 def _password_verified(
@@ -460,7 +484,7 @@ def _password_verified(
         return None
     if cluster.admin.can_read_verifiers:
         return verifier_matches(role.verifier, password.reveal())
-    database = service.database if service.database in cluster.databases else "postgres"
+    database = next((name for name in service.databases if name in cluster.databases), "postgres")
     return postgres.password_works(target, service.user, database, password)
 
 
@@ -634,23 +658,32 @@ class PasswordReads:
 def _reconcile_database_level(
     admin: postgres.Worker,
     service: Service,
+    database: str,
     cluster: ClusterState,
     outcome: ServiceOutcome,
     *,
     cluster_actions: list[Action],
     template: SchemaState | None,
 ) -> None:
-    """Schema public and the extensions, connected to the service's own database.
+    """Schema public, the extensions and the readers, connected to one of the service's
+    databases.
 
-    A database created from ``template`` in this run is what the template is:
-    when that needs nothing, no connection is opened (one per new database
-    would cost as much as creating it).
+    A database created from ``template`` (template1, read before) in this run is what
+    the template is: when that needs nothing, no connection is opened (one per new
+    database would cost as much as creating it). Readers always need one.
     """
-    created = any(isinstance(action, CreateDatabase) for action in cluster_actions)
-    owner_changes = any(isinstance(action, ChangeDatabaseOwner) for action in cluster_actions)
-    if created and template is not None:
+    created = any(
+        isinstance(action, CreateDatabase) and action.database == database
+        for action in cluster_actions
+    )
+    owner_changes = any(
+        isinstance(action, ChangeDatabaseOwner) and action.database == database
+        for action in cluster_actions
+    )
+    from_template1 = service.creation.template in (None, "template1")
+    if created and template is not None and from_template1 and not service.readers:
         # The owner of a new database holds what pg_database_owner holds in the template.
-        predicted = replace(template, database=service.database)
+        predicted = replace(template, database=database)
         planned = plan_schema(service, predicted, owner_changes=False)
         if not planned or not outcome.applied:
             for action in planned:
@@ -662,7 +695,7 @@ def _reconcile_database_level(
         # to the bootstrap superuser, with CREATE for PUBLIC, which does not count.
         owned = admin.server_version >= 150000
         predicted = SchemaState(
-            database=service.database,
+            database=database,
             exists=True,
             privileges=SCHEMA_PRIVILEGES if owned else frozenset(),
             privileges_with_public=SCHEMA_PRIVILEGES,
@@ -674,14 +707,29 @@ def _reconcile_database_level(
             _record(outcome, action, True)
         return
     role_exists = outcome.applied or service.user in cluster.roles
-    with admin.database(service.database) as session:
+    with admin.database(database) as session:
         schema = session.observe_schema(
             service.user if role_exists else None,
             extensions=bool(service.extensions),
             owner=owner_changes,
         )
+        if service.readers:
+            schema = replace(schema, readers=session.observe_readers(service.readers))
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)
+
+
+# The notes already logged: watch mode says each once, not at every pass.
+_NOTED: set[str] = set()
+
+
+def _note(outcome: ServiceOutcome, notes: list[str]) -> None:
+    outcome.notes = notes
+    name = outcome.service.name
+    for note in notes:
+        if note not in _NOTED or not outcome.quiet:
+            _NOTED.add(note)
+            log.warning("%s: %s", name, note, extra={"service": name, "event": "note"})
 
 
 def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:

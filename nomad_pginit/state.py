@@ -77,6 +77,24 @@ class DatabaseState:
     public_privileges: frozenset[str] = PUBLIC_DATABASE_PRIVILEGES
     # Carries MANAGED_COMMENT.
     managed: bool = False
+    # How it was created, which cannot change: pg_encoding_to_char(encoding), datcollate,
+    # datctype, the locale provider (libc, icu, builtin) and its ICU or builtin locale.
+    encoding: str = ""
+    lc_collate: str = ""
+    lc_ctype: str = ""
+    locale_provider: str = "libc"
+    provider_locale: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A role that a service asks its role to be a member of (member_of)."""
+
+    name: str
+    # Why membership in it reaches beyond the service's databases ("" when it does not):
+    # it is, or inherits from, a superuser, a role with CREATEROLE and the like, a
+    # superuser-equivalent predefined role, or another service's role.
+    privileged: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,19 @@ class ClusterState:
     protected_roles: Mapping[str, str] = field(default_factory=dict)
     # Every database carrying MANAGED_COMMENT.
     managed_databases: frozenset[str] = frozenset()
+    # server_version_num: which CREATE DATABASE options the server has.
+    server_version: int = 0
+    # (database, role) -> its ALTER ROLE ... IN DATABASE settings, lower-cased name -> value.
+    role_settings: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    # The context (pg_settings.context) of each parameter the services set, by lower-cased
+    # name; a parameter the server does not know is missing.
+    setting_contexts: Mapping[str, str] = field(default_factory=dict)
+    # The roles named by member_of that exist.
+    groups: Mapping[str, GroupState] = field(default_factory=dict)
+    # (role, group) for each service's role that already is a direct member of a group.
+    memberships: frozenset[tuple[str, str]] = frozenset()
+    # The roles named by readers that exist.
+    existing_readers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,4 +144,38 @@ class SchemaState:
     admin_may_grant: bool = True
     # PostgreSQL 15's default: whoever owns the database owns public too.
     owned_by_database_owner: bool = False
+    # PostgreSQL 14's default: every role may create in public (readers would write).
+    public_may_create: bool = False
     extensions: frozenset[str] = frozenset()
+    # What each reader the service names (that exists) may do here.
+    readers: Mapping[str, ReaderState] = field(default_factory=dict)
+    # Roles the owner's default privileges in public let read what it creates: the
+    # readers nomad-pginit set up, the ones no longer listed included.
+    default_readers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ReaderState:
+    """What one reader holds in one service's database: read-only access is all of it."""
+
+    connect: bool = False
+    usage: bool = False
+    # SELECT on every table (and view) and every sequence in public.
+    all_tables: bool = False
+    all_sequences: bool = False
+    # The owner's default privileges in public grant it SELECT on new tables and sequences.
+    default_tables: bool = False
+    default_sequences: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return all(
+            (
+                self.connect,
+                self.usage,
+                self.all_tables,
+                self.all_sequences,
+                self.default_tables,
+                self.default_sequences,
+            )
+        )

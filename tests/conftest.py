@@ -263,6 +263,9 @@ def toml_value(value: object) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{toml_string(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
     return toml_string(str(value))
 
 

@@ -192,6 +192,7 @@ REAL_SERVER_TESTS: Final = tuple(
         "test_readiness",
         "test_servers_going_away",
         "test_run",
+        "test_tenant_options",
     )
 )
 # Whatever happens, a side run ends: the whole suite takes well under this.

@@ -73,6 +73,7 @@ class ServiceCheck:
         return {
             "name": self.service.name,
             "database": self.service.database,
+            "databases": list(self.service.databases),
             "user": self.service.user,
             "vault_path": self.vault_path,
             "ok": self.ok,
@@ -254,12 +255,7 @@ def check_service(
     problems: list[Problem] = []
     if secret_problem is not None:
         problems.append(Problem(Kind.SECRET_UNAVAILABLE, secret_problem))
-    database = cluster.databases.get(service.database)
     role = cluster.roles.get(service.user)
-    if database is None:
-        problems.append(
-            Problem(Kind.DATABASE_MISSING, f'database "{service.database}" does not exist')
-        )
     if role is None:
         problems.append(Problem(Kind.ROLE_MISSING, f'role "{service.user}" does not exist'))
     elif not role.can_login:
@@ -272,44 +268,55 @@ def check_service(
                 "(VALID UNTIL): no password logs it in",
             )
         )
-    if database is not None and role is not None and database.owner != role.name:
-        problems.append(
-            Problem(
-                Kind.WRONG_OWNER,
-                f'database "{service.database}" is owned by "{database.owner}", '
-                f'not by "{service.user}"',
-            )
-        )
     # An expired role fails every login as "password authentication failed": no news.
-    can_try = database is not None and role is not None and role.can_login and not role.expired
-    if can_try and password is not None:
-        login = postgres.try_service_login(target, service.user, service.database, password)
-        if not login.logged_in:
-            failure = login.failure or "unknown reason"
-            if login.wrong_password:
-                problems.append(
-                    Problem(
-                        Kind.PASSWORD_DIFFERS,
-                        f'the password of role "{service.user}" differs from Vault\'s '
-                        f"({vault_path})",
-                    )
-                )
-            else:
-                problems.append(
-                    Problem(
-                        Kind.LOGIN_FAILED,
-                        f'cannot log in as "{service.user}" to database '
-                        f'"{service.database}": {failure}',
-                    )
-                )
-        elif login.failure is not None:
-            problems.append(Problem(Kind.LOGIN_FAILED, f'as "{service.user}": {login.failure}'))
-        elif not login.can_create_in_public:
-            problems.append(
-                Problem(
-                    Kind.NO_CREATE_ON_PUBLIC,
-                    f'role "{service.user}" cannot create in schema public of database '
-                    f'"{service.database}"',
-                )
-            )
+    may_log_in = role is not None and role.can_login and not role.expired
+    for name in service.databases:
+        problem = _database_problem(service, name, cluster)
+        if problem is not None:
+            problems.append(problem)
+        if cluster.databases.get(name) is None or not may_log_in or password is None:
+            continue
+        problem = _login_problem(service, name, target, password, vault_path)
+        if problem is not None:
+            problems.append(problem)
+            if problem.kind == Kind.PASSWORD_DIFFERS:
+                break  # the same in every database: said once
     return ServiceCheck(service, vault_path, tuple(problems))
+
+
+def _database_problem(service: Service, name: str, cluster: ClusterState) -> Problem | None:
+    database = cluster.databases.get(name)
+    if database is None:
+        return Problem(Kind.DATABASE_MISSING, f'database "{name}" does not exist')
+    role = cluster.roles.get(service.user)
+    if role is not None and database.owner != role.name:
+        return Problem(
+            Kind.WRONG_OWNER,
+            f'database "{name}" is owned by "{database.owner}", not by "{service.user}"',
+        )
+    return None
+
+
+def _login_problem(
+    service: Service, name: str, target: postgres.Target, password: Secret, vault_path: str
+) -> Problem | None:
+    """Log in as the service to database ``name``, as its apps do, and create a table."""
+    login = postgres.try_service_login(target, service.user, name, password)
+    if not login.logged_in:
+        if login.wrong_password:
+            return Problem(
+                Kind.PASSWORD_DIFFERS,
+                f'the password of role "{service.user}" differs from Vault\'s ({vault_path})',
+            )
+        failure = login.failure or "unknown reason"
+        return Problem(
+            Kind.LOGIN_FAILED, f'cannot log in as "{service.user}" to database "{name}": {failure}'
+        )
+    if login.failure is not None:
+        return Problem(Kind.LOGIN_FAILED, f'as "{service.user}": {login.failure}')
+    if not login.can_create_in_public:
+        return Problem(
+            Kind.NO_CREATE_ON_PUBLIC,
+            f'role "{service.user}" cannot create in schema public of database "{name}"',
+        )
+    return None

@@ -15,7 +15,7 @@ from typing import Final
 
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.plan import Action
+from nomad_pginit.plan import Action, CreateDatabase
 from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
 from nomad_pginit.report import configure_logging, log_abandoned, log_end
 from nomad_pginit.secret import MASK, Secret
@@ -84,7 +84,11 @@ def action_document(action: Action) -> dict[str, object]:
     fields: dict[str, object] = {"action": type(action).__name__}
     for item in dataclasses.fields(action):
         value = getattr(action, item.name)
-        fields[item.name] = MASK if isinstance(value, Secret) else value
+        if isinstance(value, Secret):
+            value = MASK
+        elif isinstance(action, CreateDatabase) and item.name == "options":
+            value = dict(value)  # {"locale": "C", ...}
+        fields[item.name] = value
     fields["description"] = action.describe()
     return fields
 
@@ -97,9 +101,13 @@ def plan_document(outcome: Outcome) -> dict[str, object]:
             {
                 "name": item.service.name,
                 "database": item.service.database,
+                "databases": list(item.service.databases),
                 "user": item.service.user,
                 "status": item.status.value,
                 "actions": [action_document(action) for action in item.actions],
+                # What run will not change, and says so (never pending): a database
+                # created otherwise than the file asks, a setting the file does not list.
+                "notes": item.notes,
                 "error": item.error,
             }
             for item in outcome.services

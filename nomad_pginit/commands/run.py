@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--disable-removed",
         action="store_true",
         help="set NOLOGIN on roles that nomad-pginit created for services no longer in the "
-        "file (nothing is ever dropped)",
+        "file, and end their open sessions (nothing is ever dropped)",
     )
     parser.add_argument(
         "--watch",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from psycopg import sql
 
@@ -22,6 +22,7 @@ from nomad_pginit.state import (
     AdminState,
     ClusterState,
     DatabaseState,
+    GroupState,
     RoleState,
 )
 
@@ -66,6 +67,12 @@ _ELEVATED_TEXT: Final = """
             SELECT r.oid
             UNION
             SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
+            -- A membership the service asks for (member_of) was judged on its own.
+            WHERE pg_get_userbyid(m.roleid) <> ALL(%(unfollowed)s::text[])
+              AND NOT (m.member = r.oid AND EXISTS (
+                SELECT FROM unnest(%(asked_roles)s::text[], %(asked_groups)s::text[])
+                            AS asked(role, grp)
+                WHERE asked.role = r.rolname AND asked.grp = pg_get_userbyid(m.roleid)))
         )
         SELECT attribute FROM unnest(ARRAY[
             CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
@@ -147,11 +154,29 @@ _ADMIN_MAY_ALTER_16: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER W
 _WARNED: Final[set[tuple[str, ...]]] = set()
 
 
+# Predefined roles that are as good as a superuser, or read or write every tenant's data:
+# member_of names one only with allow_privileged (PostgreSQL's documentation of
+# predefined roles calls the server-files ones equivalent to superuser).
+_SUPERUSER_LIKE_ROLES: Final = (
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_read_all_data",
+    "pg_write_all_data",
+)
+
+
 def observe_cluster(session: AdminSession, services: Sequence[Service]) -> ClusterState:
     """Read everything the planner needs about these services, in a few bulk queries."""
     admin = session.state
     users = [service.user for service in services]
-    names = [service.database for service in services]
+    names = [name for service in services for name in service.databases]
+    pairs = [(name, service.user) for service in services for name in service.databases]
+    asked = [(service.user, group) for service in services for group in service.member_of]
+    asked_params = {
+        "asked_roles": [role for role, _ in asked],
+        "asked_groups": [group for _, group in asked],
+    }
     marker = MANAGED_COMMENT
     verifier_query = (
         sql.SQL("(SELECT a.rolpassword FROM pg_authid a WHERE a.oid = r.oid)")
@@ -185,7 +210,13 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
         may_alter=(_ADMIN_MAY_ALTER_16 if session.server_version >= 160000 else sql.SQL("true")),
     )
     roles: dict[str, RoleState] = {}
-    params = {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users}
+    params = {
+        "marker": marker,
+        "privileged": list(_PRIVILEGED_ROLES),
+        "users": users,
+        "unfollowed": [],
+        **asked_params,
+    }
     for row in session.rows(query, params):
         name, login, superuser, verifier, member, owned, limit, managed = row[:8]
         valid_until, expired, elevated, owns_objects_in, may_alter = row[8:]
@@ -207,18 +238,30 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
             else (),
         )
     databases: dict[str, DatabaseState] = {}
-    for name, owner, public, managed in session.rows(
+    version = session.server_version
+    # The locale provider came in 15 (daticulocale), its builtin kind in 17 (datlocale).
+    provider = sql.SQL(
+        "CASE d.datlocprovider WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' ELSE 'libc' END"
+        if version >= 150000
+        else "'libc'"
+    )
+    provider_locale = sql.SQL(
+        "d.datlocale" if version >= 170000 else "d.daticulocale" if version >= 150000 else "NULL"
+    )
+    for name, owner, public, managed, encoding, collate, ctype, kind, locale in session.rows(
         sql.SQL(
             """
             SELECT d.datname, pg_get_userbyid(d.datdba),
                    ARRAY(SELECT DISTINCT a.privilege_type::text
                          FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
                          WHERE a.grantee = 0),
-                   shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM %s
+                   shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM %s,
+                   pg_encoding_to_char(d.encoding)::text, d.datcollate::text,
+                   d.datctype::text, {provider}, {provider_locale}::text
             FROM pg_database d
             WHERE d.datname = ANY(%s)
             """
-        ),
+        ).format(provider=provider, provider_locale=provider_locale),
         (marker, names),
     ):
         databases[str(name)] = DatabaseState(
@@ -226,6 +269,11 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
             owner=str(owner),
             public_privileges=frozenset(public) if isinstance(public, list) else frozenset(),
             managed=bool(managed),
+            encoding=str(encoding),
+            lc_collate=str(collate),
+            lc_ctype=str(ctype),
+            locale_provider=str(kind),
+            provider_locale=str(locale) if locale is not None else None,
         )
     privileges: dict[tuple[str, str], frozenset[str]] = {}
     for database, role, create, connect, temporary in session.rows(
@@ -240,7 +288,7 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
               AND EXISTS (SELECT FROM pg_database WHERE datname = p.db)
             """
         ),
-        (names, users),
+        ([db for db, _ in pairs], [role for _, role in pairs]),
     ):
         held = {
             privilege
@@ -270,7 +318,16 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
             WHERE shobj_description(r.oid, 'pg_authid') = %(marker)s
             """
         ).format(elevated=_elevated(session.server_version)),
-        {"marker": marker, "privileged": list(_PRIVILEGED_ROLES), "users": users},
+        {
+            "marker": marker,
+            "privileged": list(_PRIVILEGED_ROLES),
+            "users": users,
+            "asked_roles": [],
+            "asked_groups": [],
+            # Setting a leftover NOLOGIN takes powers away: one that monitors (pg_monitor,
+            # an exporter's member_of) may lose its login, a superuser-like one never.
+            "unfollowed": [r for r in _PRIVILEGED_ROLES if r not in _SUPERUSER_LIKE_ROLES],
+        },
     ):
         managed_roles[str(name)] = bool(login)
         # The comment alone proves nothing: anyone may have put it there.
@@ -292,6 +349,8 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
         )
     )
     return ClusterState(
+        **_observe_tenant_options(session, services, users),
+        server_version=version,
         admin=admin,
         roles=roles,
         databases=databases,
@@ -369,3 +428,96 @@ def observe_admin(session: AdminSession) -> AdminState:
             remedy,
         )
     return admin
+
+
+def _observe_tenant_options(
+    session: AdminSession, services: Sequence[Service], users: list[str]
+) -> dict[str, Any]:
+    """What settings, member_of and readers need, read only when a service asks for them."""
+    found: dict[str, Any] = {}
+    setting_names = sorted({name for service in services for name, _ in service.settings})
+    if setting_names:
+        found["setting_contexts"] = {
+            str(name): str(context)
+            for name, context in session.rows(
+                sql.SQL("SELECT lower(name), context FROM pg_settings WHERE lower(name) = ANY(%s)"),
+                (setting_names,),
+            )
+        }
+    # Every setting of the services' roles in their databases: to compare and to report.
+    role_settings: dict[tuple[str, str], dict[str, str]] = {}
+    for database, role, config in session.rows(
+        sql.SQL(
+            """
+            SELECT d.datname, r.rolname, s.setconfig
+            FROM pg_db_role_setting s
+            JOIN pg_database d ON d.oid = s.setdatabase
+            JOIN pg_roles r ON r.oid = s.setrole
+            WHERE r.rolname = ANY(%s)
+            """
+        ),
+        (users,),
+    ):
+        entries = role_settings.setdefault((str(database), str(role)), {})
+        for item in config if isinstance(config, list) else ():
+            name, _, value = str(item).partition("=")
+            entries[name.lower()] = value
+    found["role_settings"] = role_settings
+    groups = sorted({group for service in services for group in service.member_of})
+    if groups:
+        found["groups"] = {
+            str(name): GroupState(str(name), privileged=str(why or ""))
+            for name, why in session.rows(
+                sql.SQL(
+                    """
+                    SELECT g.rolname,
+                           (WITH RECURSIVE up(roleid) AS (
+                                SELECT g.oid
+                                UNION
+                                SELECT m.roleid FROM pg_auth_members m
+                                JOIN up ON m.member = up.roleid)
+                            SELECT CASE WHEN x.oid = g.oid THEN 'is' ELSE 'inherits from "'
+                                        || x.rolname || '", which is' END ||
+                                   CASE WHEN x.rolsuper THEN ' a superuser'
+                                        WHEN x.rolname = ANY(%(users)s)
+                                            THEN ' another service''s role'
+                                        WHEN x.rolname = ANY(%(like)s)
+                                            THEN ' a predefined role that reaches every '
+                                                 'database or the server''s files'
+                                        ELSE ' a role with CREATEDB, CREATEROLE, '
+                                             'REPLICATION or BYPASSRLS' END
+                            FROM up JOIN pg_roles x ON x.oid = up.roleid
+                            WHERE x.rolsuper OR x.rolcreatedb OR x.rolcreaterole
+                                  OR x.rolreplication OR x.rolbypassrls
+                                  OR x.rolname = ANY(%(like)s) OR x.rolname = ANY(%(users)s)
+                            ORDER BY x.oid <> g.oid, x.rolname LIMIT 1)
+                    FROM pg_roles g
+                    WHERE g.rolname = ANY(%(groups)s)
+                    """
+                ),
+                {"groups": groups, "users": users, "like": list(_SUPERUSER_LIKE_ROLES)},
+            )
+        }
+        found["memberships"] = frozenset(
+            (str(role), str(group))
+            for role, group in session.rows(
+                sql.SQL(
+                    """
+                    SELECT pg_get_userbyid(m.member), pg_get_userbyid(m.roleid)
+                    FROM pg_auth_members m
+                    WHERE pg_get_userbyid(m.member) = ANY(%s)
+                      AND pg_get_userbyid(m.roleid) = ANY(%s)
+                    """
+                ),
+                (users, groups),
+            )
+        )
+    readers = sorted({reader for service in services for reader in service.readers})
+    if readers:
+        found["existing_readers"] = frozenset(
+            str(row[0])
+            for row in session.rows(
+                sql.SQL("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"), (readers,)
+            )
+        )
+    return found

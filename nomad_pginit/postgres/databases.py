@@ -61,10 +61,12 @@ def database_statements(action: Action) -> list[sql.Composed]:
     """The statements of a database action, each run on its own (CREATE DATABASE
     cannot run in a transaction block), except IsolateDatabase's, run together."""
     match action:
-        case CreateDatabase(database=database, owner=owner):
+        case CreateDatabase(database=database, owner=owner, options=options):
             return [
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(database), sql.Identifier(owner)
+                sql.SQL("CREATE DATABASE {} OWNER {}{}").format(
+                    sql.Identifier(database),
+                    sql.Identifier(owner),
+                    sql.Composed([_creation_option(key, value) for key, value in options]),
                 ),
                 comment_on_database(database),
             ]
@@ -90,3 +92,12 @@ def database_statements(action: Action) -> list[sql.Composed]:
                 ),
             ]
     raise TypeError(f"not a database action: {action!r}")
+
+
+def _creation_option(key: str, value: str) -> sql.Composed:
+    """`` TEMPLATE "template0"``, `` LOCALE 'C'``: the template is a database's name, the
+    others are strings (CREATE DATABASE takes every option's value as one)."""
+    name = sql.SQL(key.upper())
+    if key == "template":
+        return sql.SQL(" {} {}").format(name, sql.Identifier(value))
+    return sql.SQL(" {} {}").format(name, sql.Literal(value))

@@ -12,11 +12,14 @@ from nomad_pginit.plan import (
     ClearValidUntil,
     CreateRole,
     DisableRole,
+    GrantMembership,
     GrantRoleToAdmin,
     MarkRole,
     RestoreLogin,
     SetConnectionLimit,
     SetPassword,
+    SetRoleSetting,
+    setting_items,
 )
 from nomad_pginit.state import MANAGED_COMMENT
 
@@ -30,6 +33,8 @@ ROLE_ACTIONS = (
     MarkRole,
     DisableRole,
     ClearValidUntil,
+    GrantMembership,
+    SetRoleSetting,
 )
 
 
@@ -68,6 +73,18 @@ def role_statement(action: Action, server_version: int) -> sql.Composed:
             return comment_on_role(role)
         case DisableRole(role=role):
             return sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role))
+        case GrantMembership(role=role, group=group):
+            return sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role))
+        case SetRoleSetting(role=role, database=database, setting=setting, value=value):
+            # A list parameter (search_path) takes its items as separate literals: one
+            # literal "app,public" would be a single schema of that name.
+            items = sql.SQL(", ").join(sql.Literal(item) for item in setting_items(setting, value))
+            return sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                sql.Identifier(role),
+                sql.Identifier(database),
+                sql.SQL(".").join(sql.Identifier(part) for part in setting.split(".")),
+                items,
+            )
         case ClearValidUntil(role=role):
             return sql.SQL("ALTER ROLE {} VALID UNTIL 'infinity'").format(sql.Identifier(role))
     raise TypeError(f"not a role action without a password: {action!r}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Literal
 
 import psycopg
 import psycopg.errors
@@ -12,15 +13,104 @@ from nomad_pginit.errors import PginitError, ServiceError
 from nomad_pginit.plan import (
     Action,
     CreateExtension,
+    GrantReader,
     GrantSchema,
+    RevokeCreateFromPublic,
+    RevokeReader,
 )
 from nomad_pginit.postgres.connection import Query, _last_line
 from nomad_pginit.postgres.failures import _connection_lost, _nothing_granted_fails, _service_error
 from nomad_pginit.postgres.running import _IN_FLIGHT, _interrupted, _Running
-from nomad_pginit.state import SchemaState
+from nomad_pginit.state import ReaderState, SchemaState
 
 if TYPE_CHECKING:  # session.py makes DatabaseSessions: the type only, here
     from nomad_pginit.postgres.session import AdminSession
+
+
+# Per reader that exists (%(readers)s): CONNECT here, USAGE on public, SELECT on every
+# table, view and sequence in public, and the owner's default privileges for both
+# kinds, in ReaderState's order. Whatever way it holds them counts (PUBLIC, a group).
+_READERS: Final = sql.SQL(
+    """
+    SELECT r.rolname,
+           has_database_privilege(r.oid, current_database(), 'CONNECT'),
+           COALESCE(has_schema_privilege(r.oid, to_regnamespace('public'), 'USAGE'), false),
+           NOT EXISTS (SELECT FROM pg_class c
+                       WHERE c.relnamespace = to_regnamespace('public')
+                         AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                         AND NOT has_table_privilege(r.oid, c.oid, 'SELECT')),
+           NOT EXISTS (SELECT FROM pg_class c
+                       WHERE c.relnamespace = to_regnamespace('public') AND c.relkind = 'S'
+                         AND NOT has_table_privilege(r.oid, c.oid, 'SELECT')),
+           EXISTS (SELECT FROM pg_default_acl d, aclexplode(d.defaclacl) a
+                   WHERE d.defaclrole = owner_role.oid
+                     AND d.defaclnamespace = to_regnamespace('public')
+                     AND d.defaclobjtype = 'r' AND a.grantee = r.oid
+                     AND a.privilege_type = 'SELECT'),
+           EXISTS (SELECT FROM pg_default_acl d, aclexplode(d.defaclacl) a
+                   WHERE d.defaclrole = owner_role.oid
+                     AND d.defaclnamespace = to_regnamespace('public')
+                     AND d.defaclobjtype = 'S' AND a.grantee = r.oid
+                     AND a.privilege_type = 'SELECT')
+    FROM pg_roles r
+    LEFT JOIN (SELECT datdba AS oid FROM pg_database WHERE datname = current_database())
+         AS owner_role ON true
+    WHERE r.rolname = ANY(%(readers)s)
+    """
+)
+# The roles that the owner's default privileges in public let read both its new tables
+# and its new sequences: what GrantReader sets up, so the readers it set up.
+_DEFAULT_READERS: Final = sql.SQL(
+    """
+    SELECT pg_get_userbyid(a.grantee)::text
+    FROM pg_default_acl d, aclexplode(d.defaclacl) a
+    WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = %(role)s)
+      AND d.defaclnamespace = to_regnamespace('public')
+      AND d.defaclobjtype IN ('r', 'S') AND a.privilege_type = 'SELECT'
+      AND a.grantee NOT IN (0, d.defaclrole)
+    GROUP BY a.grantee
+    HAVING count(DISTINCT d.defaclobjtype) = 2
+    """
+)
+
+
+def reader_statements(
+    verb: Literal["GRANT", "REVOKE"],
+    database: str,
+    owner: str,
+    reader: str,
+    *,
+    schema_usage: bool = True,
+) -> list[Query]:
+    """Read-only access for ``reader``, given or taken back as one transaction: CONNECT,
+    USAGE on public, SELECT on what is there, and SELECT on what ``owner`` creates later
+    (ALTER DEFAULT PRIVILEGES FOR ROLE the owner: the objects are the owner's, not the
+    admin's, so default privileges for the admin would never apply)."""
+    to = sql.SQL("TO" if verb == "GRANT" else "FROM")
+    grantee = sql.Identifier(reader)
+    statements: list[Query] = [
+        sql.SQL("{} SELECT ON ALL TABLES IN SCHEMA public {} {}").format(
+            sql.SQL(verb), to, grantee
+        ),
+        sql.SQL("{} SELECT ON ALL SEQUENCES IN SCHEMA public {} {}").format(
+            sql.SQL(verb), to, grantee
+        ),
+        *(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public {} SELECT ON {} {} {}"
+            ).format(sql.Identifier(owner), sql.SQL(verb), sql.SQL(kind), to, grantee)
+            for kind in ("TABLES", "SEQUENCES")
+        ),
+        *(
+            [sql.SQL("{} USAGE ON SCHEMA public {} {}").format(sql.SQL(verb), to, grantee)]
+            if schema_usage
+            else []
+        ),
+        sql.SQL("{} CONNECT ON DATABASE {} {} {}").format(
+            sql.SQL(verb), sql.Identifier(database), to, grantee
+        ),
+    ]
+    return statements if verb == "REVOKE" else statements[::-1]
 
 
 class DatabaseSession:
@@ -43,6 +133,17 @@ class DatabaseSession:
         reason = err.diag.message_primary or _last_line(str(err))
         where = "" if f'database "{self.name}"' in doing else f' in database "{self.name}"'
         return ServiceError(f"cannot {doing}{where}: {reason}")
+
+    def observe_readers(self, readers: Sequence[str]) -> dict[str, ReaderState]:
+        """What each of ``readers`` (those that exist) may read here."""
+        try:
+            with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
+                held = self._conn.execute(_READERS, {"readers": list(readers)}).fetchall()
+        except psycopg.Error as err:
+            raise self._error("read what the readers may read", err, running) from err
+        return {
+            str(name): ReaderState(*(bool(value) for value in values)) for name, *values in held
+        }
 
     def observe_schema(
         self, role: str | None, *, extensions: bool = True, owner: bool = True
@@ -96,6 +197,11 @@ class DatabaseSession:
                 else "NULL"
             ),
             sql.SQL("ARRAY(SELECT extname::text FROM pg_extension)" if extensions else "NULL"),
+            sql.SQL("ARRAY({})").format(_DEFAULT_READERS) if role is not None else sql.SQL("NULL"),
+            sql.SQL(
+                "COALESCE(has_schema_privilege('public', to_regnamespace('public'), 'CREATE'), "
+                "false)"
+            ),
         ]
         try:
             query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
@@ -115,7 +221,9 @@ class DatabaseSession:
             admin_may_grant,
             owned_by_database_owner,
             installed,
-        ) = found or (False,) + (None,) * 7
+            default_readers,
+            public_may_create,
+        ) = found or (False,) + (None,) * 9
         installed_names = frozenset(
             str(name) for name in (installed if isinstance(installed, list) else ())
         )
@@ -138,6 +246,10 @@ class DatabaseSession:
             admin_may_grant=bool(admin_may_grant),
             owned_by_database_owner=bool(owned_by_database_owner),
             extensions=installed_names,
+            public_may_create=bool(public_may_create),
+            default_readers=frozenset(
+                str(name) for name in (default_readers if isinstance(default_readers, list) else ())
+            ),
         )
 
     def apply(self, action: Action) -> bool:
@@ -147,6 +259,16 @@ class DatabaseSession:
                 statements: list[Query] = [
                     sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role))
                 ]
+            case RevokeCreateFromPublic():
+                statements = [sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC")]
+            case GrantReader(database=database, owner=owner, reader=reader):
+                statements = reader_statements(
+                    "GRANT", database, owner, reader, schema_usage=action.schema_usage
+                )
+            case RevokeReader(database=database, owner=owner, reader=reader):
+                statements = reader_statements(
+                    "REVOKE", database, owner, reader, schema_usage=action.schema_usage
+                )
             case CreateExtension(extension=extension):
                 # Our sessions' search_path is pg_catalog alone, where a superuser's
                 # CREATE EXTENSION would put the extension; in public it goes, as it

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from typing import Self
+from typing import Final, Self
 
 import psycopg
 import psycopg.errors
@@ -20,6 +20,7 @@ from nomad_pginit.plan import (
     Action,
     CreateDatabase,
     CreateRole,
+    DisableRole,
     IsolateDatabase,
     SetPassword,
     sql_name,
@@ -72,6 +73,13 @@ from nomad_pginit.state import (
 )
 
 log = logging.getLogger("nomad_pginit")
+
+
+# Ends every session of a role (%s) but this one; the count of those it ended.
+_END_SESSIONS: Final = sql.SQL(
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE usename = %s AND pid <> pg_backend_pid()"
+)
 
 
 class AdminSession:
@@ -160,12 +168,41 @@ class AdminSession:
                 created = self._run(action, create)
                 self._run(action, comment)
                 return created
+            case DisableRole(role=role):
+                done = self._run(action, role_statement(action, self.server_version))
+                self._end_sessions(role)
+                return done
             case _ if isinstance(action, DATABASE_ACTIONS):
                 (statement,) = database_statements(action)
                 return self._run(action, statement)
             case _ if isinstance(action, ROLE_ACTIONS):
                 return self._run(action, role_statement(action, self.server_version))
         raise TypeError(f"not a cluster-level action: {action!r}")
+
+    def _end_sessions(self, role: str) -> None:
+        """End the open sessions of a role just set NOLOGIN: NOLOGIN only refuses new
+        ones, and those already connected would go on with the removed service's rights."""
+        try:
+            with _IN_FLIGHT.track(self._conn, self._target):
+                row = self._conn.execute(_END_SESSIONS, (role,)).fetchone()
+        except psycopg.Error as err:
+            reason = err.diag.message_primary or str(err)
+            log.warning(
+                'role "%s" is NOLOGIN, but its open sessions could not be ended (%s): end them '
+                "with pg_terminate_backend as a superuser",
+                role,
+                reason,
+                extra={"event": "leftover"},
+            )
+            return
+        ended = int(str(row[0])) if row is not None else 0
+        log.info(
+            'role "%s": %d open session%s ended',
+            role,
+            ended,
+            "" if ended == 1 else "s",
+            extra={"event": "leftover"},
+        )
 
     def _isolate(self, action: Action, database: str) -> bool:
         done = self._run_together(action, database_statements(action))

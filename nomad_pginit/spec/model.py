@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
@@ -114,11 +114,39 @@ class JobSettings:
         return self.mode == LIVE
 
 
+# CREATE DATABASE's LOCALE_PROVIDER values: libc always, icu from PostgreSQL 15 on (when
+# built with ICU), builtin from 17 on.
+LOCALE_PROVIDERS: Final = ("libc", "icu", "builtin")
+
+
+@dataclass(frozen=True)
+class CreationOptions:
+    """How a service's databases are created (CREATE DATABASE ... WITH): fixed once they
+    exist, so a database that differs is reported and kept, never recreated."""
+
+    template: str | None = None
+    encoding: str | None = None
+    locale: str | None = None
+    lc_collate: str | None = None
+    lc_ctype: str | None = None
+    locale_provider: str | None = None
+    icu_locale: str | None = None
+
+    def given(self) -> dict[str, str]:
+        """The options the services file sets, by their key."""
+        return {
+            item.name: value
+            for item in fields(self)
+            if (value := getattr(self, item.name)) is not None
+        }
+
+
 @dataclass(frozen=True)
 class Service:
-    """One tenant: a login role, its own database, a password from Vault."""
+    """One tenant: a login role, its own databases, a password from Vault."""
 
     name: str
+    # Its first (or only) database: the one its apps are told of (DB_DATABASE).
     database: str
     user: str
     # Revoke CONNECT and TEMPORARY from PUBLIC, so other services cannot connect.
@@ -132,6 +160,23 @@ class Service:
     allow_privileged_role: bool = False
     # Given inline only by the JSON format; otherwise read from Vault.
     password: Secret | None = field(default=None, compare=False, repr=False)
+    # Its other databases (databases = [...] lists database first, then these).
+    more_databases: tuple[str, ...] = ()
+    creation: CreationOptions = CreationOptions()
+    # Roles given read-only access to its databases (CONNECT, USAGE, SELECT, and
+    # default privileges for what the service creates later).
+    readers: tuple[str, ...] = ()
+    # ALTER ROLE user IN DATABASE db SET name = value, in each of its databases.
+    settings: tuple[tuple[str, str], ...] = ()
+    # Roles the service's role is made a member of (GRANT group TO user).
+    member_of: tuple[str, ...] = ()
+    # Let member_of name a role that reaches beyond the service's databases.
+    allow_privileged: bool = False
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """Every database of the service, its first one first."""
+        return (self.database, *self.more_databases)
 
 
 @dataclass(frozen=True)

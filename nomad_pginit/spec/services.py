@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import fields as dataclass_fields
@@ -17,23 +18,141 @@ from typing import Any, Final
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec.checks import Problems, check_keys, name_problem, password_problem
 from nomad_pginit.spec.model import (
+    LOCALE_PROVIDERS,
     MAX_CONNECTION_LIMIT,
     MAX_NAME_BYTES,
+    CreationOptions,
     PostgresSettings,
     Service,
     VaultSettings,
 )
 
-OPTION_KEYS: Final = {"isolate": bool, "extensions": list, "connection_limit": int}
+# CREATE DATABASE's options, each a string (model.CreationOptions).
+CREATION_KEYS: Final = {
+    "template": str,
+    "encoding": str,
+    "locale": str,
+    "lc_collate": str,
+    "lc_ctype": str,
+    "locale_provider": str,
+    "icu_locale": str,
+}
+OPTION_KEYS: Final = {
+    "isolate": bool,
+    "extensions": list,
+    "connection_limit": int,
+    "readers": list,
+    "settings": dict,
+    **CREATION_KEYS,
+}
 SERVICE_KEYS: Final = {
     "name": str,
     "database": str,
+    "databases": list,
     "user": str,
-    # Per service only, never from [defaults]: it must be said of each role.
+    # Per service only, never from [defaults]: they must be said of each role.
     "allow_privileged_role": bool,
+    "member_of": list,
+    "allow_privileged": bool,
     **OPTION_KEYS,
 }
-# The JSON format of the standalone provisioner (config.json).
+# A setting's name as PostgreSQL spells its parameters: a word, or a custom
+# parameter's prefix.word (my_extension.option).
+_SETTING_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*")
+# A CREATE DATABASE option's value: a locale, an encoding or a template's name.
+_MAX_OPTION_BYTES: Final = 200
+# How long one setting's value may be (PostgreSQL takes more; a services file needs less).
+_MAX_SETTING_BYTES: Final = 1000
+
+
+def _role_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name an existing role (a reader, a group), or None. It may be
+    a predefined role (pg_monitor), so only PostgreSQL's own rules apply."""
+    if not isinstance(name, str) or name == "":
+        return "must be a non-empty string"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if not name.isprintable():
+        return "must be printable"
+    if name.lower() in ("public", "none", "current_user", "session_user", "current_role"):
+        return "is not a role PostgreSQL can grant to (a keyword)"
+    return None
+
+
+def _check_role_list(
+    table: Mapping[str, Any], key: str, where: str, problems: Problems
+) -> tuple[str, ...] | None:
+    names = table[key]
+    for name in names:
+        if (problem := _role_name_problem(name)) is not None:
+            problems.add(where, f"'{key}' lists {name!r}, which {problem}")
+            return None
+    if len(set(names)) != len(names):
+        problems.add(where, f"'{key}' lists a role twice")
+        return None
+    return tuple(names)
+
+
+def _check_creation(table: Mapping[str, Any], where: str, problems: Problems) -> dict[str, str]:
+    given = {key: table[key] for key in CREATION_KEYS if key in table}
+    for key, value in given.items():
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if value == "" or size > _MAX_OPTION_BYTES or not value.isprintable():
+            problems.add(
+                where,
+                f"'{key}' must be a printable, non-empty string of at most "
+                f"{_MAX_OPTION_BYTES} bytes",
+            )
+            return {}
+    provider = given.get("locale_provider")
+    if provider is not None and provider not in LOCALE_PROVIDERS:
+        choices = ", ".join(f'"{name}"' for name in LOCALE_PROVIDERS)
+        problems.add(where, f"'locale_provider' must be one of {choices}, not {provider!r}")
+    if "locale" in given and ("lc_collate" in given or "lc_ctype" in given):
+        problems.add(
+            where,
+            "'locale' sets both lc_collate and lc_ctype: give either 'locale', or "
+            "'lc_collate' and 'lc_ctype' (PostgreSQL refuses both at once)",
+        )
+    if "icu_locale" in given and provider != "icu":
+        problems.add(where, "'icu_locale' needs locale_provider = \"icu\"")
+    if provider == "builtin" and "locale" not in given:
+        problems.add(
+            where,
+            'locale_provider = "builtin" needs \'locale\' ("C" or "C.UTF-8", PostgreSQL 17+)',
+        )
+    return given
+
+
+def _check_settings(table: Mapping[str, Any], where: str, problems: Problems) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for name, value in table["settings"].items():
+        if not _SETTING_NAME.fullmatch(name) or len(name.encode()) > MAX_NAME_BYTES:
+            problems.add(where, f"'settings' has {name!r}, which is not a parameter's name")
+            continue
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            text = str(value)
+        elif isinstance(value, str):
+            text = value
+        else:
+            problems.add(where, f"'settings' {name!r} must be a string, a number, or true or false")
+            continue
+        if "\x00" in text or len(text.encode("utf-8", "surrogatepass")) > _MAX_SETTING_BYTES:
+            problems.add(
+                where,
+                f"'settings' {name!r} must have no NUL character and at most "
+                f"{_MAX_SETTING_BYTES} bytes",
+            )
+            continue
+        # Parameter names are case-insensitive in PostgreSQL.
+        key = name.lower()
+        if key in settings:
+            problems.add(where, f"'settings' sets {name!r} twice")
+            continue
+        settings[key] = text
+    return settings
 
 
 def check_options(table: Mapping[str, Any], where: str, problems: Problems) -> dict[str, Any]:
@@ -58,6 +177,11 @@ def check_options(table: Mapping[str, Any], where: str, problems: Problems) -> d
             problems.add(where, "'extensions' lists an extension twice")
         else:
             options["extensions"] = tuple(names)
+    options.update(_check_creation(table, where, problems))
+    if "readers" in table and (readers := _check_role_list(table, "readers", where, problems)):
+        options["readers"] = readers
+    if "settings" in table:
+        options["settings"] = _check_settings(table, where, problems)
     if "connection_limit" in table:
         limit = table["connection_limit"]
         if not -1 <= limit <= MAX_CONNECTION_LIMIT:
@@ -73,12 +197,18 @@ def check_options(table: Mapping[str, Any], where: str, problems: Problems) -> d
 def _check_unique(services: list[Service], problems: Problems) -> None:
     seen: dict[str, dict[str, int]] = {"name": {}, "database": {}, "user": {}}
     for index, service in enumerate(services, start=1):
-        for attribute in ("name", "database", "user"):
-            value = getattr(service, attribute)
+        values = [
+            ("name", service.name),
+            *(("database", database) for database in service.databases),
+            ("user", service.user),
+        ]
+        for attribute, value in values:
             earlier = seen[attribute].get(value)
             if earlier is None:
                 seen[attribute][value] = index
                 continue
+            if earlier == index:
+                continue  # listed twice by this service: _databases says so
             if attribute != "name" and value == service.name and service.name in seen["name"]:
                 continue  # the duplicate name is already reported, and this follows from it
             problems.add(
@@ -93,22 +223,34 @@ def fingerprint(services: tuple[Service, ...]) -> str:
     services share (the operator's file and the task's): the sidecar logs it with
     each pass, and deploy waits for the one it published. Passwords are left out."""
     entries = sorted(
-        (
-            {
-                item.name: list(value) if isinstance(value, tuple) else value
-                for item in dataclass_fields(service)
-                if item.name != "password"
-                for value in [getattr(service, item.name)]
-            }
-            for service in services
-        ),
-        key=lambda entry: str(entry["name"]),
+        (_fingerprinted(service) for service in services), key=lambda e: str(e["name"])
     )
     canonical = json.dumps(entries, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:FINGERPRINT_LENGTH]
 
 
 FINGERPRINT_LENGTH: Final = 12
+# Options that came after fingerprints did: left out while unset, so that a file
+# without them has the fingerprint an older sidecar logs for it.
+_LATER_OPTIONS: Final = frozenset(
+    {"more_databases", "creation", "readers", "settings", "member_of", "allow_privileged"}
+)
+
+
+def _fingerprinted(service: Service) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    for item in dataclass_fields(service):
+        value = getattr(service, item.name)
+        if item.name == "password" or (item.name in _LATER_OPTIONS and value == item.default):
+            continue
+        if isinstance(value, CreationOptions):
+            value = value.given()
+        entry[item.name] = (
+            [list(v) if isinstance(v, tuple) else v for v in value]
+            if isinstance(value, tuple)
+            else value
+        )
+    return entry
 
 
 def parse_services(
@@ -158,23 +300,64 @@ def _parse_service(
         if "name" not in raw:
             problems.add(where, "'name' is required")
         return None
-    options = {**defaults, **check_options(entry, where, problems)}
+    own = check_options(entry, where, problems)
+    options = {**defaults, **own}
+    # The service's settings add to [defaults]' (and win over them), name by name.
+    settings = {**defaults.get("settings", {}), **own.get("settings", {})}
+    databases = _databases(entry, where, problems)
+    member_of = (
+        _check_role_list(entry, "member_of", where, problems) if "member_of" in entry else None
+    )
+    user = entry.get("user", entry["name"])
+    readers = options.get("readers", ())
+    if user in readers:
+        problems.add(where, f"'readers' lists {user!r}, the service's own role")
+    if user in (member_of or ()):
+        problems.add(where, f"'member_of' lists {user!r}, the service's own role")
+    if entry.get("allow_privileged") and not member_of:
+        problems.add(where, "'allow_privileged' is about 'member_of', which is not set")
     service = Service(
         name=entry["name"],
-        database=entry.get("database", entry["name"]),
-        user=entry.get("user", entry["name"]),
+        database=databases[0],
+        more_databases=databases[1:],
+        user=user,
         isolate=options.get("isolate", True),
         extensions=options.get("extensions", ()),
         connection_limit=options.get("connection_limit"),
         allow_privileged_role=entry.get("allow_privileged_role", False),
         password=Secret(inline_password) if inline_password else None,
+        creation=CreationOptions(**{key: options[key] for key in CREATION_KEYS if key in options}),
+        readers=readers,
+        settings=tuple(sorted(settings.items())),
+        member_of=member_of or (),
+        allow_privileged=entry.get("allow_privileged", False),
     )
     # A database or user defaulted from the name shares its problems: report them once.
-    for attribute in ("name", *(key for key in ("database", "user") if key in entry)):
-        problem = name_problem(getattr(service, attribute))
+    named = [("name", service.name)]
+    if "database" in entry or "databases" in entry:
+        named += [("database", database) for database in service.databases]
+    if "user" in entry:
+        named.append(("user", service.user))
+    for attribute, value in named:
+        problem = name_problem(value)
         if problem:
-            problems.add(where, f"{attribute} {getattr(service, attribute)!r} {problem}")
+            problems.add(where, f"{attribute} {value!r} {problem}")
     return service
+
+
+def _databases(entry: Mapping[str, Any], where: str, problems: Problems) -> tuple[str, ...]:
+    """database = "x", or databases = ["x", "y"] (the first is the one apps are told of)."""
+    if "databases" not in entry:
+        return (entry.get("database", entry["name"]),)
+    if "database" in entry:
+        problems.add(where, "give either 'database' or 'databases', not both")
+    names = entry["databases"]
+    if not names or not all(isinstance(name, str) for name in names):
+        problems.add(where, "'databases' must list one or more database names")
+        return (entry["name"],)
+    if len(set(names)) != len(names):
+        problems.add(where, "'databases' lists a database twice")
+    return tuple(names)
 
 
 def check_admin_secret_unshared(

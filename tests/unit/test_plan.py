@@ -368,6 +368,10 @@ def _example(kind: type[Action]) -> Action:
             values[item.name] = True
         elif hint is Secret:
             values[item.name] = PASSWORD
+        elif hint == str | None:
+            values[item.name] = f"{item.name}-x"
+        elif hint == tuple[tuple[str, str], ...]:
+            values[item.name] = (("locale", "C"),)
         else:
             pytest.fail(f"{kind.__name__}.{item.name}: no example for {hint!r}")
     return kind(**values)
