@@ -35,7 +35,7 @@ from bench.lab import (
 )
 from nomad_pginit import spec as spec_file
 from nomad_pginit.errors import ServiceError
-from nomad_pginit.provision import VAULT_WORKERS, PasswordReads, connect_vault
+from nomad_pginit.passwords import VAULT_WORKERS, PasswordReads, connect_vault
 from nomad_pginit.stopping import StopRequest
 from sandbox import ThrowawayPostgres
 
@@ -245,7 +245,7 @@ def _measure_reference(lab: Lab, psql: Path, results: Results, tag: str) -> None
 def measure_vault(lab: Lab) -> float:
     """Reading every service's password through the tool's own code path, in-process.
 
-    ``provision.connect_vault`` and ``provision.PasswordReads`` are what ``run``
+    ``passwords.connect_vault`` and ``passwords.PasswordReads`` are what ``run``
     uses (log in, then read each service's secret on a pool of threads): when they
     change, this figure follows, and when their signatures change, mypy says so here.
     """

@@ -279,7 +279,7 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
         ),
         (
             "Vault",
-            "the tool's own code path (provision.connect_vault, then PasswordReads: "
+            "the tool's own code path (passwords.connect_vault, then PasswordReads: "
             "read_password for each service on the tool's pool, as run does it), in-process, "
             "against an "
             "OpenBao dev server.",

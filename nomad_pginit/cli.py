@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from nomad_pginit import __version__
+from nomad_pginit import __version__, stopping
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode, PginitError
 from nomad_pginit.report import configure_logging, log_error_summary
@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = arguments[0] if arguments and arguments[0] in COMMANDS else None
     parser = build_parser(only=command)
     args = parser.parse_args(arguments)  # exits 2 on bad usage, as argparse users expect
-    configure_logging(args.log_format)
+    # A command printing one JSON document (--json) has stdout for it alone.
+    configure_logging(args.log_format, sys.stderr if getattr(args, "json", False) else None)
     try:
         code: int = args.handler(args)
     except PginitError as err:
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.summary_on_error:
             # The task's log always ends with the line operators grep for.
             log_error_summary(err, log)
-        return int(err.exit_code)
+        return stopping.end(int(err.exit_code))
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

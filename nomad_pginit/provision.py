@@ -10,24 +10,26 @@ import logging
 import math
 import os
 import threading
-import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from typing import Final
 
-from nomad_pginit import postgres, stopping
-from nomad_pginit import vault as vault_module
+from nomad_pginit import postgres
 from nomad_pginit.errors import (
     ConfigError,
-    ExitCode,
     PginitError,
     PostgresUnavailable,
     ServiceError,
     VaultUnavailable,
+)
+from nomad_pginit.outcome import Outcome, ServiceOutcome, Status
+from nomad_pginit.passwords import (
+    VAULT_WORKERS,
+    PasswordReads,
+    count,
+    log_in_to_vault,
 )
 from nomad_pginit.plan import (
     Action,
@@ -44,118 +46,15 @@ from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service, Spec
 from nomad_pginit.state import SCHEMA_PRIVILEGES, ClusterState, SchemaState
 from nomad_pginit.stopping import Stopped, StopRequest
-from nomad_pginit.vault import Vault, VaultSecret, request_deadline
+from nomad_pginit.vault import Vault, request_deadline
 
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_SECONDS = 120.0
 # Services worked on at once, each on its own admin connection (plus one to its
-# database when needed), and Vault reads in flight: enough to keep a small server's
-# cores busy and hide round trips, few enough to leave it connections to spare.
+# database when needed): enough to keep a small server's cores busy and hide round
+# trips, few enough to leave it connections to spare.
 SERVICE_WORKERS = 4
-VAULT_WORKERS = 8
-
-
-class Status(StrEnum):
-    CREATED = "created"
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    PENDING = "pending"  # plan only: changes that run would make
-    FAILED = "failed"
-    # Not reached, or cut short: the run was asked to stop, or PostgreSQL went away.
-    NOT_FINISHED = "not finished"
-
-
-@dataclass
-class ServiceOutcome:
-    """What happened to one service."""
-
-    service: Service
-    actions: list[Action] = field(default_factory=list)
-    error: str | None = None
-    applied: bool = True
-    quiet: bool = False
-    # Its work ran to the end (whatever it found).
-    finished: bool = False
-    # Why the run did not finish this service (it has no error of its own).
-    not_finished: str | None = None
-    # What it will not change, and says: a database created otherwise than the file
-    # asks, a setting the file does not list (plan_notes).
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> Status:
-        if self.error is not None:
-            return Status.FAILED
-        if self.not_finished is not None:
-            return Status.NOT_FINISHED
-        if not self.actions:
-            return Status.UNCHANGED
-        if not self.applied:
-            return Status.PENDING
-        if any(action.verb == "created" for action in self.actions):
-            return Status.CREATED
-        return Status.UPDATED
-
-
-@dataclass
-class Outcome:
-    """What happened to every service, and why the run stopped early if it did."""
-
-    services: list[ServiceOutcome]
-    applied: bool
-    # A failure that stopped the run part-way, e.g. PostgreSQL went away.
-    fatal: PginitError | None = None
-    # Roles and databases we manage whose service left the file (never dropped).
-    leftovers: list[str] = field(default_factory=list)
-    # What --disable-removed did (or, in a plan, would do) about them.
-    leftover_actions: list[Action] = field(default_factory=list)
-    # What it tried and could not do (each one's message), and what a stop left undone.
-    leftover_failures: list[str] = field(default_factory=list)
-    leftovers_unfinished: list[Action] = field(default_factory=list)
-    # The Vault version of each password used, for watch mode to notice rotations.
-    secret_versions: dict[str, int] = field(default_factory=dict)
-    # Set when a stop request (this signal) cut the run short.
-    stopped: bool = False
-    stop_signal: int | None = None
-
-    @property
-    def pending(self) -> bool:
-        """A plan found changes to make."""
-        return not self.applied and (self.count(Status.PENDING) > 0 or bool(self.leftover_actions))
-
-    def count(self, status: Status) -> int:
-        return sum(1 for outcome in self.services if outcome.status == status)
-
-    @property
-    def failed(self) -> list[ServiceOutcome]:
-        return [outcome for outcome in self.services if outcome.status == Status.FAILED]
-
-    @property
-    def unfinished(self) -> list[ServiceOutcome]:
-        return [outcome for outcome in self.services if outcome.status == Status.NOT_FINISHED]
-
-    @property
-    def in_sync(self) -> bool:
-        """Everything done (or, in a plan, nothing to do): no failure, nothing left."""
-        return (
-            self.fatal is None
-            and not self.failed
-            and not self.unfinished
-            and not self.leftover_failures
-            and not self.leftovers_unfinished
-            and not self.pending
-        )
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if self.fatal is not None:
-            return self.fatal.exit_code
-        if self.failed or self.leftover_failures:
-            return ExitCode.SERVICE_FAILED
-        if self.unfinished or self.leftovers_unfinished:
-            return stopping.exit_code(self.stop_signal)
-        return ExitCode.OK
 
 
 def reconcile(
@@ -229,7 +128,7 @@ def reconcile(
                 outcome.not_finished = "stopped"
     result.services = list(outcomes.values())
     if result.stopped and result.unfinished:
-        log.info("stopping: %s left for the next run", _count(len(result.unfinished), "service"))
+        log.info("stopping: %s left for the next run", count(len(result.unfinished), "service"))
     return result
 
 
@@ -270,25 +169,10 @@ def _reconcile(
     quiet: bool = False,
 ) -> None:
     apply = result.applied
-    if vault is None:
-        # Before waiting: a bad token is exit 4 at once.
-        vault = stop.call(
-            lambda: connect_vault(spec, env),
-            "logging in to Vault",
-            deadline=request_deadline(env),
-            too_slow=vault_too_slow(spec, "the login"),
-        )
-    if spec.postgres.password_secret:
-        assert vault is not None  # connect_vault connects when the admin's secret is in Vault
-        reader_of_admin = vault
-        secret = spec.postgres.password_secret
-        password = stop.call(
-            lambda: reader_of_admin.read_admin_password(secret),
-            "reading the admin's password",
-            deadline=request_deadline(env),
-            too_slow=vault_too_slow(spec, f"the read of {spec.vault.mount}/{secret}"),
-        )
-        target = target.with_password(password)
+    # Before waiting: a bad token is exit 4 at once.
+    vault, admin_password = log_in_to_vault(spec, env, stop, vault)
+    if admin_password is not None:
+        target = target.with_password(admin_password)
 
     with ExitStack() as stack:
         # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
@@ -364,26 +248,18 @@ def _reconcile(
                     raise
 
         # A role that owns another service's database is taken over only once that
-        # service has its database: after the others, and only if it got it. A
-        # service whose readers are roles that other services create comes after them.
-        later = [
-            service
-            for service in spec.services
-            if _owns_a_database_of(service, cluster, service_databases)
-            or any(
-                reader in service_users and reader not in cluster.existing_readers
-                for reader in service.readers
-            )
-        ]
-        run_round([s for s in spec.services if s not in later], cluster, service_databases)
-        if later:
+        # service has its database: after the others, and only if it got it. A service
+        # whose readers are roles other services create comes after those services.
+        rounds = _rounds(spec.services, cluster, service_databases)
+        run_round(rounds[0], cluster, service_databases)
+        for later in rounds[1:]:
             handed_over = frozenset(
                 name
                 for outcome in outcomes.values()
                 if outcome.finished and outcome.error is None
                 for name in outcome.service.databases
             )
-            # What the hand-overs did, seen again (a plan changes nothing: predicted).
+            # What the earlier rounds did, seen again (a plan changes nothing: predicted).
             view = cluster
             if apply and not halted.is_set() and not stop.is_set():
                 view = admin.observe(later)
@@ -404,6 +280,44 @@ def _reconcile(
                 )
             except PostgresUnavailable as err:
                 result.fatal = err
+
+
+def _rounds(
+    services: tuple[Service, ...], cluster: ClusterState, service_databases: frozenset[str]
+) -> list[list[Service]]:
+    """The services in the order their work may start, round after round: first those
+    that wait for no one; then a role that owns another service's database (handed
+    over in the first round); then each service whose readers are other services'
+    roles not there yet, once the services that create them are done. Readers that
+    wait for each other in a ring go last together: the first run creates the roles,
+    and one of them may fail to grant until the next."""
+    creators = {service.user: service.name for service in services}
+
+    def waits_for(service: Service) -> set[str]:
+        return {
+            creators[reader]
+            for reader in service.readers
+            if reader in creators
+            and reader not in cluster.existing_readers
+            and creators[reader] != service.name
+        }
+
+    first = [
+        service
+        for service in services
+        if not waits_for(service) and not _owns_a_database_of(service, cluster, service_databases)
+    ]
+    rounds = [first]
+    done = {service.name for service in first}
+    pending = [service for service in services if service.name not in done]
+    while pending:
+        ready = [service for service in pending if waits_for(service) <= done]
+        if not ready:
+            ready = pending  # a ring of readers
+        rounds.append(ready)
+        done |= {service.name for service in ready}
+        pending = [service for service in pending if service.name not in done]
+    return rounds
 
 
 def _owns_a_database_of(
@@ -534,125 +448,10 @@ def warn_inline_passwords(spec: Spec) -> None:
         log.warning(
             "%s in %s: anyone who can read that file can read them; leave 'password' out "
             "and keep them in Vault at %s",
-            _count(len(inline), "inline password"),
+            count(len(inline), "inline password"),
             spec.source,
             spec.vault.cli_path("<name>"),
         )
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def connect_vault(spec: Spec, environ: Mapping[str, str]) -> Vault | None:
-    """A logged-in Vault client, or None when no password is in Vault (all inline)."""
-    if not spec.postgres.password_secret and all(
-        service.password is not None for service in spec.services
-    ):
-        return None
-    return Vault.connect(spec.vault, environ)
-
-
-def _timed(started: dict[str, float], name: str, vault: Vault) -> VaultSecret:
-    started[name] = time.monotonic()
-    return vault.read_password(name)
-
-
-def vault_too_slow(spec: Spec, what: str) -> Callable[[float], PginitError]:
-    def error(seconds: float) -> PginitError:
-        return VaultUnavailable(
-            f"Vault has not finished {what} after {seconds:g}s (a proxy that trickles, or a "
-            "connection that stalled): giving up; check VAULT_ADDR and what stands between"
-        )
-
-    return error
-
-
-class PasswordReads:
-    """Each service's password: inline, or read from Vault by a pool of threads.
-
-    The reads start at once (``start``); each service's work waits for its own
-    (``wait``), so provisioning overlaps the reads instead of following them.
-    """
-
-    def __init__(
-        self,
-        inline: Mapping[str, Secret],
-        reads: Mapping[str, Future[VaultSecret]],
-        started: Mapping[str, float] | None = None,
-        where: str = "",
-        deadline: float = vault_module.DEFAULT_REQUEST_DEADLINE,
-    ) -> None:
-        self._deadline = deadline
-        self._inline = inline
-        self._reads = reads
-        # When each read began (a worker took it), for its deadline.
-        self._started = started if started is not None else {}
-        self._where = where
-
-    @classmethod
-    def start(
-        cls,
-        spec: Spec,
-        vault: Vault | None,
-        pool: ThreadPoolExecutor,
-        deadline: float = vault_module.DEFAULT_REQUEST_DEADLINE,
-        *,
-        quiet: bool = False,
-    ) -> PasswordReads:
-        inline = {
-            service.name: service.password
-            for service in spec.services
-            if service.password is not None
-        }
-        started: dict[str, float] = {}
-        from_vault = [service for service in spec.services if service.password is None]
-        reads: dict[str, Future[VaultSecret]] = {}
-        if vault is not None and from_vault:
-            log.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "reading %s from Vault at %s (with %s)",
-                _count(len(from_vault), "password"),
-                vault.address,
-                vault.source.description,
-            )
-            # Submitted in the file's order, which is the order services are worked on.
-            reads = {
-                service.name: pool.submit(_timed, started, service.name, vault)
-                for service in from_vault
-            }
-        where = vault.address if vault is not None else ""
-        return cls(inline, reads, started, where, deadline)
-
-    def wait(self, service: Service, stop: StopRequest) -> Secret:
-        """The service's password. Raises SecretUnavailable when Vault has none to give,
-        Stopped when asked to stop meanwhile."""
-        if service.name in self._inline:
-            return self._inline[service.name]
-        read = self._reads[service.name]
-        while True:
-            try:
-                return read.result(timeout=stopping.POLL_SECONDS).password
-            except FutureTimeout:
-                stop.check(f"reading the password of {service.name}")
-            begun = self._started.get(service.name)
-            if begun is not None and time.monotonic() - begun > self._deadline:
-                err = VaultUnavailable(
-                    f"Vault at {self._where} has not finished answering the read of "
-                    f"{service.name}'s password after {self._deadline:g}s (a proxy that "
-                    "trickles, or a connection that stalled): giving up; check VAULT_ADDR and "
-                    "what stands between"
-                )
-                stop.abandon(err)  # the run ends; the process does not wait for the read
-                raise err
-
-    def versions(self) -> dict[str, int]:
-        """The Vault version of each password read so far, for watch mode."""
-        return {
-            name: read.result().version
-            for name, read in self._reads.items()
-            if read.done() and not read.cancelled() and read.exception() is None
-        }
 
 
 def _reconcile_database_level(
@@ -713,8 +512,12 @@ def _reconcile_database_level(
             extensions=bool(service.extensions),
             owner=owner_changes,
         )
-        if service.readers:
-            schema = replace(schema, readers=session.observe_readers(service.readers))
+        existing = cluster.databases.get(database)
+        recorded = existing.recorded_readers if existing is not None else frozenset()
+        if service.readers or recorded:
+            schema = session.observe_readers(
+                replace(schema, recorded_readers=recorded), service.user, service.readers
+            )
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)
 

@@ -29,6 +29,7 @@ from nomad_pginit import __version__
 from nomad_pginit import spec as spec_module
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.spec import IDENTITY_NAME, PostgresSettings, Service, Spec, VaultSettings
+from nomad_pginit.spec.services import admin_secret_sharers
 
 JOB_NAME: Final = "postgresql"
 DEFAULT_SERVICES_FILE: Final = Path("jobs/services/databases/postgresql/pginit.toml")
@@ -313,14 +314,9 @@ def _check_renderable(spec: Spec, texts: Iterable[tuple[str, str]]) -> None:
 
 def _check_admin_secret(spec: Spec) -> None:
     """No service may share the superuser's secret: the job's (default postgres/admin)."""
-    problems = [
-        f"[[service]] {service.name!r}: its Vault secret {spec.vault.cli_path(service.name)} "
-        "is the PostgreSQL superuser's password ([postgres] password_secret): rename the "
-        "service or change [vault] path"
-        for service in spec.services
-        if spec.vault.secret_path(service.name) == task_postgres(spec).password_secret
-    ]
-    if problems:
+    sharers = admin_secret_sharers(spec.services, task_postgres(spec).password_secret, spec.vault)
+    if sharers:
+        problems = [f"{where}: {why}" for where, why in sharers]
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
 
 

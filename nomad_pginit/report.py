@@ -13,7 +13,7 @@ import time
 from typing import Final, TextIO
 
 from nomad_pginit.errors import PginitError
-from nomad_pginit.provision import Outcome, ServiceOutcome, Status
+from nomad_pginit.outcome import Outcome, ServiceOutcome, Status
 
 LOG_FORMATS: Final = ("plain", "json")
 # The marker an operator (or `nomad-pginit verify`) greps for in the task's log.

@@ -7,7 +7,8 @@ server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 # What GRANT ALL PRIVILEGES ON DATABASE gives.
@@ -16,6 +17,43 @@ DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 PUBLIC_DATABASE_PRIVILEGES = frozenset({"CONNECT", "TEMPORARY"})
 # Marks what nomad-pginit created or took over, so leftovers can be recognised.
 MANAGED_COMMENT = "managed by nomad-pginit"
+# What it granted and must be able to take back, recorded after the mark as JSON:
+# "managed by nomad-pginit; {"readers": ["grafana"]}" on a database, member_of on a role.
+_RECORD_SEPARATOR = "; "
+READERS_KEY = "readers"
+MEMBER_OF_KEY = "member_of"
+
+
+def managed_comment(record: Mapping[str, Iterable[str]] | None = None) -> str:
+    """The comment that marks an object as ours, with what we granted (sorted, stable)."""
+    kept = {key: sorted(set(values)) for key, values in (record or {}).items() if values}
+    if not kept:
+        return MANAGED_COMMENT
+    return MANAGED_COMMENT + _RECORD_SEPARATOR + json.dumps(kept, sort_keys=True)
+
+
+def read_managed_comment(comment: object) -> tuple[bool, dict[str, frozenset[str]]]:
+    """Whether a comment marks the object as ours, and the record it carries. A record
+    that is not ours to read (edited by hand) counts as none: nothing is taken back."""
+    if not isinstance(comment, str):
+        return False, {}
+    if comment == MANAGED_COMMENT:
+        return True, {}
+    if not comment.startswith(MANAGED_COMMENT + _RECORD_SEPARATOR):
+        return False, {}
+    try:
+        record = json.loads(comment[len(MANAGED_COMMENT + _RECORD_SEPARATOR) :])
+    except ValueError:
+        return True, {}
+    if not isinstance(record, dict):
+        return True, {}
+    return True, {
+        str(key): frozenset(str(item) for item in values)
+        for key, values in record.items()
+        if isinstance(values, list)
+    }
+
+
 # What GRANT ALL ON SCHEMA gives.
 SCHEMA_PRIVILEGES = frozenset({"CREATE", "USAGE"})
 
@@ -52,6 +90,8 @@ class RoleState:
     connection_limit: int = -1
     # Carries MANAGED_COMMENT.
     managed: bool = False
+    # The groups nomad-pginit made it a member of (member_of), from its comment.
+    recorded_member_of: frozenset[str] = frozenset()
     # Its VALID UNTIL, when one is set (not 'infinity'): its password stops working then.
     valid_until: str | None = None
     # Whether that moment has passed: the role cannot log in with any password.
@@ -77,6 +117,8 @@ class DatabaseState:
     public_privileges: frozenset[str] = PUBLIC_DATABASE_PRIVILEGES
     # Carries MANAGED_COMMENT.
     managed: bool = False
+    # The readers nomad-pginit gave read access to it, from its comment.
+    recorded_readers: frozenset[str] = frozenset()
     # How it was created, which cannot change: pg_encoding_to_char(encoding), datcollate,
     # datctype, the locale provider (libc, icu, builtin) and its ICU or builtin locale.
     encoding: str = ""
@@ -115,6 +157,8 @@ class ClusterState:
     protected_roles: Mapping[str, str] = field(default_factory=dict)
     # Every database carrying MANAGED_COMMENT.
     managed_databases: frozenset[str] = frozenset()
+    # Every role carrying MANAGED_COMMENT -> how many sessions it has open.
+    leftover_sessions: Mapping[str, int] = field(default_factory=dict)
     # server_version_num: which CREATE DATABASE options the server has.
     server_version: int = 0
     # (database, role) -> its ALTER ROLE ... IN DATABASE settings, lower-cased name -> value.
@@ -149,9 +193,13 @@ class SchemaState:
     extensions: frozenset[str] = frozenset()
     # What each reader the service names (that exists) may do here.
     readers: Mapping[str, ReaderState] = field(default_factory=dict)
-    # Roles the owner's default privileges in public let read what it creates: the
-    # readers nomad-pginit set up, the ones no longer listed included.
-    default_readers: frozenset[str] = frozenset()
+    # The readers nomad-pginit gave access here (the database's comment): the ones no
+    # longer listed lose it.
+    recorded_readers: frozenset[str] = frozenset()
+    # The tables (views, ...) and sequences in public that the service's role owns: what
+    # a reader may read, and what it loses.
+    owned_tables: tuple[str, ...] = ()
+    owned_sequences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,22 +208,20 @@ class ReaderState:
 
     connect: bool = False
     usage: bool = False
-    # SELECT on every table (and view) and every sequence in public.
-    all_tables: bool = False
-    all_sequences: bool = False
+    # The service's tables (views, ...) and sequences in public it may not SELECT.
+    unreadable_tables: tuple[str, ...] = ()
+    unreadable_sequences: tuple[str, ...] = ()
     # The owner's default privileges in public grant it SELECT on new tables and sequences.
     default_tables: bool = False
     default_sequences: bool = False
 
     @property
     def complete(self) -> bool:
-        return all(
-            (
-                self.connect,
-                self.usage,
-                self.all_tables,
-                self.all_sequences,
-                self.default_tables,
-                self.default_sequences,
-            )
+        return (
+            self.connect
+            and self.usage
+            and not self.unreadable_tables
+            and not self.unreadable_sequences
+            and self.default_tables
+            and self.default_sequences
         )

@@ -83,7 +83,9 @@ class StopRequest:
         self._last_words: Callable[[], int] | None = None
 
     def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Make these signals request the stop (from the main thread)."""
+        """Make these signals request the stop (from the main thread); the process's stop
+        from now on, which ``end`` honours."""
+        _INSTALLED[:] = [self]
         for signum in signals:
             signal.signal(signum, lambda number, _frame: self.request(number))
 
@@ -243,3 +245,14 @@ class StopRequest:
 
 def _too_slow(what: str) -> Callable[[float], PginitError]:
     return lambda seconds: PginitError(f"gave up {what} after {seconds:g}s")
+
+
+# The stop request the command installed, if any (StopRequest.install).
+_INSTALLED: list[StopRequest] = []
+
+
+def end(code: int) -> int:
+    """``code``, through the installed stop request's exit_now: after a stop or a
+    give-up, the process ends at once rather than wait for threads stuck where nothing
+    reaches (cli.main's way out after an error)."""
+    return _INSTALLED[0].exit_now(code) if _INSTALLED else code

@@ -356,10 +356,7 @@ class Vault:
                 f"needs a policy with read on {self.settings.mount}/data/{policy_path}"
             ) from err
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            unreachable = isinstance(err, requests.RequestException | hvac.exceptions.VaultDown)
-            raise SecretUnavailable(
-                f"cannot read {cli_path} from Vault: {_reason(err)}", unreachable=unreachable
-            ) from err
+            raise _failed(f"read {cli_path} from Vault", err) from err
         body = response.get("data") if isinstance(response, dict) else None
         if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
             raise SecretUnavailable(
@@ -459,7 +456,7 @@ class Vault:
             if self._readable(path):
                 return False
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
+            raise _failed(f"read {cli_path} from Vault", err) from err
         else:
             return False
         try:
@@ -479,7 +476,7 @@ class Vault:
                 f"{self.settings.mount}/data/{path}"
             ) from err
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            raise SecretUnavailable(f"cannot write {cli_path} to Vault: {_reason(err)}") from err
+            raise _failed(f"write {cli_path} to Vault", err) from err
         return True
 
     def _readable(self, path: str) -> bool:
@@ -503,8 +500,7 @@ class Vault:
         except hvac.exceptions.Forbidden:
             return None  # the policy may read the secret, not its metadata: version unknown
         except (requests.RequestException, hvac.exceptions.VaultError) as err:
-            cli_path = self.settings.cli_path(service)
-            raise SecretUnavailable(f"cannot read {cli_path} from Vault: {_reason(err)}") from err
+            raise _failed(f"read {self.settings.cli_path(service)} from Vault", err) from err
         return int(metadata["data"]["current_version"])
 
 
@@ -588,6 +584,15 @@ def _login_errors(source: TokenSource, address: str) -> Iterator[None]:
     except OSError as err:
         # requests raises plain OSError for a CA file it cannot load.
         raise VaultUnavailable(f"cannot reach Vault at {address}: {err}") from err
+
+
+def _failed(
+    doing: str, err: requests.RequestException | hvac.exceptions.VaultError
+) -> SecretUnavailable:
+    """A request Vault did not answer as asked: unreachable (the transport, or a sealed
+    Vault) or refused, in one translation for every request."""
+    unreachable = isinstance(err, requests.RequestException | hvac.exceptions.VaultDown)
+    return SecretUnavailable(f"cannot {doing}: {_reason(err)}", unreachable=unreachable)
 
 
 def _reason(err: BaseException) -> str:

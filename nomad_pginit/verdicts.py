@@ -291,6 +291,16 @@ def published_fingerprint(client: Nomad, path: str) -> str | None:
     return fingerprint(held.services)
 
 
+def present(
+    verdict: Verdict, log_format: str, command: str = "verify", *, always_stderr: bool = True
+) -> int:
+    """Show the task's log, each check and the conclusion; return the exit code."""
+    show_log("stdout", verdict.stdout, verdict.allocation, log_format)
+    show_log("stderr", verdict.stderr, verdict.allocation, log_format, always=always_stderr)
+    report_checks(verdict)
+    return conclude(verdict, command)
+
+
 def conclude(verdict: Verdict, command: str = "verify") -> int:
     """Log the one-line conclusion and return the exit code."""
     alloc = verdict.allocation.short_id

@@ -19,13 +19,10 @@ from pathlib import Path
 
 from nomad_pginit import spec as specs
 from nomad_pginit.errors import ConfigError, PginitError, SecretUnavailable, VaultUnavailable
+from nomad_pginit.outcome import Outcome
+from nomad_pginit.passwords import vault_too_slow
 from nomad_pginit.postgres import Readiness
-from nomad_pginit.provision import (
-    Outcome,
-    reconcile,
-    vault_too_slow,
-    warn_inline_passwords,
-)
+from nomad_pginit.provision import reconcile, warn_inline_passwords
 from nomad_pginit.report import (
     APPLYING,
     INVALID_NEW_FILE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -10,7 +11,8 @@ from collections.abc import Mapping
 from nomad_pginit import spec
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.postgres import Readiness
-from nomad_pginit.report import LOG_FORMATS
+from nomad_pginit.report import LOG_FORMATS, log_abandoned
+from nomad_pginit.stopping import StopRequest, exit_code
 
 DEFAULT_WAIT_TIMEOUT = 120.0
 # Longer than any start-up; beyond it, timers and PostgreSQL's timeouts overflow.
@@ -36,25 +38,38 @@ def common_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_wait_timeout(parser: argparse.ArgumentParser) -> None:
+def add_wait_timeout(parser: argparse.ArgumentParser, default: float | None = None) -> None:
+    """--wait-timeout; ``default`` for a command that waits that long wherever it runs."""
+    if default is not None:
+        otherwise = f"{default:g}"
+        what = "accept connections"
+    else:
+        otherwise = (
+            f"{DEFAULT_WAIT_TIMEOUT:g} in a Nomad allocation, {STANDALONE_ATTEMPTS} attempts "
+            f"{STANDALONE_INTERVAL:g}s apart elsewhere"
+        )
+        what = "accept connections as a writable primary"
     parser.add_argument(
         "--wait-timeout",
         metavar="SECONDS",
-        help="how long to wait for PostgreSQL to accept connections as a writable primary "
-        f"(default: $PGINIT_WAIT_TIMEOUT, else {DEFAULT_WAIT_TIMEOUT:g} in a Nomad allocation, "
-        f"{STANDALONE_ATTEMPTS} attempts {STANDALONE_INTERVAL:g}s apart elsewhere)",
+        help=f"how long to wait for PostgreSQL to {what} (default: $PGINIT_WAIT_TIMEOUT, "
+        f"else {otherwise})",
     )
 
 
-def readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> Readiness:
+def readiness(
+    args: argparse.Namespace, environ: Mapping[str, str], default: float | None = None
+) -> Readiness:
     """How long to wait for PostgreSQL.
 
-    --wait-timeout, else $PGINIT_WAIT_TIMEOUT, else: inside a Nomad allocation
-    120 s of frequent probes; standalone (Docker Compose, Kubernetes) the old
-    provisioner's 5 attempts 5 seconds apart.
+    --wait-timeout, else $PGINIT_WAIT_TIMEOUT, else ``default`` when given, else:
+    inside a Nomad allocation 120 s of frequent probes; standalone (Docker Compose,
+    Kubernetes) the old provisioner's 5 attempts 5 seconds apart.
     """
     raw = args.wait_timeout or environ.get("PGINIT_WAIT_TIMEOUT")
     if raw is None or raw == "":
+        if default is not None:
+            return Readiness(timeout=default)
         if environ.get("NOMAD_ALLOC_ID"):
             return Readiness(timeout=DEFAULT_WAIT_TIMEOUT)
         return Readiness.attempts(STANDALONE_ATTEMPTS, STANDALONE_INTERVAL)
@@ -73,3 +88,18 @@ def readiness(args: argparse.Namespace, environ: Mapping[str, str]) -> Readiness
 
 def load_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> spec.Spec:
     return spec.load(spec.config_path(args.config, environ))
+
+
+def add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    """--json: the command prints one JSON document on stdout; cli.main sends the log
+    to stderr then, so that stdout carries the document alone."""
+    parser.add_argument("--json", action="store_true", help=f"{what}; the log goes to stderr")
+
+
+def last_words(stop: StopRequest) -> int:
+    """The summary a run or plan stuck on something unreachable could not write (the
+    stop's last resort), and the code it ends with."""
+    log_abandoned(stop.fatal, logging.getLogger("nomad_pginit"))
+    if stop.fatal is not None:
+        return int(stop.fatal.exit_code)
+    return int(exit_code(stop.signal))

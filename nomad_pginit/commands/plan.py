@@ -10,16 +10,16 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from typing import Final
 
 from nomad_pginit.commands import options
 from nomad_pginit.errors import ExitCode
+from nomad_pginit.outcome import Outcome
 from nomad_pginit.plan import Action, CreateDatabase
-from nomad_pginit.provision import Outcome, reconcile, warn_inline_passwords
-from nomad_pginit.report import configure_logging, log_abandoned, log_end
+from nomad_pginit.provision import reconcile, warn_inline_passwords
+from nomad_pginit.report import log_end
 from nomad_pginit.secret import MASK, Secret
-from nomad_pginit.stopping import StopRequest, exit_code
+from nomad_pginit.stopping import StopRequest
 
 log = logging.getLogger("nomad_pginit")
 
@@ -34,9 +34,7 @@ DESCRIPTION: Final = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_wait_timeout(parser)
-    parser.add_argument(
-        "--json", action="store_true", help="print the plan as one JSON object on stdout"
-    )
+    options.add_json(parser, "print the plan as one JSON object on stdout")
     parser.add_argument(
         "--disable-removed",
         action="store_true",
@@ -46,14 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     environ = os.environ
-    if args.json:
-        # stdout carries the JSON document alone; the log goes to stderr.
-        configure_logging(args.log_format, sys.stderr)
     spec = options.load_spec(args, environ)
     warn_inline_passwords(spec)
     stop = StopRequest()
     stop.install()
-    stop.last_resort(lambda: _last_words(stop))
+    stop.last_resort(lambda: options.last_words(stop))
     outcome = reconcile(
         spec,
         readiness=options.readiness(args, environ),
@@ -69,14 +64,6 @@ def main(args: argparse.Namespace) -> int:
     if outcome.exit_code != ExitCode.OK:
         return stop.exit_now(int(outcome.exit_code))
     return stop.exit_now(int(ExitCode.CHANGES_PENDING) if outcome.pending else int(ExitCode.OK))
-
-
-def _last_words(stop: StopRequest) -> int:
-    """The summary a plan stuck on something unreachable could not write, and its code."""
-    log_abandoned(stop.fatal, log)
-    if stop.fatal is not None:
-        return int(stop.fatal.exit_code)
-    return int(exit_code(stop.signal))
 
 
 def action_document(action: Action) -> dict[str, object]:

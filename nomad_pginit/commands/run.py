@@ -13,11 +13,12 @@ from typing import Final
 
 from nomad_pginit import __version__
 from nomad_pginit.commands import options
+from nomad_pginit.envbool import parse_switch
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.provision import reconcile, warn_inline_passwords
-from nomad_pginit.report import log_abandoned, log_end
+from nomad_pginit.report import log_end
 from nomad_pginit.spec import config_path as spec_path
-from nomad_pginit.stopping import StopRequest, exit_code
+from nomad_pginit.stopping import StopRequest
 from nomad_pginit.watch import SpecFiles, WatchSettings, watch
 
 # The services file of live mode's split (--services).
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     # still runs for them, and the command exits with its summary line.
     stop = StopRequest()
     stop.install()
-    stop.last_resort(lambda: _last_words(stop))
+    stop.last_resort(lambda: options.last_words(stop))
     if _watch_mode(args, environ):
         if args.interval <= 0 or args.resync <= 0:
             raise ConfigError("--interval and --resync must be more than 0 seconds")
@@ -129,14 +130,6 @@ def _watch_last_words(stop: StopRequest) -> int:
     return 0
 
 
-def _last_words(stop: StopRequest) -> int:
-    """The summary a run stuck on something unreachable could not write, and its code."""
-    log_abandoned(stop.fatal, log)
-    if stop.fatal is not None:
-        return int(stop.fatal.exit_code)
-    return int(exit_code(stop.signal))
-
-
 def _files(args: argparse.Namespace, environ: Mapping[str, str]) -> SpecFiles:
     services = args.services or environ.get(ENV_SERVICES)
     return SpecFiles(spec_path(args.config, environ), Path(services) if services else None)
@@ -146,9 +139,7 @@ def _watch_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     """--watch, else $WATCH_MODE (true or false), as the standalone provisioner read it."""
     if args.watch:
         return True
-    raw = environ.get("WATCH_MODE", "").strip().lower()
-    if raw in ("", "false", "0", "no", "off"):
-        return False
-    if raw in ("true", "1", "yes", "on"):
-        return True
-    raise ConfigError(f"WATCH_MODE must be true or false, not {environ['WATCH_MODE']!r}")
+    watching = parse_switch(environ.get("WATCH_MODE", ""))
+    if watching is None:
+        raise ConfigError(f"WATCH_MODE must be true or false, not {environ['WATCH_MODE']!r}")
+    return watching

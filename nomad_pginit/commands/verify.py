@@ -12,14 +12,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Final
 
-from nomad_pginit.commands import repository
+from nomad_pginit.commands import options, repository
 from nomad_pginit.errors import ConfigError, ExitCode, NomadUnavailable
 from nomad_pginit.nomad import INIT_TASK, Nomad
-from nomad_pginit.report import SUMMARY_PREFIX, configure_logging
-from nomad_pginit.verdicts import conclude, report_checks, show_log, verify
+from nomad_pginit.report import SUMMARY_PREFIX
+from nomad_pginit.verdicts import conclude, present, verify
 
 log = logging.getLogger("nomad_pginit")
 
@@ -44,17 +43,14 @@ DESCRIPTION: Final = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     repository.add_job_option(parser)
     repository.add_job_file_option(parser)
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object (alloc_id, task_state, exit_code, summary, stdout, stderr, "
-        "ok, checks) on stdout; the log goes to stderr",
+    options.add_json(
+        parser,
+        "print one JSON object (alloc_id, task_state, exit_code, summary, stdout, stderr, ok, "
+        "checks) on stdout",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.json:
-        configure_logging(args.log_format, sys.stderr)
     name = repository.job_name(args)
     try:
         verdict = verify(Nomad.from_environ(os.environ), name)
@@ -82,7 +78,5 @@ def main(args: argparse.Namespace) -> int:
             alloc.job_version,
             alloc.client_status,
         )
-        show_log("stdout", verdict.stdout, alloc, args.log_format)
-        show_log("stderr", verdict.stderr, alloc, args.log_format)
-        report_checks(verdict)
+        return present(verdict, args.log_format)
     return conclude(verdict)

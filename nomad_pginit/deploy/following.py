@@ -241,10 +241,7 @@ def follow_and_report(
         earlier_stdout=earlier[0],
         earlier_stderr=earlier[1],
     )
-    verdicts.show_log("stdout", verdict.stdout, finished, deployment.log_format)
-    verdicts.show_log("stderr", verdict.stderr, finished, deployment.log_format, always=False)
-    verdicts.report_checks(verdict)
-    return verdicts.conclude(verdict, "deploy")
+    return verdicts.present(verdict, deployment.log_format, "deploy", always_stderr=False)
 
 
 def follow(

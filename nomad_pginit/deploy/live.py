@@ -211,12 +211,7 @@ def wait_for_services(
             verdict = verdicts.read_verdict(
                 client, deployment.job_id, allocation, sidecar=True, expected=expected
             )
-            verdicts.show_log("stdout", verdict.stdout, allocation, deployment.log_format)
-            verdicts.show_log(
-                "stderr", verdict.stderr, allocation, deployment.log_format, always=False
-            )
-            verdicts.report_checks(verdict)
-            return verdicts.conclude(verdict, "deploy")
+            return verdicts.present(verdict, deployment.log_format, "deploy", always_stderr=False)
         refusals = tasklog.refusals(new)
         last = tasklog.last_finished(stdout)
         if not refusals and last is not None and last.fingerprint != expected:

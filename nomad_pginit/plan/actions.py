@@ -262,10 +262,13 @@ class DisableRole(Action):
     role: str
 
     def describe(self) -> str:
-        return f'set leftover role "{self.role}" NOLOGIN (its service is no longer listed)'
+        return (
+            f'set leftover role "{self.role}" NOLOGIN and end its open sessions (its service '
+            "is no longer listed)"
+        )
 
     def done(self) -> str:
-        return f'leftover role "{self.role}" set NOLOGIN; its open sessions ended'
+        return f'leftover role "{self.role}" set NOLOGIN'
 
 
 @dataclass(frozen=True)
@@ -314,11 +317,15 @@ class SetRoleSetting(Action):
 @dataclass(frozen=True)
 class GrantReader(Action):
     """readers: read-only access to the database for a role: CONNECT, USAGE on public,
-    SELECT on its tables and sequences, and the owner's default privileges for later ones."""
+    SELECT on the service's tables and sequences there, and the owner's default
+    privileges for the ones it creates later. Run connected to ``database``."""
 
     database: str
     owner: str
     reader: str
+    # The service's tables and sequences in public the reader may not read yet.
+    tables: tuple[str, ...] = ()
+    sequences: tuple[str, ...] = ()
     # Grant USAGE on public too; not when the reader has it already and the admin may not
     # grant it (PostgreSQL 14: PUBLIC's, on the bootstrap superuser's schema).
     schema_usage: bool = True
@@ -353,11 +360,14 @@ class RevokeCreateFromPublic(Action):
 
 @dataclass(frozen=True)
 class RevokeReader(Action):
-    """A reader no longer listed loses what GrantReader gave it."""
+    """A reader nomad-pginit set up, no longer listed, loses what GrantReader gave it."""
 
     database: str
     owner: str
     reader: str
+    # The service's tables and sequences in public.
+    tables: tuple[str, ...] = ()
+    sequences: tuple[str, ...] = ()
     # Revoke USAGE on public too: not where the admin may not (it never granted it there).
     schema_usage: bool = True
 
@@ -369,6 +379,63 @@ class RevokeReader(Action):
 
     def done(self) -> str:
         return f'read access to database "{self.database}" revoked from "{self.reader}"'
+
+
+@dataclass(frozen=True)
+class RecordReaders(Action):
+    """Which readers nomad-pginit gave access to the database, in its comment: the ones
+    it may take back later, and no others."""
+
+    database: str
+    readers: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f'record the readers of database "{self.database}" (COMMENT ON DATABASE)'
+
+    def done(self) -> str:
+        return f'readers of database "{self.database}" recorded'
+
+
+@dataclass(frozen=True)
+class RevokeMembership(Action):
+    """A group nomad-pginit made the role a member of, no longer in member_of."""
+
+    role: str
+    group: str
+
+    def describe(self) -> str:
+        return f'revoke role "{self.group}" from "{self.role}" (no longer in member_of)'
+
+    def done(self) -> str:
+        return f'role "{self.group}" revoked from "{self.role}"'
+
+
+@dataclass(frozen=True)
+class RecordMemberOf(Action):
+    """Which groups nomad-pginit made the role a member of, in its comment."""
+
+    role: str
+    groups: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f'record the member_of of role "{self.role}" (COMMENT ON ROLE)'
+
+    def done(self) -> str:
+        return f'member_of of role "{self.role}" recorded'
+
+
+@dataclass(frozen=True)
+class EndSessions(Action):
+    """A leftover role already NOLOGIN that still has sessions open: they end."""
+
+    role: str
+    sessions: int
+
+    def describe(self) -> str:
+        return f'end the {self.sessions} open session(s) of leftover role "{self.role}" (NOLOGIN)'
+
+    def done(self) -> str:
+        return f'open sessions of leftover role "{self.role}" ended'
 
 
 class Refusal(Exception):

@@ -11,14 +11,17 @@ from nomad_pginit.plan.actions import (
     CreateDatabase,
     CreateRole,
     DisableRole,
+    EndSessions,
     GrantDatabase,
     GrantMembership,
     GrantRoleToAdmin,
     IsolateDatabase,
     MarkDatabase,
     MarkRole,
+    RecordMemberOf,
     Refusal,
     RestoreLogin,
+    RevokeMembership,
     SetConnectionLimit,
     SetPassword,
     SetRoleSetting,
@@ -74,8 +77,9 @@ def plan_cluster(
     _refuse_unavailable_options(service, cluster)
     _refuse_settings(service, cluster)
     actions: list[Action] = []
-    actions += _plan_role(service, password, cluster, password_verified, service_databases)
-    actions += _plan_memberships(service, cluster)
+    role_actions = _plan_role(service, password, cluster, password_verified, service_databases)
+    membership_actions = _plan_memberships(service, cluster)
+    actions += role_actions + membership_actions
     admin = cluster.admin
     role = cluster.roles.get(service.user)
     if not admin.superuser and (role is None or not role.admin_is_member):
@@ -95,7 +99,7 @@ def _refuse_unavailable_options(service: Service, cluster: ClusterState) -> None
     if not given or not version or all(name in cluster.databases for name in service.databases):
         return
     major = version // 10000
-    if major < 15 and ("locale_provider" in given or "icu_locale" in given):
+    if major < 15 and (given.get("locale_provider", "libc") != "libc" or "icu_locale" in given):
         raise Refusal(
             f"locale_provider and icu_locale need PostgreSQL 15 or later; this server is "
             f"{major}: leave them out (libc locales: locale, lc_collate, lc_ctype)"
@@ -115,8 +119,8 @@ def _refuse_settings(service: Service, cluster: ClusterState) -> None:
         context = cluster.setting_contexts.get(name)
         if context is None and "." not in name:
             raise Refusal(
-                f'settings: PostgreSQL has no parameter "{name}" (SHOW ALL lists them): fix '
-                "its name in the services file"
+                f'settings: "{name}" is not a parameter a role may set for itself (pg_settings '
+                "lists those nomad-pginit sets): fix its name, or leave it out"
             )
         if context not in (None, "user"):
             raise Refusal(
@@ -143,6 +147,14 @@ def _plan_memberships(service: Service, cluster: ClusterState) -> list[Action]:
             )
         if (service.user, name) not in cluster.memberships:
             actions.append(GrantMembership(service.name, service.user, name))
+    role = cluster.roles.get(service.user)
+    recorded = role.recorded_member_of if role is not None else frozenset()
+    # Only what it recorded granting is taken back: a membership given by hand stays.
+    for name in sorted(recorded - set(service.member_of)):
+        if (service.user, name) in cluster.memberships:
+            actions.append(RevokeMembership(service.name, service.user, name))
+    if set(service.member_of) != recorded:
+        actions.append(RecordMemberOf(service.name, service.user, tuple(sorted(service.member_of))))
     return actions
 
 
@@ -242,7 +254,17 @@ def _plan_database(service: Service, name: str, cluster: ClusterState) -> list[A
     database = cluster.databases.get(name)
     if database is None:
         # A new database's owner holds every privilege on it: nothing to grant.
-        options = tuple(service.creation.given().items())
+        options = tuple(
+            (key, value)
+            for key, value in service.creation.given().items()
+            # Before 15 libc is the only provider, and CREATE DATABASE has no such option.
+            if not (
+                key == "locale_provider"
+                and value == "libc"
+                and cluster.server_version
+                and cluster.server_version < 150000
+            )
+        )
         actions.append(CreateDatabase(service.name, name, service.user, options))
         if service.isolate:
             actions.append(IsolateDatabase(service.name, name, service.user))
@@ -279,8 +301,16 @@ def plan_leftovers(
             continue
         note = f'leftover role "{role}": no longer in the services file, kept'
         protected = cluster.protected_roles.get(role)
+        sessions = cluster.leftover_sessions.get(role, 0)
         if not can_login:
             note += " (NOLOGIN)"
+            if sessions and protected is None and disable:
+                actions.append(EndSessions(role, role, sessions))
+            elif sessions and protected is None:
+                note += (
+                    f", but {sessions} session(s) of it are still open: run --disable-removed "
+                    "to end them"
+                )
         elif protected is not None:
             # It carries our comment, but so could anything: never lock out the admin.
             note += f"; never set NOLOGIN by nomad-pginit: {protected}"

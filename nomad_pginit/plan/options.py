@@ -72,5 +72,7 @@ def _encoding_key(name: str) -> str:
 
 def _locale_key(name: str) -> str:
     """en_US.UTF-8, en_US.utf8 and (ICU) en-US name the same locale."""
+    if name.upper() == "POSIX":
+        return "c."  # the server stores POSIX as C
     language, _, codeset = name.partition(".")
     return language.lower().replace("-", "_") + "." + codeset.lower().replace("-", "")

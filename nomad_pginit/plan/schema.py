@@ -7,6 +7,7 @@ from nomad_pginit.plan.actions import (
     CreateExtension,
     GrantReader,
     GrantSchema,
+    RecordReaders,
     Refusal,
     RevokeCreateFromPublic,
     RevokeReader,
@@ -40,15 +41,45 @@ def plan_readers(service: Service, schema: SchemaState) -> list[Action]:
         actions.append(RevokeCreateFromPublic(service.name, schema.database))
     for reader in service.readers:
         held = schema.readers.get(reader)
-        if held is None or not held.complete:
-            usage = held is None or not held.usage or schema.admin_may_grant
-            actions.append(GrantReader(service.name, schema.database, service.user, reader, usage))
-    for former in sorted(schema.default_readers - set(service.readers)):
+        if held is None:  # a role this run creates: nothing held yet
+            actions.append(
+                GrantReader(
+                    service.name,
+                    schema.database,
+                    service.user,
+                    reader,
+                    schema.owned_tables,
+                    schema.owned_sequences,
+                )
+            )
+        elif not held.complete or reader not in schema.recorded_readers:
+            usage = not held.usage or schema.admin_may_grant
+            actions.append(
+                GrantReader(
+                    service.name,
+                    schema.database,
+                    service.user,
+                    reader,
+                    held.unreadable_tables,
+                    held.unreadable_sequences,
+                    usage,
+                )
+            )
+    # Only the readers it recorded giving access: a grant the tenant made is its own.
+    for former in sorted(schema.recorded_readers - set(service.readers)):
         actions.append(
             RevokeReader(
-                service.name, schema.database, service.user, former, schema.admin_may_grant
+                service.name,
+                schema.database,
+                service.user,
+                former,
+                schema.owned_tables,
+                schema.owned_sequences,
+                schema.admin_may_grant,
             )
         )
+    if set(service.readers) != schema.recorded_readers:
+        actions.append(RecordReaders(service.name, schema.database, tuple(sorted(service.readers))))
     return actions
 
 

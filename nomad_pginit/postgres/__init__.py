@@ -6,13 +6,14 @@ keeps one per object kind and Patroni splits its PostgreSQL adapter.
 - ``running``: statements in flight, cancelled on a stop, frozen ones noticed
 - ``failures``: psycopg's errors as ours
 - ``logsettings``: what is switched off while a password statement runs
-- ``catalog``: reading roles, databases and the admin's rights
+- ``catalog``: reading roles, databases, settings, groups and the admin's rights
 - ``session``: the admin's connections (the coordinator, and a worker per thread)
-- ``roles``, ``databases``, ``schema``: the SQL of each action, by object kind
+- ``in_database``: the admin connected to one service's database (observing, running)
+- ``roles``, ``databases``, ``schema``: the SQL of each action, by object kind (pure)
 - ``logins``: logging in as a service
 """
 
-from nomad_pginit.postgres.catalog import _PRIVILEGED_ROLES
+from nomad_pginit.postgres.catalog import PRIVILEGED_ROLES
 from nomad_pginit.postgres.connection import (
     ADVISORY_LOCK_KEY,
     APPLICATION_NAME,
@@ -24,6 +25,7 @@ from nomad_pginit.postgres.connection import (
     Target,
     target,
 )
+from nomad_pginit.postgres.in_database import DatabaseSession
 from nomad_pginit.postgres.logins import LoginCheck, password_works, try_service_login
 from nomad_pginit.postgres.readiness import (
     NEWEST_TESTED_MAJOR,
@@ -32,7 +34,6 @@ from nomad_pginit.postgres.readiness import (
     wait_until_ready,
 )
 from nomad_pginit.postgres.running import cancel_running, on_frozen
-from nomad_pginit.postgres.schema import DatabaseSession
 from nomad_pginit.postgres.session import AdminSession, Coordinator, Worker, WorkerPool
 
 __all__ = [
@@ -43,9 +44,9 @@ __all__ = [
     "LOCK_TIMEOUT_SECONDS",
     "NEWEST_TESTED_MAJOR",
     "OLDEST_MAJOR",
+    "PRIVILEGED_ROLES",
     "STATEMENT_TIMEOUT_SECONDS",
     "TEMPLATE_DATABASE",
-    "_PRIVILEGED_ROLES",
     "AdminSession",
     "Coordinator",
     "DatabaseSession",

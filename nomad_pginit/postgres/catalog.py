@@ -5,7 +5,7 @@ admin's membership and rights are read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from psycopg import sql
@@ -19,11 +19,14 @@ from nomad_pginit.postgres.logsettings import (
 from nomad_pginit.spec import Service
 from nomad_pginit.state import (
     MANAGED_COMMENT,
+    MEMBER_OF_KEY,
+    READERS_KEY,
     AdminState,
     ClusterState,
     DatabaseState,
     GroupState,
     RoleState,
+    read_managed_comment,
 )
 
 if TYPE_CHECKING:  # session.py calls these with itself
@@ -33,7 +36,7 @@ log = logging.getLogger("nomad_pginit")
 
 # Predefined roles that reach beyond one database: a service's role that is a member
 # (directly or not) could read or write every tenant's data, or the server's files.
-_PRIVILEGED_ROLES: Final = (
+PRIVILEGED_ROLES: Final = (
     "pg_read_all_data",
     "pg_write_all_data",
     "pg_execute_server_program",
@@ -56,7 +59,7 @@ _PRIVILEGED_ROLES: Final = (
 # What makes role r more than a service's login, for the holder of its password:
 # its own attributes; the roles it is a member of, directly or not, that are
 # superusers, have such attributes, are privileged predefined roles (parameter
-# "privileged": _PRIVILEGED_ROLES) or are another service's role (parameter
+# "privileged": PRIVILEGED_ROLES) or are another service's role (parameter
 # "users": every service's user); privileges on the system catalogs or their
 # functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
 # the admin's database, where such grants matter); and members of its own, who
@@ -154,9 +157,9 @@ _ADMIN_MAY_ALTER_16: Final = sql.SQL("pg_has_role(current_user, r.oid, 'MEMBER W
 _WARNED: Final[set[tuple[str, ...]]] = set()
 
 
-# Predefined roles that are as good as a superuser, or read or write every tenant's data:
-# member_of names one only with allow_privileged (PostgreSQL's documentation of
-# predefined roles calls the server-files ones equivalent to superuser).
+# Predefined roles that are as good as a superuser, or read or write every tenant's data
+# (PostgreSQL's documentation of predefined roles calls the server-files ones
+# equivalent to superuser): a leftover that is a member is never set NOLOGIN.
 _SUPERUSER_LIKE_ROLES: Final = (
     "pg_execute_server_program",
     "pg_read_server_files",
@@ -166,13 +169,35 @@ _SUPERUSER_LIKE_ROLES: Final = (
 )
 
 
+# Monitoring: what an exporter asks for (member_of = ["pg_monitor"]), reading settings
+# and statistics but acting on nothing.
+_MONITORING_ROLES: Final = (
+    "pg_monitor",
+    "pg_read_all_settings",
+    "pg_read_all_stats",
+    "pg_stat_scan_tables",
+)
+# What member_of may name only with allow_privileged: a predefined role that reaches
+# beyond one database, monitoring aside (ending other tenants' sessions, locking any
+# table, checkpoints, subscriptions, reserved connections, the server's files, all data).
+_BEYOND_ONE_DATABASE: Final = tuple(
+    role for role in PRIVILEGED_ROLES if role not in _MONITORING_ROLES
+) + tuple(role for role in _SUPERUSER_LIKE_ROLES if role not in PRIVILEGED_ROLES)
+
+
 def observe_cluster(session: AdminSession, services: Sequence[Service]) -> ClusterState:
     """Read everything the planner needs about these services, in a few bulk queries."""
     admin = session.state
     users = [service.user for service in services]
     names = [name for service in services for name in service.databases]
     pairs = [(name, service.user) for service in services for name in service.databases]
-    asked = [(service.user, group) for service in services for group in service.member_of]
+    # The memberships a service asks for (member_of), and those nomad-pginit granted
+    # (recorded in the role's comment), are judged on their own, not as elevation.
+    recorded = _recorded_member_of(session, users)
+    asked = sorted(
+        {(service.user, group) for service in services for group in service.member_of}
+        | {(role, group) for role, groups in recorded.items() for group in groups}
+    )
     asked_params = {
         "asked_roles": [role for role, _ in asked],
         "asked_groups": [group for _, group in asked],
@@ -190,7 +215,7 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
                ARRAY(SELECT d.datname::text FROM pg_database d
                      WHERE d.datdba = r.oid ORDER BY d.datname),
                r.rolconnlimit,
-               shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM %(marker)s,
+               shobj_description(r.oid, 'pg_authid'),
                CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END,
                r.rolvaliduntil < now(),
                {elevated},
@@ -212,13 +237,14 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
     roles: dict[str, RoleState] = {}
     params = {
         "marker": marker,
-        "privileged": list(_PRIVILEGED_ROLES),
+        "privileged": list(PRIVILEGED_ROLES),
         "users": users,
         "unfollowed": [],
         **asked_params,
     }
     for row in session.rows(query, params):
-        name, login, superuser, verifier, member, owned, limit, managed = row[:8]
+        name, login, superuser, verifier, member, owned, limit, comment = row[:8]
+        managed, record = read_managed_comment(comment)
         valid_until, expired, elevated, owns_objects_in, may_alter = row[8:]
         roles[str(name)] = RoleState(
             name=str(name),
@@ -229,7 +255,8 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
             admin_may_alter=bool(may_alter),
             owned_databases=tuple(owned) if isinstance(owned, list) else (),
             connection_limit=int(str(limit)),
-            managed=bool(managed),
+            managed=managed,
+            recorded_member_of=record.get(MEMBER_OF_KEY, frozenset()),
             valid_until=str(valid_until) if valid_until is not None else None,
             expired=bool(expired),
             elevated=tuple(str(item) for item in elevated) if isinstance(elevated, list) else (),
@@ -248,27 +275,29 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
     provider_locale = sql.SQL(
         "d.datlocale" if version >= 170000 else "d.daticulocale" if version >= 150000 else "NULL"
     )
-    for name, owner, public, managed, encoding, collate, ctype, kind, locale in session.rows(
+    for name, owner, public, comment, encoding, collate, ctype, kind, locale in session.rows(
         sql.SQL(
             """
             SELECT d.datname, pg_get_userbyid(d.datdba),
                    ARRAY(SELECT DISTINCT a.privilege_type::text
                          FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
                          WHERE a.grantee = 0),
-                   shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM %s,
+                   shobj_description(d.oid, 'pg_database'),
                    pg_encoding_to_char(d.encoding)::text, d.datcollate::text,
                    d.datctype::text, {provider}, {provider_locale}::text
             FROM pg_database d
             WHERE d.datname = ANY(%s)
             """
         ).format(provider=provider, provider_locale=provider_locale),
-        (marker, names),
+        (names,),
     ):
+        managed, record = read_managed_comment(comment)
         databases[str(name)] = DatabaseState(
             name=str(name),
             owner=str(owner),
             public_privileges=frozenset(public) if isinstance(public, list) else frozenset(),
-            managed=bool(managed),
+            managed=managed,
+            recorded_readers=record.get(READERS_KEY, frozenset()),
             encoding=str(encoding),
             lc_collate=str(collate),
             lc_ctype=str(ctype),
@@ -307,29 +336,37 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
         )
     managed_roles: dict[str, bool] = {}
     protected: dict[str, str] = {}
-    for name, login, superuser, is_admin, group, elevated in session.rows(
+    leftover_sessions: dict[str, int] = {}
+    for name, login, superuser, is_admin, group, elevated, connected in session.rows(
         sql.SQL(
             """
             SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolname = current_user,
                    EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
                            WHERE m.roleid = r.oid AND u.rolname <> current_user),
-                   {elevated}
+                   {elevated},
+                   (SELECT count(*) FROM pg_stat_activity a
+                    WHERE a.usesysid = r.oid AND a.pid <> pg_backend_pid())
             FROM pg_roles r
-            WHERE shobj_description(r.oid, 'pg_authid') = %(marker)s
+            WHERE {managed}
             """
-        ).format(elevated=_elevated(session.server_version)),
+        ).format(
+            elevated=_elevated(session.server_version),
+            managed=_MANAGED.format(sql.SQL("shobj_description(r.oid, 'pg_authid')")),
+        ),
         {
             "marker": marker,
-            "privileged": list(_PRIVILEGED_ROLES),
+            "marker_prefix": marker + "; ",
+            "privileged": list(PRIVILEGED_ROLES),
             "users": users,
             "asked_roles": [],
             "asked_groups": [],
             # Setting a leftover NOLOGIN takes powers away: one that monitors (pg_monitor,
             # an exporter's member_of) may lose its login, a superuser-like one never.
-            "unfollowed": [r for r in _PRIVILEGED_ROLES if r not in _SUPERUSER_LIKE_ROLES],
+            "unfollowed": [r for r in PRIVILEGED_ROLES if r not in _SUPERUSER_LIKE_ROLES],
         },
     ):
         managed_roles[str(name)] = bool(login)
+        leftover_sessions[str(name)] = int(str(connected))
         # The comment alone proves nothing: anyone may have put it there.
         if superuser:
             protected[str(name)] = "it is a superuser"
@@ -342,14 +379,14 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
     managed_databases = frozenset(
         str(row[0])
         for row in session.rows(
-            sql.SQL(
-                "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = %s"
+            sql.SQL("SELECT datname FROM pg_database d WHERE {}").format(
+                _MANAGED.format(sql.SQL("shobj_description(d.oid, 'pg_database')"))
             ),
-            (marker,),
+            {"marker": marker, "marker_prefix": marker + "; "},
         )
     )
     return ClusterState(
-        **_observe_tenant_options(session, services, users),
+        **_observe_tenant_options(session, services, users, roles),
         server_version=version,
         admin=admin,
         roles=roles,
@@ -359,7 +396,29 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
         managed_roles=managed_roles,
         managed_databases=managed_databases,
         protected_roles=protected,
+        leftover_sessions=leftover_sessions,
     )
+
+
+# A comment that marks an object as ours (state.managed_comment): the mark alone, or
+# the mark and a record of what was granted.
+_MANAGED: Final = sql.SQL("({0} = %(marker)s OR starts_with({0}, %(marker_prefix)s))")
+
+
+def _recorded_member_of(session: AdminSession, users: list[str]) -> dict[str, frozenset[str]]:
+    """The groups each of these roles was made a member of by nomad-pginit (member_of)."""
+    recorded: dict[str, frozenset[str]] = {}
+    for name, comment in session.rows(
+        sql.SQL(
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+            "WHERE rolname = ANY(%s)"
+        ),
+        (users,),
+    ):
+        _, record = read_managed_comment(comment)
+        if groups := record.get(MEMBER_OF_KEY):
+            recorded[str(name)] = groups
+    return recorded
 
 
 def observe_admin(session: AdminSession) -> AdminState:
@@ -431,7 +490,10 @@ def observe_admin(session: AdminSession) -> AdminState:
 
 
 def _observe_tenant_options(
-    session: AdminSession, services: Sequence[Service], users: list[str]
+    session: AdminSession,
+    services: Sequence[Service],
+    users: list[str],
+    roles: Mapping[str, RoleState],
 ) -> dict[str, Any]:
     """What settings, member_of and readers need, read only when a service asks for them."""
     found: dict[str, Any] = {}
@@ -464,7 +526,11 @@ def _observe_tenant_options(
             entries[name.lower()] = value
     found["role_settings"] = role_settings
     groups = sorted({group for service in services for group in service.member_of})
-    if groups:
+    # Taken back when no longer listed: the memberships it recorded granting.
+    recorded = sorted(
+        {group for role in roles.values() for group in role.recorded_member_of} - set(groups)
+    )
+    if groups or recorded:
         found["groups"] = {
             str(name): GroupState(str(name), privileged=str(why or ""))
             for name, why in session.rows(
@@ -482,8 +548,8 @@ def _observe_tenant_options(
                                         WHEN x.rolname = ANY(%(users)s)
                                             THEN ' another service''s role'
                                         WHEN x.rolname = ANY(%(like)s)
-                                            THEN ' a predefined role that reaches every '
-                                                 'database or the server''s files'
+                                            THEN ' a predefined role that reaches beyond '
+                                                 'one database'
                                         ELSE ' a role with CREATEDB, CREATEROLE, '
                                              'REPLICATION or BYPASSRLS' END
                             FROM up JOIN pg_roles x ON x.oid = up.roleid
@@ -495,7 +561,7 @@ def _observe_tenant_options(
                     WHERE g.rolname = ANY(%(groups)s)
                     """
                 ),
-                {"groups": groups, "users": users, "like": list(_SUPERUSER_LIKE_ROLES)},
+                {"groups": groups, "users": users, "like": list(_BEYOND_ONE_DATABASE)},
             )
         }
         found["memberships"] = frozenset(
@@ -509,7 +575,7 @@ def _observe_tenant_options(
                       AND pg_get_userbyid(m.roleid) = ANY(%s)
                     """
                 ),
-                (users, groups),
+                (users, groups + recorded),
             )
         )
     readers = sorted({reader for service in services for reader in service.readers})

@@ -5,6 +5,9 @@ Adding a database option: a plan action in plan.py, its statements here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Final
+
 from psycopg import sql
 
 from nomad_pginit.plan import (
@@ -17,14 +20,15 @@ from nomad_pginit.plan import (
 )
 from nomad_pginit.state import MANAGED_COMMENT
 
-# The actions this module writes the SQL of.
-DATABASE_ACTIONS = (
-    CreateDatabase,
-    ChangeDatabaseOwner,
-    GrantDatabase,
-    MarkDatabase,
-    IsolateDatabase,
-)
+# The actions this module writes the SQL of, each with what an admin that is not a
+# superuser needs to run it (said when PostgreSQL answers "permission denied").
+DATABASE_ACTIONS: Final[Mapping[type[Action], str]] = {
+    CreateDatabase: "CREATEDB and membership in the owning role",
+    ChangeDatabaseOwner: "CREATEDB, membership in the new owner and ownership of the database",
+    GrantDatabase: "ownership of the database or a grant option on it",
+    MarkDatabase: "ownership of the database (membership in its owner)",
+    IsolateDatabase: "ownership of the database (membership in its owner)",
+}
 
 # Who granted PUBLIC CONNECT or TEMPORARY on a database (%s: its name).
 PUBLIC_GRANTORS = sql.SQL(

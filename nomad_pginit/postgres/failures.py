@@ -11,46 +11,20 @@ import psycopg.errors
 from psycopg import sql
 
 from nomad_pginit.errors import PginitError, PostgresUnavailable, ServiceError
-from nomad_pginit.plan import (
-    Action,
-    ChangeDatabaseOwner,
-    ClearValidUntil,
-    CreateDatabase,
-    CreateExtension,
-    CreateRole,
-    DisableRole,
-    GrantDatabase,
-    GrantRoleToAdmin,
-    GrantSchema,
-    IsolateDatabase,
-    MarkDatabase,
-    MarkRole,
-    RestoreLogin,
-    SetConnectionLimit,
-    SetPassword,
-)
+from nomad_pginit.plan import Action, CreateRole
 from nomad_pginit.postgres.connection import Target, _last_line
+from nomad_pginit.postgres.databases import DATABASE_ACTIONS
 from nomad_pginit.postgres.roles import ROLE_ACTIONS
 from nomad_pginit.postgres.running import _interrupted, _Running
+from nomad_pginit.postgres.schema import SCHEMA_ACTIONS
 from nomad_pginit.stopping import Stopped
 
-# What each action needs when the admin is not a superuser, for "permission denied".
+# What each action needs when the admin is not a superuser, for "permission denied":
+# beside each kind's statements.
 _NEEDED_PRIVILEGE: Final[Mapping[type[Action], str]] = {
-    CreateRole: "CREATEROLE",
-    SetPassword: "CREATEROLE (and the role must not be a superuser)",
-    RestoreLogin: "CREATEROLE",
-    GrantRoleToAdmin: "CREATEROLE",
-    CreateDatabase: "CREATEDB and membership in the owning role",
-    ChangeDatabaseOwner: "CREATEDB, membership in the new owner and ownership of the database",
-    GrantDatabase: "ownership of the database or a grant option on it",
-    GrantSchema: "ownership of schema public (membership in the database owner)",
-    SetConnectionLimit: "CREATEROLE",
-    MarkRole: "CREATEROLE",
-    MarkDatabase: "ownership of the database (membership in its owner)",
-    IsolateDatabase: "ownership of the database (membership in its owner)",
-    CreateExtension: "superuser, or a trusted extension and CREATE on the database",
-    DisableRole: "CREATEROLE",
-    ClearValidUntil: "CREATEROLE",
+    **ROLE_ACTIONS,
+    **DATABASE_ACTIONS,
+    **SCHEMA_ACTIONS,
 }
 
 
@@ -60,7 +34,7 @@ def _needed_privilege(action: Action, conn: psycopg.Connection[tuple[object, ...
     needed = _NEEDED_PRIVILEGE.get(type(action), "more privileges")
     role = getattr(action, "role", None)
     if (
-        isinstance(action, ROLE_ACTIONS)
+        type(action) in ROLE_ACTIONS
         and not isinstance(action, CreateRole)
         and role is not None
         and not conn.closed

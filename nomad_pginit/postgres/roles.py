@@ -1,9 +1,14 @@
 """The SQL of each action on a role: pure functions from an action to its statement.
 
-Adding an ALTER ROLE option: a plan action in plan.py, its statement here.
+Adding an ALTER ROLE option: its action in plan/actions.py, when it is needed in
+plan/cluster.py (_plan_role), and here its statement (role_statement) and what
+the admin needs for it (ROLE_ACTIONS). CONTRIBUTING.md has the whole checklist.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
 
 from psycopg import sql
 
@@ -12,30 +17,37 @@ from nomad_pginit.plan import (
     ClearValidUntil,
     CreateRole,
     DisableRole,
+    EndSessions,
     GrantMembership,
     GrantRoleToAdmin,
     MarkRole,
+    RecordMemberOf,
     RestoreLogin,
+    RevokeMembership,
     SetConnectionLimit,
     SetPassword,
     SetRoleSetting,
     setting_items,
 )
-from nomad_pginit.state import MANAGED_COMMENT
+from nomad_pginit.state import MANAGED_COMMENT, MEMBER_OF_KEY, managed_comment
 
-# The actions this module writes the SQL of.
-ROLE_ACTIONS = (
-    CreateRole,
-    SetPassword,
-    RestoreLogin,
-    GrantRoleToAdmin,
-    SetConnectionLimit,
-    MarkRole,
-    DisableRole,
-    ClearValidUntil,
-    GrantMembership,
-    SetRoleSetting,
-)
+# The actions this module writes the SQL of, each with what an admin that is not a
+# superuser needs to run it (said when PostgreSQL answers "permission denied").
+ROLE_ACTIONS: Final[Mapping[type[Action], str]] = {
+    CreateRole: "CREATEROLE",
+    SetPassword: "CREATEROLE (and the role must not be a superuser)",
+    RestoreLogin: "CREATEROLE",
+    GrantRoleToAdmin: "CREATEROLE",
+    SetConnectionLimit: "CREATEROLE",
+    MarkRole: "CREATEROLE",
+    DisableRole: "CREATEROLE",
+    ClearValidUntil: "CREATEROLE",
+    GrantMembership: "CREATEROLE, and from PostgreSQL 16 on ADMIN OPTION on the granted role",
+    RevokeMembership: "CREATEROLE, and from PostgreSQL 16 on ADMIN OPTION on the group",
+    RecordMemberOf: "CREATEROLE",
+    EndSessions: "pg_signal_backend, or membership in the role",
+    SetRoleSetting: "CREATEROLE",
+}
 
 
 def password_template(action: CreateRole | SetPassword) -> sql.SQL:
@@ -84,6 +96,12 @@ def role_statement(action: Action, server_version: int) -> sql.Composed:
                 sql.Identifier(database),
                 sql.SQL(".").join(sql.Identifier(part) for part in setting.split(".")),
                 items,
+            )
+        case RevokeMembership(role=role, group=group):
+            return sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), sql.Identifier(role))
+        case RecordMemberOf(role=role, groups=groups):
+            return sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                sql.Identifier(role), sql.Literal(managed_comment({MEMBER_OF_KEY: groups}))
             )
         case ClearValidUntil(role=role):
             return sql.SQL("ALTER ROLE {} VALID UNTIL 'infinity'").format(sql.Identifier(role))

@@ -21,6 +21,7 @@ from nomad_pginit.plan import (
     CreateDatabase,
     CreateRole,
     DisableRole,
+    EndSessions,
     IsolateDatabase,
     SetPassword,
     sql_name,
@@ -51,6 +52,7 @@ from nomad_pginit.postgres.failures import (
     _nothing_granted_fails,
     _service_error,
 )
+from nomad_pginit.postgres.in_database import DatabaseSession
 from nomad_pginit.postgres.logsettings import (
     _SESSION_LOG_SETTINGS,
     _STATEMENT_LOG_SETTINGS,
@@ -62,7 +64,6 @@ from nomad_pginit.postgres.roles import (
     role_statement,
 )
 from nomad_pginit.postgres.running import _IN_FLIGHT
-from nomad_pginit.postgres.schema import DatabaseSession
 from nomad_pginit.scram import derive_keys
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service
@@ -172,10 +173,13 @@ class AdminSession:
                 done = self._run(action, role_statement(action, self.server_version))
                 self._end_sessions(role)
                 return done
-            case _ if isinstance(action, DATABASE_ACTIONS):
+            case EndSessions(role=role):
+                self._end_sessions(role)
+                return True
+            case _ if type(action) in DATABASE_ACTIONS:
                 (statement,) = database_statements(action)
                 return self._run(action, statement)
-            case _ if isinstance(action, ROLE_ACTIONS):
+            case _ if type(action) in ROLE_ACTIONS:
                 return self._run(action, role_statement(action, self.server_version))
         raise TypeError(f"not a cluster-level action: {action!r}")
 

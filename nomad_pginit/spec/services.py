@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields as dataclass_fields
 from typing import Any, Final
 
@@ -178,8 +178,10 @@ def check_options(table: Mapping[str, Any], where: str, problems: Problems) -> d
         else:
             options["extensions"] = tuple(names)
     options.update(_check_creation(table, where, problems))
-    if "readers" in table and (readers := _check_role_list(table, "readers", where, problems)):
-        options["readers"] = readers
+    if "readers" in table:
+        readers = _check_role_list(table, "readers", where, problems)
+        if readers is not None:
+            options["readers"] = readers  # [] too: no readers, whatever [defaults] says
     if "settings" in table:
         options["settings"] = _check_settings(table, where, problems)
     if "connection_limit" in table:
@@ -277,7 +279,23 @@ def parse_services(
         if service is not None:
             services.append(service)
     _check_unique(services, problems)
+    _check_templates(services, problems)
     return services
+
+
+def _check_templates(services: list[Service], problems: Problems) -> None:
+    """A template that is a service's database would copy its tables and data, owned by
+    that service's role, into another service's database."""
+    owners = {database: service.name for service in services for database in service.databases}
+    for index, service in enumerate(services, start=1):
+        template = service.creation.template
+        if template is not None and template in owners:
+            problems.add(
+                f"[[service]] #{index} ({service.name!r})",
+                f"'template' {template!r} is the database of service {owners[template]!r}: "
+                "its tables and data would be copied, still owned by that service's role; "
+                'use "template0", "template1" or a template database of your own',
+            )
 
 
 def _parse_service(
@@ -310,8 +328,10 @@ def _parse_service(
     )
     user = entry.get("user", entry["name"])
     readers = options.get("readers", ())
-    if user in readers:
+    if user in own.get("readers", ()):
         problems.add(where, f"'readers' lists {user!r}, the service's own role")
+    # [defaults] readers = ["grafana"] when grafana is a service too: not its own reader.
+    readers = tuple(reader for reader in readers if reader != user)
     if user in (member_of or ()):
         problems.add(where, f"'member_of' lists {user!r}, the service's own role")
     if entry.get("allow_privileged") and not member_of:
@@ -367,15 +387,24 @@ def check_admin_secret_unshared(
     problems: Problems,
 ) -> None:
     """No service may read the admin's own secret as its password."""
-    if not postgres.password_secret:
-        return
-    for index, service in enumerate(services, start=1):
-        if service.password is None and vault.secret_path(service.name) == (
-            postgres.password_secret
-        ):
-            problems.add(
-                f"[[service]] #{index} ({service.name!r})",
-                f"its Vault secret {vault.cli_path(service.name)} is the PostgreSQL "
-                "superuser's password ([postgres] password_secret): its role would get that "
-                "password; rename the service or change [vault] path",
-            )
+    for where, problem in admin_secret_sharers(services, postgres.password_secret, vault):
+        problems.add(where, problem)
+
+
+def admin_secret_sharers(
+    services: Sequence[Service], admin_secret: str, vault: VaultSettings
+) -> list[tuple[str, str]]:
+    """(where, why) for each service whose Vault secret is ``admin_secret``, the admin's
+    password: its role would get that password."""
+    if not admin_secret:
+        return []
+    return [
+        (
+            f"[[service]] #{index} ({service.name!r})",
+            f"its Vault secret {vault.cli_path(service.name)} is the PostgreSQL superuser's "
+            "password ([postgres] password_secret): its role would get that password; "
+            "rename the service or change [vault] path",
+        )
+        for index, service in enumerate(services, start=1)
+        if service.password is None and vault.secret_path(service.name) == admin_secret
+    ]

@@ -154,7 +154,7 @@ def test_every_privileged_predefined_role_of_this_major_is_refused(
             str(name)
             for (name,) in conn.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname",
-                (list(postgres._PRIVILEGED_ROLES),),
+                (list(postgres.PRIVILEGED_ROLES),),
             )
         ]
         for name in present:

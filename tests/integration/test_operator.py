@@ -941,6 +941,7 @@ def test_check_json(provisioned: Path, pg: Cluster, vault: Vault) -> None:
     assert by_name["fine"] == {
         "name": "fine",
         "database": "fine",
+        "databases": ["fine"],
         "user": "fine",
         "vault_path": "secret/postgres/fine",
         "ok": True,

@@ -14,7 +14,8 @@ from conftest import Cluster, Vault, tool_env, write_services_file
 
 from nomad_pginit import postgres, provision, spec
 from nomad_pginit.errors import ExitCode
-from nomad_pginit.provision import SERVICE_WORKERS, Status, reconcile
+from nomad_pginit.outcome import Status
+from nomad_pginit.provision import SERVICE_WORKERS, reconcile
 from nomad_pginit.secret import Secret
 from nomad_pginit.state import ClusterState
 from nomad_pginit.stopping import StopRequest

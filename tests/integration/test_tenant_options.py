@@ -415,3 +415,120 @@ def test_member_of_with_a_createrole_admin_says_what_it_lacks(
     assert result.returncode == 0, result.output
     assert scalar(pg, "SELECT pg_has_role('exporter', 'pg_monitor', 'MEMBER')") is True
     assert_no_writes(pg, config, vault)
+
+
+# --- what a hostile review found -------------------------------------------------------
+
+
+def test_what_the_tenant_shares_itself_is_never_taken_back(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(pg, vault, tmp_path, [{"name": "app"}, {"name": "viewer"}])
+    assert run(config, vault).returncode == 0
+    # The tenant lets a role of its own read, as the app's docs tell it to.
+    with connect_as(pg, "app", "app") as conn:
+        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO viewer")
+        conn.execute(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON SEQUENCES TO viewer"
+        )
+        conn.execute("GRANT CONNECT ON DATABASE app TO viewer")
+        conn.execute("CREATE TABLE jobs (id serial)")
+    assert_no_writes(pg, config, vault)
+    rewrite(config, 'name = "app"\n', 'name = "app"\nreaders = ["viewer"]\n')
+    assert run(config, vault).returncode == 0
+    rewrite(config, 'readers = ["viewer"]\n', "")
+    result = run(config, vault)
+    assert result.returncode == 0, result.output
+    assert 'revoked from "viewer"' in result.stdout  # what nomad-pginit gave, it takes back
+    # What the tenant gave by itself came back with nomad-pginit's grant and went with it;
+    # but a role the tenant shares with and nomad-pginit never recorded is left alone.
+    with pg.connect() as conn:
+        conn.execute("CREATE ROLE partner LOGIN PASSWORD 'partner-pw'")
+    with connect_as(pg, "app", "app") as conn:
+        conn.execute("GRANT CONNECT ON DATABASE app TO partner")
+        conn.execute("GRANT SELECT ON jobs TO partner")
+    assert_no_writes(pg, config, vault)
+    conninfo = pg.server.conninfo(dbname="app", user="partner", password="partner-pw")
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_readers_read_only_the_services_own_tables(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(
+        pg, vault, tmp_path, [{"name": "app", "readers": ["grafana"]}, {"name": "grafana"}]
+    )
+    assert run(config, vault).returncode == 0
+    with pg.connect("app") as conn:
+        conn.execute("CREATE TABLE public.dba_only (secret text)")
+        conn.execute("INSERT INTO public.dba_only VALUES ('dba-secret')")
+    with connect_as(pg, "app", "app") as conn:
+        conn.execute("CREATE TABLE mine (id int)")
+    assert run(config, vault).returncode == 0
+    with connect_as(pg, "grafana", "app") as conn:
+        conn.execute("SELECT * FROM mine")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM dba_only")
+    assert_no_writes(pg, config, vault)
+
+
+def test_readers_of_roles_created_in_the_same_run_in_a_chain(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    services: list[Mapping[str, object]] = [
+        {"name": f"x{i}", "readers": ["y"]} for i in range(1, 5)
+    ] + [{"name": "y", "readers": ["z"]}, {"name": "z"}]
+    config = services_file(pg, vault, tmp_path, services)
+    result = run(config, vault)
+    assert result.returncode == 0, result.output
+    with connect_as(pg, "y", "x3") as conn:
+        conn.execute("SELECT 1")
+    assert_no_writes(pg, config, vault)
+
+
+def test_member_of_taken_back_when_removed_and_beyond_one_database_refused(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(
+        pg,
+        vault,
+        tmp_path,
+        [
+            {"name": "exporter", "member_of": ["pg_monitor"]},
+            {"name": "killer", "member_of": ["pg_signal_backend"]},
+        ],
+    )
+    result = run(config, vault)
+    assert result.returncode == 1, result.output
+    assert "allow_privileged = true" in "\n".join(service_lines(result.stdout, "killer"))
+    rewrite(config, 'member_of = ["pg_monitor"]\n', "")
+    rewrite(config, 'member_of = ["pg_signal_backend"]\n', "")
+    result = run(config, vault)
+    assert result.returncode == 0, result.output
+    assert 'role "pg_monitor" revoked from "exporter"' in result.stdout
+    assert scalar(pg, "SELECT pg_has_role('exporter', 'pg_monitor', 'MEMBER')") is False
+    vault.put("exporter", password_for("exporter") + "-rotated")
+    rotated = run(config, vault)
+    assert rotated.returncode == 0, rotated.output
+
+
+def test_disable_removed_ends_sessions_of_a_role_already_nologin(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(pg, vault, tmp_path, [{"name": "keep"}, {"name": "gone"}])
+    assert run(config, vault).returncode == 0
+    session = connect_as(pg, "gone", "gone")
+    try:
+        with pg.connect() as conn:
+            conn.execute("ALTER ROLE gone NOLOGIN")  # a stop between the two steps, say
+        write_services_file(tmp_path, pg, ["keep"])
+        planned = plan(config, vault)
+        assert "1 session(s) of it are still open" in planned.stdout, planned.output
+        result = run(config, vault, "--disable-removed")
+        assert result.returncode == 0, result.output
+        assert 'role "gone": 1 open session ended' in result.stdout
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+    finally:
+        session.close()

@@ -372,6 +372,8 @@ def _example(kind: type[Action]) -> Action:
             values[item.name] = f"{item.name}-x"
         elif hint == tuple[tuple[str, str], ...]:
             values[item.name] = (("locale", "C"),)
+        elif hint == tuple[str, ...]:
+            values[item.name] = (f"{item.name}-x",)
         else:
             pytest.fail(f"{kind.__name__}.{item.name}: no example for {hint!r}")
     return kind(**values)

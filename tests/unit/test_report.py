@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from nomad_pginit.errors import ExitCode, PostgresUnavailable
+from nomad_pginit.outcome import Outcome, ServiceOutcome, Status
 from nomad_pginit.plan import CreateRole, GrantDatabase
-from nomad_pginit.provision import Outcome, ServiceOutcome, Status
 from nomad_pginit.report import JsonFormatter, PlainFormatter, log_summary, summary_line
 from nomad_pginit.secret import MASK, Secret
 from nomad_pginit.spec import Service

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_plan import PASSWORD, SERVICE, in_place, only, types
+from test_plan import PASSWORD, SERVICE, in_place, only, role, types
 
 from nomad_pginit import spec
 from nomad_pginit.errors import ConfigError
@@ -19,7 +19,10 @@ from nomad_pginit.plan import (
     GrantReader,
     GrantRoleToAdmin,
     IsolateDatabase,
+    RecordMemberOf,
+    RecordReaders,
     Refusal,
+    RevokeMembership,
     RevokeReader,
     SetRoleSetting,
     plan_cluster,
@@ -247,7 +250,7 @@ def test_list_settings_compare_item_by_item() -> None:
 
 @pytest.mark.parametrize(
     ("context", "words"),
-    [(None, "has no parameter"), ("superuser", 'context is "superuser"')],
+    [(None, "not a parameter a role may set"), ("superuser", 'context is "superuser"')],
 )
 def test_settings_a_role_may_not_set_for_itself_are_refused(
     context: str | None, words: str
@@ -269,10 +272,22 @@ def test_member_of_granted_when_missing_refused_when_privileged_or_missing() -> 
     service = with_options(member_of=("pg_monitor",))
     state = dataclasses.replace(in_place(), groups={"pg_monitor": GroupState("pg_monitor")})
     assert plan_cluster(service, PASSWORD, state) == [
-        GrantMembership("wiki", "wiki_user", "pg_monitor")
+        GrantMembership("wiki", "wiki_user", "pg_monitor"),
+        RecordMemberOf("wiki", "wiki_user", ("pg_monitor",)),
     ]
-    held = dataclasses.replace(state, memberships=frozenset({("wiki_user", "pg_monitor")}))
+    recorded = role(recorded_member_of=frozenset({"pg_monitor"}))
+    held = dataclasses.replace(
+        state,
+        memberships=frozenset({("wiki_user", "pg_monitor")}),
+        roles={SERVICE.user: recorded},
+    )
     assert plan_cluster(service, PASSWORD, held) == []
+    # Gone from member_of: what it recorded granting is taken back, and the record too.
+    removed = dataclasses.replace(service, member_of=())
+    assert plan_cluster(removed, PASSWORD, held) == [
+        RevokeMembership("wiki", "wiki_user", "pg_monitor"),
+        RecordMemberOf("wiki", "wiki_user", ()),
+    ]
     with pytest.raises(Refusal, match='"pg_monitor", which does not exist'):
         plan_cluster(service, PASSWORD, in_place())
     privileged = dataclasses.replace(
@@ -281,7 +296,7 @@ def test_member_of_granted_when_missing_refused_when_privileged_or_missing() -> 
     with pytest.raises(Refusal, match="allow_privileged = true"):
         plan_cluster(service, PASSWORD, privileged)
     allowed = dataclasses.replace(service, allow_privileged=True)
-    assert types(plan_cluster(allowed, PASSWORD, privileged)) == [GrantMembership]
+    assert types(plan_cluster(allowed, PASSWORD, privileged)) == [GrantMembership, RecordMemberOf]
 
 
 def test_readers_must_exist_or_be_created_by_the_run() -> None:
@@ -297,18 +312,41 @@ def schema(**changes: Any) -> SchemaState:
     )
 
 
-def test_readers_granted_until_complete_and_removed_ones_revoked() -> None:
+def test_readers_granted_until_complete_and_only_recorded_ones_revoked() -> None:
     service = with_options(readers=("grafana", "metabase"))
-    complete = ReaderState(True, True, True, True, True, True)
-    partial = dataclasses.replace(complete, default_sequences=False)
+    complete = ReaderState(True, True, (), (), True, True)
+    partial = dataclasses.replace(complete, unreadable_tables=("items",))
     state = schema(
         readers={"grafana": complete, "metabase": partial},
-        default_readers=frozenset({"grafana", "metabase", "old"}),
+        recorded_readers=frozenset({"grafana", "metabase", "old"}),
+        owned_tables=("items", "logs"),
     )
     assert plan_readers(service, state) == [
-        GrantReader("wiki", "wiki_db", "wiki_user", "metabase"),
-        RevokeReader("wiki", "wiki_db", "wiki_user", "old"),
+        GrantReader("wiki", "wiki_db", "wiki_user", "metabase", ("items",), ()),
+        RevokeReader("wiki", "wiki_db", "wiki_user", "old", ("items", "logs"), ()),
+        RecordReaders("wiki", "wiki_db", ("grafana", "metabase")),
     ]
+    # A role the tenant itself lets read (not recorded) is none of ours: never revoked.
+    assert plan_readers(with_options(), schema(recorded_readers=frozenset())) == []
+
+
+def test_readers_empty_list_overrides_defaults_and_skips_its_own_user() -> None:
+    parsed = spec.parse(
+        {
+            "defaults": {"readers": ["grafana"]},
+            "service": [{"name": "bi", "readers": []}, {"name": "grafana"}, {"name": "app"}],
+        },
+        SOURCE,
+    )
+    bi, grafana, app = parsed.services
+    assert bi.readers == ()
+    assert grafana.readers == ()
+    assert app.readers == ("grafana",)
+
+
+def test_template_that_is_a_services_database_refused() -> None:
+    found = problems({"service": [{"name": "app"}, {"name": "bi", "template": "app"}]})
+    assert any("'template' 'app' is the database of service 'app'" in p for p in found), found
 
 
 def test_json_config_takes_the_options_too(tmp_path: Path) -> None:

@@ -1,17 +1,13 @@
-"""Nomad's HTTP API: the only module that imports python-nomad.
-
-python-nomad returns untyped JSON; this module turns it into frozen dataclasses
-and translates ``nomad.api.exceptions`` into the project's errors, with a
-message that says what to do. It never puts the ACL token in a message.
-"""
+"""The client of Nomad's HTTP API: python-nomad's calls, each with a deadline, turned
+into the types of ``types`` and its exceptions into the project's errors, with a
+message that says what to do. It never puts the ACL token in a message."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
 
 import nomad
@@ -21,266 +17,38 @@ import requests
 from nomad_pginit import nomad_http
 from nomad_pginit.errors import ConfigError, NomadUnavailable, VariableChanged
 from nomad_pginit.jobspec import JobVariables
+from nomad_pginit.nomad.decoding import (
+    _allocation,
+    _describe_placement_failure,
+    _int,
+    _str,
+    _variable,
+)
+from nomad_pginit.nomad.types import (
+    Allocation,
+    Evaluation,
+    Job,
+    LogStream,
+    ParsedJob,
+    Registration,
+    Submission,
+    Variable,
+    _mapping,
+    init_is_sidecar,
+    services_variable,
+)
 from nomad_pginit.nomad_http import Settings
 
 TIMEOUT_SECONDS: Final = 10
 # A restart returns once the running tasks have stopped: up to their kill_timeout
 # (capped by the client's max_kill_timeout, 30 s by default), plus this margin.
 RESTART_MARGIN_SECONDS: Final = 30
-DEFAULT_KILL_TIMEOUT_SECONDS: Final = 5  # api/tasks.go, when a task sets none
 # Register's admission checks refuse a job with go-multierror's text, "1 error
 # occurred:\n\t* ..." (nomad/job_endpoint_hooks.go validate): HTTP 500, like the
 # cluster's own trouble ("No cluster leader"), which has no such header.
 _REFUSAL: Final = re.compile(r"^\d+ errors? occurred:")
-# The poststart task that runs `nomad-pginit run` in the postgresql job.
-INIT_TASK: Final = "init-databases"
-
-# Evaluation statuses after which the scheduler will not place anything more for it.
-EVAL_DONE: Final = frozenset({"complete", "failed", "canceled"})
-# Task events that announce a kill someone asked for, not a failure of the task
-# (nomad/structs/structs.go TaskKilling and TaskRestartSignal, emitted before a
-# kill or restart by alloc_runner.go and the template and vault hooks).
-REQUESTED_KILLS: Final = frozenset({"Restart Signaled", "Killing"})
-# Allocation client statuses from which no task will run again.
-ALLOC_DONE: Final = frozenset({"complete", "failed", "lost"})
-
-# `job "postgresql" {` at the start of a line: the label `nomad job run` uses as the ID.
-_JOB_LABEL: Final = re.compile(r'^\s*job\s+"((?:[^"\\]|\\.)+)"\s*\{', re.MULTILINE)
 # Error bodies can be long (HCL diagnostics); one readable line is enough.
 _BODY_LIMIT: Final = 400
-
-LogStream = Literal["stdout", "stderr"]
-
-
-# --- what the API returns, typed ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskEvent:
-    """One entry of a task's event history (Nomad keeps the last 10)."""
-
-    type: str
-    time: int  # unix nanoseconds
-    exit_code: int | None
-    message: str
-    # Details (nomad/structs TaskEvent): "exit_code", "restart_reason", "fails_task", ...
-    details: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def restart_reason(self) -> str:
-        """Why Nomad restarts the task: "" for a restart someone asked for
-        (restarts.go: a triggered restart has no reason), the policy's words otherwise."""
-        return self.details.get("restart_reason", "")
-
-
-@dataclass(frozen=True)
-class TaskState:
-    """One task of an allocation: pending, running or dead."""
-
-    state: str
-    failed: bool
-    restarts: int
-    started_at: str | None
-    finished_at: str | None
-    events: tuple[TaskEvent, ...] = ()
-
-    @property
-    def exit_code(self) -> int | None:
-        """The exit code of the last Terminated event, or None when it never exited."""
-        for event in reversed(self.events):
-            if event.type == "Terminated":
-                return event.exit_code
-        return None
-
-    @property
-    def last_event(self) -> TaskEvent | None:
-        return self.events[-1] if self.events else None
-
-    @property
-    def last_exit_time(self) -> int:
-        """When the task last exited (unix nanoseconds), 0 if it never did."""
-        return max((event.time for event in self.events if event.type == "Terminated"), default=0)
-
-    @property
-    def last_policy_restart(self) -> TaskEvent | None:
-        """The last restart that Nomad's restart policy made (restarts.go gives those a
-        reason; a restart someone asked for has none)."""
-        by_policy = [e for e in self.events if e.type == "Restarting" and e.restart_reason]
-        return by_policy[-1] if by_policy else None
-
-    def ran_after(self, previous: TaskState | None) -> bool:
-        """Whether this state shows a later run than ``previous`` (an allocation restarted)."""
-        if previous is None:
-            return True
-        later_exit = self.last_exit_time > previous.last_exit_time
-        return later_exit or self.finished_at != previous.finished_at
-
-    def failed_after(self, previous: TaskState | None) -> bool:
-        """Whether an attempt after ``previous`` exited non-zero by itself.
-
-        A restart block in mode "delay" retries a failed task forever, so it may
-        never be dead: the first failed attempt is the answer. An exit after a kill
-        someone asked for (a restart through the API) is not a failure.
-        """
-        since = previous.last_exit_time if previous is not None else 0
-        requested = False
-        for event in self.events:
-            if event.time <= since:
-                continue
-            if event.type in REQUESTED_KILLS:
-                requested = True
-            elif event.type == "Terminated":
-                if event.exit_code not in (None, 0) and not requested:
-                    return True
-                requested = False
-        return False
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """An allocation stub, as GET /v1/job/:id/allocations lists it."""
-
-    id: str
-    eval_id: str
-    name: str
-    job_version: int
-    client_status: str
-    desired_status: str
-    create_index: int
-    modify_index: int
-    task_states: Mapping[str, TaskState] = field(default_factory=dict)
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:8]
-
-    def task(self, name: str) -> TaskState | None:
-        return self.task_states.get(name)
-
-
-@dataclass(frozen=True)
-class Job:
-    """The parts of a registered job that deploy and verify need."""
-
-    id: str
-    version: int
-    job_modify_index: int
-    status: str
-    stop: bool
-    # In live mode ([job] mode = "live") init-databases is a sidecar that keeps running,
-    # and reads its services from this variable.
-    init_sidecar: bool = False
-    services_variable: str | None = None
-
-
-@dataclass(frozen=True)
-class ParsedJob:
-    """What Nomad's own parser made of a jobspec: ready for register_job."""
-
-    id: str
-    body: Mapping[str, Any]
-    # The job file's text and the variables it was parsed with: the submission record.
-    source: str = ""
-    variables: JobVariables = field(default_factory=JobVariables)
-
-    @property
-    def init_sidecar(self) -> bool:
-        return init_is_sidecar(self.body)
-
-    @property
-    def services_variable(self) -> str | None:
-        return services_variable(self.body)
-
-    @property
-    def kill_timeout(self) -> float:
-        """The longest kill_timeout of the job's tasks, in seconds (Nomad's JSON has ns)."""
-        longest = float(DEFAULT_KILL_TIMEOUT_SECONDS)
-        for group in self.body.get("TaskGroups") or []:
-            for raw in _mapping(group).get("Tasks") or []:
-                value = _mapping(raw).get("KillTimeout")
-                if isinstance(value, int) and not isinstance(value, bool):
-                    longest = max(longest, value / 1e9)
-        return longest
-
-
-# consul-template's `nomadVar "path"` in a template of the init task: live mode.
-_VARIABLE_READ: Final = re.compile(r'nomadVar\s+"([^"@]+)')
-
-
-def _init_task(job: Mapping[str, Any]) -> Mapping[str, Any]:
-    for group in job.get("TaskGroups") or []:
-        for raw in _mapping(group).get("Tasks") or []:
-            task = _mapping(raw)
-            if task.get("Name") == INIT_TASK:
-                return task
-    return {}
-
-
-def services_variable(job: Mapping[str, Any]) -> str | None:
-    """The Nomad variable the init task's template reads the services file from
-    (live mode), or None when the job carries the services file itself."""
-    for raw in _init_task(job).get("Templates") or []:
-        found = _VARIABLE_READ.search(str(_mapping(raw).get("EmbeddedTmpl") or ""))
-        if found:
-            return found.group(1)
-    return None
-
-
-def init_is_sidecar(job: Mapping[str, Any]) -> bool:
-    """Whether the job runs init-databases as a poststart sidecar (watch mode)."""
-    return bool(_mapping(_init_task(job).get("Lifecycle")).get("Sidecar"))
-
-
-@dataclass(frozen=True)
-class Variable:
-    """A Nomad variable (GET /v1/var/:path): its items and the index CAS writes name."""
-
-    path: str
-    items: Mapping[str, str]
-    modify_index: int
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What a job version was registered from (GET /v1/job/:id/submission)."""
-
-    source: str
-    variables: str
-    variable_flags: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Registration:
-    """The answer to POST /v1/jobs."""
-
-    eval_id: str
-    job_modify_index: int
-    warnings: str
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The scheduler's work item for one registration."""
-
-    id: str
-    status: str
-    status_description: str
-    blocked_eval: str
-    # Task group -> why it could not be placed.
-    placement_failures: Mapping[str, str] = field(default_factory=dict)
-
-
-def newest(allocations: Sequence[Allocation]) -> Allocation | None:
-    """The most recently created allocation: the highest CreateIndex."""
-    return max(allocations, key=lambda alloc: alloc.create_index, default=None)
-
-
-def job_label(hcl: str) -> str | None:
-    """The label of the `job "..."` block of a jobspec, without evaluating anything."""
-    match = _JOB_LABEL.search(hcl)
-    if match is None:
-        return None
-    return match.group(1).replace('\\"', '"').replace("\\\\", "\\")
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -639,112 +407,6 @@ class _Conflict(Exception):
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__("conflict")
         self.body = body
-
-
-def _variable(data: Mapping[str, Any], path: str) -> Variable:
-    items = _mapping(data.get("Items"))
-    return Variable(
-        path=_str(data, "Path") or path,
-        items={str(key): str(value) for key, value in items.items()},
-        modify_index=_int(data, "ModifyIndex"),
-    )
-
-
-# --- JSON helpers -----------------------------------------------------------------------------
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    # Go's zero time means "never".
-    if not isinstance(value, str) or value == "" or value.startswith("0001-01-01"):
-        return None
-    return value
-
-
-def _task_state(data: Mapping[str, Any]) -> TaskState:
-    events = []
-    for raw in data.get("Events") or []:
-        event = _mapping(raw)
-        details = {str(key): str(value) for key, value in _mapping(event.get("Details")).items()}
-        events.append(
-            TaskEvent(
-                type=_str(event, "Type"),
-                time=_int(event, "Time"),
-                exit_code=_exit_code(event, details),
-                message=_str(event, "DisplayMessage") or _str(event, "Message"),
-                details=details,
-            )
-        )
-    return TaskState(
-        state=_str(data, "State"),
-        failed=bool(data.get("Failed")),
-        restarts=_int(data, "Restarts"),
-        started_at=_optional_str(data, "StartedAt"),
-        finished_at=_optional_str(data, "FinishedAt"),
-        events=tuple(events),
-    )
-
-
-def _exit_code(event: Mapping[str, Any], details: Mapping[str, str]) -> int | None:
-    """Details["exit_code"]: the top-level ExitCode is deprecated (nomad/structs TaskEvent)."""
-    if event.get("Type") != "Terminated":
-        return None
-    raw = details.get("exit_code")
-    if raw is not None:
-        try:
-            return int(raw)
-        except ValueError:
-            return None
-    legacy = event.get("ExitCode")
-    return legacy if isinstance(legacy, int) and not isinstance(legacy, bool) else None
-
-
-def _allocation(data: Mapping[str, Any]) -> Allocation:
-    return Allocation(
-        id=_str(data, "ID"),
-        eval_id=_str(data, "EvalID"),
-        name=_str(data, "Name"),
-        job_version=_int(data, "JobVersion"),
-        client_status=_str(data, "ClientStatus"),
-        desired_status=_str(data, "DesiredStatus"),
-        create_index=_int(data, "CreateIndex"),
-        modify_index=_int(data, "ModifyIndex"),
-        task_states={
-            str(name): _task_state(_mapping(state))
-            for name, state in _mapping(data.get("TaskStates")).items()
-        },
-    )
-
-
-def _describe_placement_failure(metrics: Mapping[str, Any]) -> str:
-    """What `nomad job run` says under "failed to place": nodes filtered and exhausted."""
-    parts = [f"{_int(metrics, 'NodesEvaluated')} nodes evaluated"]
-    for key, label in (
-        ("ConstraintFiltered", "filtered by"),
-        ("DimensionExhausted", "exhausted"),
-        ("ClassExhausted", "class exhausted"),
-    ):
-        counts = _mapping(metrics.get(key))
-        if counts:
-            parts.append(f"{label} " + ", ".join(f"{name} ({n})" for name, n in counts.items()))
-    available = _mapping(metrics.get("NodesAvailable"))  # datacenter -> ready nodes
-    if "NodesAvailable" in metrics and not any(available.values()):
-        parts.append("no ready node in the job's datacenters")
-    return "; ".join(parts)
 
 
 def _server_errors(text: str) -> str:

@@ -1,0 +1,241 @@
+"""Can every service log in to its own databases with Vault's password? What
+``nomad-pginit check`` finds, service by service, and the summary it logs.
+
+It reads the catalog as the admin (databases and role exist, the role may log
+in, it owns its databases), then logs in as the service to each of its databases
+with its password from Vault, as its apps do, and asks whether it may create in
+schema ``public``. It writes nothing and never logs a password.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+
+from nomad_pginit import postgres
+from nomad_pginit.errors import ExitCode, ServiceError
+from nomad_pginit.passwords import VAULT_WORKERS, PasswordReads, log_in_to_vault
+from nomad_pginit.report import SUMMARY_PREFIX
+from nomad_pginit.secret import Secret
+from nomad_pginit.spec import Service, Spec
+from nomad_pginit.state import ClusterState
+from nomad_pginit.stopping import StopRequest
+from nomad_pginit.vault import Vault, request_deadline
+
+log = logging.getLogger(__name__)
+
+
+class Kind(StrEnum):
+    """What can be wrong with one service, as --json names it."""
+
+    SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 (a problem's name, not a secret)
+    DATABASE_MISSING = "database_missing"
+    ROLE_MISSING = "role_missing"
+    NOLOGIN = "nologin"
+    PASSWORD_EXPIRED = "password_expired"  # noqa: S105 (a problem's name, not a secret)
+    WRONG_OWNER = "wrong_owner"
+    PASSWORD_DIFFERS = "password_differs"  # noqa: S105 (a problem's name, not a secret)
+    LOGIN_FAILED = "login_failed"
+    NO_CREATE_ON_PUBLIC = "no_create_on_public"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: Kind
+    message: str
+
+
+@dataclass(frozen=True)
+class ServiceCheck:
+    """What check found for one service."""
+
+    service: Service
+    vault_path: str
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def document(self) -> dict[str, object]:
+        return {
+            "name": self.service.name,
+            "database": self.service.database,
+            "databases": list(self.service.databases),
+            "user": self.service.user,
+            "vault_path": self.vault_path,
+            "ok": self.ok,
+            "problems": [
+                {"kind": problem.kind.value, "message": problem.message}
+                for problem in self.problems
+            ],
+        }
+
+
+def check_services(
+    services: Spec,
+    target: postgres.Target,
+    readiness: postgres.Readiness,
+    environ: Mapping[str, str],
+    stop: StopRequest,
+) -> list[ServiceCheck]:
+    """Check every service of ``services`` (whose [postgres] ``target`` reaches), and
+    log each one's result and the summary."""
+    vault, admin_password = log_in_to_vault(services, environ, stop)
+    if admin_password is not None:
+        target = target.with_password(admin_password)
+    passwords, secret_problems = _read_passwords(services, vault, environ, stop)
+    log.info(
+        "checking %d services in %s against PostgreSQL at %s",
+        len(services.services),
+        services.source,
+        target.description,
+    )
+    with postgres.wait_until_ready(target, readiness, writable=False) as admin:
+        cluster = admin.observe(services.services)
+    results = [
+        check_service(
+            service,
+            cluster=cluster,
+            target=target,
+            password=passwords.get(service.name),
+            secret_problem=secret_problems.get(service.name),
+            vault_path=services.vault.cli_path(service.name),
+        )
+        for service in services.services
+    ]
+    _log_results(results)
+    return results
+
+
+def exit_code(results: list[ServiceCheck]) -> ExitCode:
+    return ExitCode.OK if all(result.ok for result in results) else ExitCode.SERVICE_FAILED
+
+
+def _log_results(results: list[ServiceCheck]) -> None:
+    for result in results:
+        name = result.service.name
+        if result.ok:
+            log.info("%s: ok", name, extra={"service": name, "result": "ok"})
+        for problem in result.problems:
+            log.error(
+                "%s: %s", name, problem.message, extra={"service": name, "result": problem.kind}
+            )
+    failed = [result.service.name for result in results if not result.ok]
+    if failed:
+        log.error(
+            "%s failed: %d of %d services have problems (%s); nomad-pginit run repairs what it "
+            "can (in Nomad: nomad-pginit deploy --rerun)",
+            SUMMARY_PREFIX,
+            len(failed),
+            len(results),
+            ", ".join(failed),
+        )
+    else:
+        log.info("%s ok: %d services OK", SUMMARY_PREFIX, len(results))
+
+
+def _read_passwords(
+    services: Spec, vault: Vault | None, environ: Mapping[str, str], stop: StopRequest
+) -> tuple[dict[str, Secret], dict[str, str]]:
+    """Each service's password, or why it cannot be read: through the same concurrent
+    reads, with the same deadline, as ``run``."""
+    passwords: dict[str, Secret] = {}
+    problems: dict[str, str] = {}
+    reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
+    try:
+        reads = PasswordReads.start(services, vault, reader, request_deadline(environ))
+        for service in services.services:
+            if service.password is None and vault is None:
+                continue  # said by check_service: no Vault to read it from
+            try:
+                passwords[service.name] = reads.wait(service, stop)
+            except ServiceError as err:
+                problems[service.name] = str(err)
+    finally:
+        # A read given up on is not waited for (stop.exit_now ends the process).
+        reader.shutdown(wait=False, cancel_futures=True)
+    return passwords, problems
+
+
+def check_service(
+    service: Service,
+    *,
+    cluster: ClusterState,
+    target: postgres.Target,
+    password: Secret | None,
+    secret_problem: str | None,
+    vault_path: str,
+) -> ServiceCheck:
+    """Every problem of one service, most basic first; logs in only when it can."""
+    problems: list[Problem] = []
+    if secret_problem is not None:
+        problems.append(Problem(Kind.SECRET_UNAVAILABLE, secret_problem))
+    role = cluster.roles.get(service.user)
+    if role is None:
+        problems.append(Problem(Kind.ROLE_MISSING, f'role "{service.user}" does not exist'))
+    elif not role.can_login:
+        problems.append(Problem(Kind.NOLOGIN, f'role "{service.user}" cannot log in (NOLOGIN)'))
+    if role is not None and role.expired:
+        problems.append(
+            Problem(
+                Kind.PASSWORD_EXPIRED,
+                f'the password of role "{service.user}" expired at {role.valid_until} '
+                "(VALID UNTIL): no password logs it in",
+            )
+        )
+    # An expired role fails every login as "password authentication failed": no news.
+    may_log_in = role is not None and role.can_login and not role.expired
+    for name in service.databases:
+        problem = _database_problem(service, name, cluster)
+        if problem is not None:
+            problems.append(problem)
+        if cluster.databases.get(name) is None or not may_log_in or password is None:
+            continue
+        problem = _login_problem(service, name, target, password, vault_path)
+        if problem is not None:
+            problems.append(problem)
+            if problem.kind == Kind.PASSWORD_DIFFERS:
+                break  # the same in every database: said once
+    return ServiceCheck(service, vault_path, tuple(problems))
+
+
+def _database_problem(service: Service, name: str, cluster: ClusterState) -> Problem | None:
+    database = cluster.databases.get(name)
+    if database is None:
+        return Problem(Kind.DATABASE_MISSING, f'database "{name}" does not exist')
+    role = cluster.roles.get(service.user)
+    if role is not None and database.owner != role.name:
+        return Problem(
+            Kind.WRONG_OWNER,
+            f'database "{name}" is owned by "{database.owner}", not by "{service.user}"',
+        )
+    return None
+
+
+def _login_problem(
+    service: Service, name: str, target: postgres.Target, password: Secret, vault_path: str
+) -> Problem | None:
+    """Log in as the service to database ``name``, as its apps do, and create a table."""
+    login = postgres.try_service_login(target, service.user, name, password)
+    if not login.logged_in:
+        if login.wrong_password:
+            return Problem(
+                Kind.PASSWORD_DIFFERS,
+                f'the password of role "{service.user}" differs from Vault\'s ({vault_path})',
+            )
+        failure = login.failure or "unknown reason"
+        return Problem(
+            Kind.LOGIN_FAILED, f'cannot log in as "{service.user}" to database "{name}": {failure}'
+        )
+    if login.failure is not None:
+        return Problem(Kind.LOGIN_FAILED, f'as "{service.user}": {login.failure}')
+    if not login.can_create_in_public:
+        return Problem(
+            Kind.NO_CREATE_ON_PUBLIC,
+            f'role "{service.user}" cannot create in schema public of database "{name}"',
+        )
+    return None
