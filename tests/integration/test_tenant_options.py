@@ -478,7 +478,8 @@ def test_readers_of_roles_created_in_the_same_run_in_a_chain(
 ) -> None:
     services: list[Mapping[str, object]] = [
         {"name": f"x{i}", "readers": ["y"]} for i in range(1, 5)
-    ] + [{"name": "y", "readers": ["z"]}, {"name": "z"}]
+    ]
+    services += [{"name": "y", "readers": ["z"]}, {"name": "z"}]
     config = services_file(pg, vault, tmp_path, services)
     result = run(config, vault)
     assert result.returncode == 0, result.output

@@ -36,12 +36,13 @@ def test_every_action_has_one_builder_and_says_what_the_admin_needs(kind: type) 
     action = _example(kind)
     if kind in (CreateRole, SetPassword, EndSessions):
         return  # the verifier's statement (session._run_with_password); session._end_sessions
+    statements: list[sql.Composable | sql.SQL]
     if kind in ROLE_ACTIONS:
         statements = [role_statement(action, 160000)]
     elif kind in DATABASE_ACTIONS:
         statements = list(database_statements(action))
     else:
-        statements = schema_statements(action)
+        statements = list(schema_statements(action))
     assert statements
     for statement in statements:
         assert text(statement).strip()
