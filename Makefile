@@ -29,7 +29,7 @@ prerequisites:
 $(BIN)/.installed: pyproject.toml | prerequisites
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,bench]'
 	@touch $@
 
 venv: $(BIN)/.installed

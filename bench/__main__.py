@@ -9,9 +9,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import machine, table
+from bench import machine, scaling, table
 from bench.lab import BenchError, choose_storage, open_lab
-from bench.measure import measure_all
+from bench.measure import Results, measure_all
+from bench.table import Figures
 from sandbox import SandboxError
 
 DEFAULT_N = 200
@@ -49,6 +50,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="run the whole benchmark at several N (--scaling-n) and print how cost grows "
+        "(one repetition each unless --repeat)",
+    )
+    parser.add_argument(
+        "--scaling-n",
+        type=scaling.parse_ns,
+        default=scaling.DEFAULT_NS,
+        metavar="N,N,...",
+        help="the N of --scaling (default: " + ",".join(map(str, scaling.DEFAULT_NS)) + ")",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="with --scaling: write the plot of time per run against N here (PNG)",
+    )
+    parser.add_argument(
         "--tmpdir",
         type=Path,
         metavar="DIR",
@@ -60,6 +80,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.n is not None or args.repeat is not None:
             parser.error("--quick sets N and the repetitions itself: drop --n and --repeat")
         args.n, args.repeat = QUICK_N, QUICK_REPEAT
+    if args.scaling and args.n is not None:
+        parser.error("--scaling runs each N of --scaling-n: drop --n")
+    if args.plot is not None and not args.scaling:
+        parser.error("--plot is for --scaling")
+    if args.scaling and args.repeat is None:
+        args.repeat = 1
     args.n = args.n or DEFAULT_N
     args.repeat = args.repeat or DEFAULT_REPEAT
     return args
@@ -71,6 +97,8 @@ def _progress(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.scaling:
+        return _scaling(args)
     storage = choose_storage(args.n, args.tmpdir)
     # The sandbox makes every server's directory with tempfile.mkdtemp().
     tempfile.tempdir = str(storage.path)
@@ -93,6 +121,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = table.as_json(results, host, warnings)
         args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         _progress(f"wrote {args.json}")
+    return 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    ns: tuple[int, ...] = args.scaling_n
+    # One storage for every N (the one the largest fits), so the figures compare.
+    storage = choose_storage(max(ns), args.tmpdir)
+    tempfile.tempdir = str(storage.path)
+    results: dict[int, Results] = {}
+    try:
+        host = machine.describe(storage.note)
+        for n in ns:
+            _progress(f"scaling: N={n}, {args.repeat} repetition(s)")
+            with open_lab(n) as lab:
+                results[n] = measure_all(lab, args.repeat, _progress)
+    except (BenchError, SandboxError) as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    by_n = {n: Figures.of(found) for n, found in results.items()}
+    for n in ns:
+        print(table.render(results[n], host), end="\n\n")
+    print(scaling.render(by_n, host))
+    if args.json is not None:
+        document = scaling.document(results, host)
+        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        _progress(f"wrote {args.json}")
+    if args.plot is not None:
+        scaling.plot(by_n, host, args.plot)
+        _progress(f"wrote {args.plot}")
     return 0
 
 

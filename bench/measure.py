@@ -1,8 +1,9 @@
 """Every measurement, and the checks that each one measured what it claims.
 
 One repetition runs, in this order, so that a noisy neighbour hurts all alike:
-the floor, ours (cold, warm, rotate), the reference (cold, warm, rotate), the
-Vault reads, and readiness (twice). Floor, ours and the reference each get a
+the CREATE DATABASE floor, ours (cold, warm, the login and PBKDF2 floors, warm
+after a restart, rotate), the reference (cold, warm, warm after a restart,
+rotate), the Vault reads, and readiness (twice). Floor, ours and the reference each get a
 fresh cluster per repetition, so every "cold" starts from a just-initialised one.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from psycopg import pq, sql
 
-from bench import reference
+from bench import floors, reference
 from bench.lab import (
     BenchError,
     Lab,
@@ -39,8 +40,8 @@ from nomad_pginit.passwords import VAULT_WORKERS, PasswordReads, connect_vault
 from nomad_pginit.stopping import StopRequest
 from sandbox import ThrowawayPostgres
 
-COLD, WARM, ROTATE = "cold", "warm", "rotate"
-SCENARIOS = (COLD, WARM, ROTATE)
+COLD, WARM, WARM_RESTART, ROTATE = "cold", "warm", "warm-restart", "rotate"
+SCENARIOS = (COLD, WARM, WARM_RESTART, ROTATE)
 TOGETHER, WAITING = "together", "waiting"
 READINESS_MODES = (TOGETHER, WAITING)
 
@@ -89,6 +90,15 @@ class Results:
     reference: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
     floor: list[float] = field(default_factory=list)
     vault: list[float] = field(default_factory=list)
+    # What a warm run cannot do without (bench/floors.py): N logins, one per database, on
+    # a warm server and right after a restart; N PBKDF2 checks on all cores; and, per
+    # check, the CPU one core spends.
+    floor_logins: list[float] = field(default_factory=list)
+    floor_logins_restart: list[float] = field(default_factory=list)
+    floor_pbkdf2: list[float] = field(default_factory=list)
+    pbkdf2_cpu_per_check: list[float] = field(default_factory=list)
+    # Our process's CPU (user + system), per scenario.
+    cpu_seconds: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
     readiness: dict[str, list[ReadinessSample]] = field(
         default_factory=lambda: {mode: [] for mode in READINESS_MODES}
     )
@@ -178,14 +188,35 @@ def _measure_ours(lab: Lab, results: Results, tag: str, *, drift_check: bool) ->
         warm.expect("warm", unchanged=lab.n)
         results.warm_visited_every_database.append(all_visited_since(cluster, before))
 
+        # The floors, on this very cluster: warm, then right after a restart.
+        results.floor_logins.append(floors.logins(cluster, lab.names))
+        floors.restart(cluster)
+        results.floor_logins_restart.append(floors.logins(cluster, lab.names))
+        seconds, per_check = floors.pbkdf2(
+            floors.stored_verifiers(cluster, lab.secrets.read_all(lab.names))
+        )
+        results.floor_pbkdf2.append(seconds)
+        results.pbkdf2_cpu_per_check.append(per_check)
+
+        # In Nomad a redeploy restarts PostgreSQL: the warm run that matters comes after.
+        floors.restart(cluster)
+        warm_restart = lab.run_tool(config, f"ours-warm-restart-{tag}")
+        warm_restart.expect("warm after a restart", unchanged=lab.n)
+
         service, password = lab.rotate()
         rotate = lab.run_tool(config, f"ours-rotate-{tag}")
         rotate.expect("rotate", updated=1, unchanged=lab.n - 1)
         results.rotation_applied.append(can_log_in(cluster, service, password))
 
-        for scenario, run in ((COLD, cold), (WARM, warm), (ROTATE, rotate)):
+        for scenario, run in (
+            (COLD, cold),
+            (WARM, warm),
+            (WARM_RESTART, warm_restart),
+            (ROTATE, rotate),
+        ):
             results.ours[scenario].append(run.seconds)
             results.peak_rss_kib[scenario].append(run.peak_rss_kib)
+            results.cpu_seconds[scenario].append(run.cpu_seconds)
 
         if drift_check:
             results.drift_databases = sorted({lab.names[0], lab.names[lab.n // 2], lab.names[-1]})
@@ -227,6 +258,10 @@ def _measure_reference(lab: Lab, psql: Path, results: Results, tag: str) -> None
         cold = reference.run(psql, cluster, script, lab.workdir / f"reference-cold-{tag}.log")
         expect_provisioned(cluster, lab.names, "reference cold")
         warm = reference.run(psql, cluster, script, lab.workdir / f"reference-warm-{tag}.log")
+        floors.restart(cluster)
+        warm_restart = reference.run(
+            psql, cluster, script, lab.workdir / f"reference-warm-restart-{tag}.log"
+        )
 
         service, _ = lab.rotate()
         # A new KV version makes consul-template render the script again.
@@ -235,7 +270,12 @@ def _measure_reference(lab: Lab, psql: Path, results: Results, tag: str) -> None
         rotate = reference.run(psql, cluster, script, lab.workdir / f"reference-rotate-{tag}.log")
         results.reference_rotation_applied.append(can_log_in(cluster, service, passwords[service]))
 
-        for scenario, seconds in ((COLD, cold), (WARM, warm), (ROTATE, rotate)):
+        for scenario, seconds in (
+            (COLD, cold),
+            (WARM, warm),
+            (WARM_RESTART, warm_restart),
+            (ROTATE, rotate),
+        ):
             results.reference[scenario].append(seconds)
 
 

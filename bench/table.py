@@ -8,19 +8,34 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from bench.machine import Machine
-from bench.measure import COLD, ROTATE, SCENARIOS, TOGETHER, WAITING, WARM, Results
+from bench.measure import (
+    COLD,
+    ROTATE,
+    SCENARIOS,
+    TOGETHER,
+    WAITING,
+    WARM,
+    WARM_RESTART,
+    Results,
+)
 
-# The targets.
-TARGET_N = 1000  # where the warm, Vault and memory targets are defined
-WARM_SPEEDUP = 5.0  # warm: at least this many times faster than the reference
+# The targets.
+TARGET_N = 1000  # where the warm and Vault targets are defined
+WARM_OVER_FLOOR = 1.25  # warm, after a restart or not: at most this many times the floor sum
 COLD_OVER_FLOOR = 1.15  # cold: at most this many times the bare CREATE DATABASE floor
 READINESS_MS = 100.0  # the first statement within this long of the server accepting
 VAULT_SECONDS_PER_1000 = 2.0  # 1000 Vault reads in under this
-MEMORY_MB = 100.0  # peak RSS under this, in MB (10^6 bytes)
+# Our own CPU per service in a warm run, PBKDF2 left out: half the 2.5 ms measured before
+# the work on it (2026-11-22, N=1000 on this machine).
+OWN_CPU_MS_BEFORE = 2.5
+OWN_CPU_MS = OWN_CPU_MS_BEFORE / 2
+MEMORY_N = 5000  # where the memory target is defined
+MEMORY_MB = 150.0  # peak RSS under this, in MB (10^6 bytes)
 
 _SCENARIO_LABELS = {
     COLD: "cold: create all",
     WARM: "warm: nothing to do",
+    WARM_RESTART: "warm, right after a restart",
     ROTATE: "rotate: 1 password",
 }
 _READINESS_LABELS = {TOGETHER: "readiness, started together", WAITING: "readiness, tool waiting"}
@@ -61,6 +76,14 @@ class Figures:
     tool_start_to_accepting_ms: dict[str, float]
     peak_rss_mb: float
     grants_checked: bool
+    # The floors of a warm run (bench/floors.py), and their sums with the Vault reads.
+    floor_logins: float
+    floor_logins_restart: float
+    floor_pbkdf2: float
+    floor_sum: float
+    floor_sum_restart: float
+    # Our process's CPU per service in a warm run, ms, without the PBKDF2 checks.
+    own_cpu_ms: float
 
     @classmethod
     def of(cls, results: Results) -> Figures:
@@ -70,12 +93,22 @@ class Figures:
         vault = _median(results.vault)
         peak_kib = max((k for runs in results.peak_rss_kib.values() for k in runs), default=0)
         samples = results.readiness
+        logins = _median(results.floor_logins)
+        logins_restart = _median(results.floor_logins_restart)
+        pbkdf2 = _median(results.floor_pbkdf2)
+        floor_sum = logins + pbkdf2 + vault
+        floor_sum_restart = logins_restart + pbkdf2 + vault
+        per_check = _median(results.pbkdf2_cpu_per_check)
+        cpu_warm = _median(results.cpu_seconds[WARM])
+        over = {s: ours[s] / floor for s in SCENARIOS}
+        over[WARM] = ours[WARM] / floor_sum
+        over[WARM_RESTART] = ours[WARM_RESTART] / floor_sum_restart
         return cls(
             ours=ours,
             reference=ref,
             floor=floor,
             speedup={s: ref[s] / ours[s] for s in SCENARIOS},
-            over_floor={s: ours[s] / floor for s in SCENARIOS},
+            over_floor=over,
             reference_over_floor=ref[COLD] / floor,
             vault=vault,
             vault_per_1000=vault * TARGET_N / results.n,
@@ -92,6 +125,12 @@ class Figures:
             peak_rss_mb=peak_kib * 1024 / 1e6,
             grants_checked=all(results.warm_visited_every_database)
             and results.drift_repaired is not False,
+            floor_logins=logins,
+            floor_logins_restart=logins_restart,
+            floor_pbkdf2=pbkdf2,
+            floor_sum=floor_sum,
+            floor_sum_restart=floor_sum_restart,
+            own_cpu_ms=(cpu_warm - per_check * results.n) / results.n * 1000,
         )
 
 
@@ -120,9 +159,23 @@ def targets(results: Results, figures: Figures) -> dict[str, Target]:
         ),
         WARM: Target(
             "warm",
-            f">= {WARM_SPEEDUP:g}x ref, all schemas",
-            _ratio(figures.speedup[WARM]),
-            figures.speedup[WARM] >= WARM_SPEEDUP and figures.grants_checked,
+            f"<= {WARM_OVER_FLOOR:g}x floor sum",
+            _ratio(figures.over_floor[WARM]),
+            figures.over_floor[WARM] <= WARM_OVER_FLOOR and figures.grants_checked,
+            at_n,
+        ),
+        WARM_RESTART: Target(
+            "warm after a restart",
+            f"<= {WARM_OVER_FLOOR:g}x floor sum",
+            _ratio(figures.over_floor[WARM_RESTART]),
+            figures.over_floor[WARM_RESTART] <= WARM_OVER_FLOOR,
+            at_n,
+        ),
+        "cpu": Target(
+            "own CPU per service",
+            f"<= {OWN_CPU_MS:g} ms (half of {OWN_CPU_MS_BEFORE:g})",
+            f"{figures.own_cpu_ms:.2f} ms",
+            figures.own_cpu_ms <= OWN_CPU_MS,
             at_n,
         ),
         "vault": Target(
@@ -134,10 +187,10 @@ def targets(results: Results, figures: Figures) -> dict[str, Target]:
         ),
         "memory": Target(
             "memory",
-            f"< {MEMORY_MB:g} MB at N={TARGET_N}",
+            f"< {MEMORY_MB:g} MB at N={MEMORY_N}",
             f"{figures.peak_rss_mb:.1f} MB",
             figures.peak_rss_mb < MEMORY_MB,
-            at_n,
+            results.n == MEMORY_N,
         ),
     }
     # "Noticed within 100 ms of accepting" is the waiting loop's figure. Started
@@ -159,18 +212,32 @@ def _rows(results: Results, figures: Figures, goals: dict[str, Target]) -> list[
         reference = _seconds(figures.reference[scenario])
         if scenario == ROTATE:
             reference += " (!)"  # runs, but does not apply the new password
+        floor_figure = {
+            COLD: figures.floor,
+            WARM: figures.floor_sum,
+            WARM_RESTART: figures.floor_sum_restart,
+        }.get(scenario)
         rows.append(
             (
                 _SCENARIO_LABELS[scenario],
                 _seconds(figures.ours[scenario]),
                 reference,
                 _ratio(figures.speedup[scenario]),
-                _seconds(figures.floor) if scenario == COLD else "",
-                _ratio(figures.over_floor[scenario]),
+                _seconds(floor_figure) if floor_figure is not None else "",
+                _ratio(figures.over_floor[scenario]) if floor_figure is not None else "",
                 goal.goal if goal else "",
                 goal.result if goal else "",
             )
         )
+    n = results.n
+    for label, value in (
+        (f"floor: {n} logins, warm", figures.floor_logins),
+        (f"floor: {n} logins, after restart", figures.floor_logins_restart),
+        (f"floor: {n} PBKDF2 checks, all cores", figures.floor_pbkdf2),
+    ):
+        rows.append((label, "", "", "", _seconds(value), "", "", ""))
+    cpu = goals["cpu"]
+    rows.append(("own CPU per service, warm", cpu.measured, "", "", "", "", cpu.goal, cpu.result))
     vault = goals["vault"]
     vault_figure = _seconds(figures.vault)
     if results.n != TARGET_N:
@@ -250,17 +317,36 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
             f"{figures.reference_over_floor:.2f}x the floor.",
         ),
         (
+            "floor sum",
+            "what a warm run cannot do without, measured in the same repetition: N logins "
+            "as the admin, one per database, each running one statement, on as many threads "
+            "as nomad-pginit's workers, with the admin's SCRAM keys where libpq takes them "
+            f"({_seconds(figures.floor_logins)} warm, {_seconds(figures.floor_logins_restart)} "
+            "right after a restart); N PBKDF2 checks of the stored verifiers on all cores "
+            f"({_seconds(figures.floor_pbkdf2)}); and the N Vault reads below "
+            f"({_seconds(figures.vault)}). Warm rows compare with their sum. After a restart: "
+            "PostgreSQL stopped and started (pg_ctl), as a redeploy in Nomad does, so its "
+            "caches are empty and its relation cache init files gone.",
+        ),
+        (
+            "own CPU",
+            "user + system CPU of our process in the warm run (wait4), minus N times the "
+            "CPU one PBKDF2 check takes on one core, divided by N: Python start-up included.",
+        ),
+        (
             "ratios",
             "ref/ours = reference time / our time (how many times faster we are); "
-            "ours/floor = our time / the floor.",
+            "ours/floor = our time / the floor (cold: the CREATE DATABASE floor; warm: the "
+            "floor sum).",
         ),
         (
             "runs",
             f"median of {repeat}; each repetition interleaves floor, ours, reference, Vault, "
             "readiness, each of the first three on a fresh cluster (initdb --auth=scram-sha-256, "
             "127.0.0.1, fsync/full_page_writes/synchronous_commit off as the sandbox sets "
-            "them). cold: nothing exists; warm: the run right after it; rotate: one password "
-            "given a new version in Vault first.",
+            "them). cold: nothing exists; warm: the run right after it; warm after a restart: the "
+            "same once PostgreSQL restarted; rotate: one password given a new version in "
+            "Vault first.",
         ),
         (
             "(!)",
@@ -306,8 +392,7 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
         ),
         (
             "memory",
-            "peak RSS of the tool process (ru_maxrss from wait4), the highest of all its "
-            "cold, warm and rotate runs.",
+            "peak RSS of the tool process (ru_maxrss from wait4), the highest of all its runs.",
         ),
         (
             "noise",
@@ -315,13 +400,13 @@ def _notes(results: Results, figures: Figures) -> list[tuple[str, str]]:
             "after; the machine is shared, so single figures can be off by tens of percent.",
         ),
     ]
-    if n != TARGET_N:
+    if n != TARGET_N or n != MEMORY_N:
         notes.append(
             (
                 "*",
-                f"the target is defined at N={TARGET_N}; evaluated at N={n} anyway (the Vault "
-                "figure extrapolated linearly). Time and memory grow with N: a PASS here does "
-                f"not promise one at N={TARGET_N}.",
+                f"a target defined at another N (N={TARGET_N}; memory at N={MEMORY_N}), "
+                f"evaluated at N={n} anyway (the Vault figure extrapolated linearly): a PASS "
+                "here does not promise one there. --scaling measures several N.",
             )
         )
     return notes

@@ -64,69 +64,17 @@ PRIVILEGED_ROLES: Final = (
 # functions granted to it or those roles (pg_authid, pg_read_binary_file: read in
 # the admin's database, where such grants matter); and members of its own, who
 # would own the service's database through it (the admin aside).
-_ELEVATED_TEXT: Final = """
-    ARRAY(
-        WITH RECURSIVE up(roleid) AS (
-            SELECT r.oid
-            UNION
-            SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.roleid
-            -- A membership the service asks for (member_of) was judged on its own.
-            WHERE pg_get_userbyid(m.roleid) <> ALL(%(unfollowed)s::text[])
-              AND NOT (m.member = r.oid AND EXISTS (
-                SELECT FROM unnest(%(asked_roles)s::text[], %(asked_groups)s::text[])
-                            AS asked(role, grp)
-                WHERE asked.role = r.rolname AND asked.grp = pg_get_userbyid(m.roleid)))
-        )
-        SELECT attribute FROM unnest(ARRAY[
-            CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
-            CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
-            CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
-            CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END]) AS attribute
-        WHERE attribute IS NOT NULL
-        UNION ALL
-        (SELECT 'is a member of "' || g.rolname || '"' ||
-                CASE WHEN g.rolsuper THEN ' (a superuser)'
-                     WHEN g.is_service THEN ' (another service''s role)'
-                     ELSE '' END
-         FROM up JOIN elevating_roles g ON g.oid = up.roleid
-         WHERE g.oid <> r.oid
-         ORDER BY 1)
-        UNION ALL
-        SELECT 'holds privileges on system catalog objects (' ||
-               string_agg(DISTINCT name, ', ' ORDER BY name) || ')'
-        FROM catalog_grants AS granted
-        WHERE granted.grantee IN (SELECT roleid FROM up)
-        HAVING count(*) > 0
-        UNION ALL
-        SELECT 'has members (' || string_agg('"' || u.rolname || '"', ', ' ORDER BY u.rolname)
-               || ') who would own the service''s database through it'
-        FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
-        WHERE m.roleid = r.oid AND u.rolname <> current_user
-        HAVING count(*) > 0
-        {parameters}
-    )
-    """
-
-
-# PostgreSQL 15+: SET or ALTER SYSTEM granted on a parameter (archive_command runs a
-# shell command as the server), to the role or a role it inherits from.
-_PARAMETER_PRIVILEGES: Final = """
-        UNION ALL
-        SELECT 'holds privileges on parameters (' ||
-               string_agg(DISTINCT p.parname, ', ' ORDER BY p.parname) || ')'
-        FROM pg_parameter_acl p CROSS JOIN LATERAL aclexplode(p.paracl) a
-        WHERE a.grantee IN (SELECT roleid FROM up)
-        HAVING count(*) > 0
-"""
-
-
-# Who holds privileges on the system catalogs or their functions, and which roles
-# elevate their members, read once per query (WITH ...): reading them again for every
-# role made the query cost about a millisecond per role. The queries that use
-# _elevated start with these.
-_CATALOG_GRANTS: Final = sql.SQL(
-    """
-    WITH catalog_grants AS MATERIALIZED (
+# The roles a query judges (its "subjects", a WHERE clause on pg_roles r) and, for each,
+# what makes it more than a service's login, in one pass over all of them (a WITH
+# clause; the query then joins "elevated" on subject): reading the catalogs again for
+# each role cost about a millisecond per role. Each row of "elevated" holds its
+# reasons in the order they are told: attributes, memberships, privileges on the
+# catalogs, members, privileges on parameters.
+_ELEVATION: Final = """
+    WITH RECURSIVE
+    subjects AS MATERIALIZED (SELECT r.oid, r.rolname FROM pg_roles r WHERE {subjects}),
+    -- Who holds privileges on the system catalogs or their functions.
+    catalog_grants AS MATERIALIZED (
         SELECT c.relname::text AS name, a.grantee
         FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
         WHERE c.relnamespace = 'pg_catalog'::regnamespace AND a.grantee <> 0
@@ -141,15 +89,75 @@ _CATALOG_GRANTS: Final = sql.SQL(
         FROM pg_roles g
         WHERE g.rolsuper OR g.rolcreatedb OR g.rolcreaterole OR g.rolreplication
               OR g.rolbypassrls OR g.rolname = ANY(%(privileged)s)
-              OR g.rolname = ANY(%(users)s))
+              OR g.rolname = ANY(%(users)s)),
+    -- Every role each subject is a member of, directly or not. Not followed: the
+    -- memberships a service asks for or was given by nomad-pginit (member_of: judged on
+    -- their own), and %(unfollowed)s.
+    up(subject, subject_name, roleid) AS (
+        SELECT s.oid, s.rolname, s.oid FROM subjects s
+        UNION
+        SELECT up.subject, up.subject_name, m.roleid
+        FROM pg_auth_members m JOIN up ON m.member = up.roleid
+        WHERE pg_get_userbyid(m.roleid) <> ALL(%(unfollowed)s::text[])
+          AND NOT (m.member = up.subject AND EXISTS (
+              SELECT FROM unnest(%(asked_roles)s::text[], %(asked_groups)s::text[])
+                          AS asked(role, grp)
+              WHERE asked.role = up.subject_name AND asked.grp = pg_get_userbyid(m.roleid)))),
+    reasons(subject, position, reason) AS (
+        SELECT r.oid, 0, attribute
+        FROM pg_roles r JOIN subjects s ON s.oid = r.oid
+        CROSS JOIN LATERAL unnest(ARRAY[
+            CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
+            CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+            CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
+            CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END]) AS attribute
+        WHERE attribute IS NOT NULL
+        UNION ALL
+        SELECT up.subject, 1, 'is a member of "' || g.rolname || '"' ||
+               CASE WHEN g.rolsuper THEN ' (a superuser)'
+                    WHEN g.is_service THEN ' (another service''s role)'
+                    ELSE '' END
+        FROM up JOIN elevating_roles g ON g.oid = up.roleid
+        WHERE g.oid <> up.subject
+        UNION ALL
+        SELECT up.subject, 2, 'holds privileges on system catalog objects (' ||
+               string_agg(DISTINCT granted.name, ', ' ORDER BY granted.name) || ')'
+        FROM up JOIN catalog_grants AS granted ON granted.grantee = up.roleid
+        GROUP BY up.subject
+        UNION ALL
+        SELECT m.roleid, 3,
+               'has members (' || string_agg('"' || u.rolname || '"', ', ' ORDER BY u.rolname)
+               || ') who would own the service''s database through it'
+        FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+        WHERE m.roleid IN (SELECT oid FROM subjects) AND u.rolname <> current_user
+        GROUP BY m.roleid
+        {parameters}),
+    elevated AS (
+        SELECT subject, array_agg(reason ORDER BY position, reason) AS reasons
+        FROM (SELECT DISTINCT subject, position, reason FROM reasons) AS distinct_reasons
+        GROUP BY subject)
     """
-)
+
+# PostgreSQL 15+: SET or ALTER SYSTEM granted on a parameter (archive_command runs a
+# shell command as the server), to the role or a role it inherits from.
+_PARAMETER_PRIVILEGES: Final = """
+        UNION ALL
+        SELECT up.subject, 4, 'holds privileges on parameters (' ||
+               string_agg(DISTINCT p.parname, ', ' ORDER BY p.parname) || ')'
+        FROM up JOIN (SELECT p.parname, a.grantee
+                      FROM pg_parameter_acl p CROSS JOIN LATERAL aclexplode(p.paracl) a) AS p
+             ON p.grantee = up.roleid
+        GROUP BY up.subject
+"""
 
 
-def _elevated(server_version: int) -> sql.SQL:
-    """What makes each role r more than a service's login (see above), on this version."""
+def _elevation(server_version: int, subjects: str) -> sql.SQL:
+    """The WITH clause that judges the roles ``subjects`` (see _ELEVATION), on this
+    version. ``subjects`` is fixed text of this module, never input."""
     parameters = _PARAMETER_PRIVILEGES if server_version >= 150000 else ""
-    return sql.SQL(_ELEVATED_TEXT.replace("{parameters}", parameters))
+    return sql.SQL(
+        _ELEVATION.replace("{parameters}", parameters).replace("{subjects}", subjects)
+    )
 
 
 # Who blocks each waiting backend; never their query, which may hold a password.
@@ -227,7 +235,7 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
     )
     query = sql.SQL(
         """
-        {catalog_grants}
+        {elevation}
         SELECT r.rolname, r.rolcanlogin, r.rolsuper, {verifier},
                {member},
                COALESCE(owned.names, ARRAY[]::text[]),
@@ -235,7 +243,7 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
                shobj_description(r.oid, 'pg_authid'),
                CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END,
                r.rolvaliduntil < now(),
-               {elevated},
+               COALESCE(elevated.reasons, ARRAY[]::text[]),
                ARRAY(SELECT DISTINCT d.datname::text
                      FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
                      WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
@@ -246,12 +254,12 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
         -- Grouped once: a scan of pg_database for each role cost as much as the rest.
         LEFT JOIN (SELECT datdba, array_agg(datname::text ORDER BY datname) AS names
                    FROM pg_database GROUP BY datdba) AS owned ON owned.datdba = r.oid
+        LEFT JOIN elevated ON elevated.subject = r.oid
         WHERE r.rolname = ANY(%(users)s)
         """
     ).format(
-        catalog_grants=_CATALOG_GRANTS,
+        elevation=_elevation(session.server_version, "r.rolname = ANY(%(users)s)"),
         verifier=verifier_query,
-        elevated=_elevated(session.server_version),
         member=_ADMIN_IS_MEMBER_16 if session.server_version >= 160000 else _ADMIN_IS_MEMBER,
         may_alter=(_ADMIN_MAY_ALTER_16 if session.server_version >= 160000 else sql.SQL("true")),
     )
@@ -361,20 +369,22 @@ def observe_cluster(session: AdminSession, services: Sequence[Service]) -> Clust
     for name, login, superuser, is_admin, group, elevated, connected in session.rows(
         sql.SQL(
             """
-            {catalog_grants}
+            {elevation}
             SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolname = current_user,
                    EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
                            WHERE m.roleid = r.oid AND u.rolname <> current_user),
-                   {elevated},
+                   COALESCE(elevated.reasons, ARRAY[]::text[]),
                    (SELECT count(*) FROM pg_stat_activity a
                     WHERE a.usesysid = r.oid AND a.pid <> pg_backend_pid())
-            FROM pg_roles r
-            WHERE {managed}
+            FROM subjects s JOIN pg_roles r ON r.oid = s.oid
+            LEFT JOIN elevated ON elevated.subject = r.oid
             """
         ).format(
-            catalog_grants=_CATALOG_GRANTS,
-            elevated=_elevated(session.server_version),
-            managed=_MANAGED.format(sql.SQL("shobj_description(r.oid, 'pg_authid')")),
+            elevation=_elevation(
+                session.server_version,
+                "(shobj_description(r.oid, 'pg_authid') = %(marker)s "
+                "OR starts_with(shobj_description(r.oid, 'pg_authid'), %(marker_prefix)s))",
+            ),
         ),
         {
             "marker": marker,
