@@ -155,9 +155,7 @@ def _elevation(server_version: int, subjects: str) -> sql.SQL:
     """The WITH clause that judges the roles ``subjects`` (see _ELEVATION), on this
     version. ``subjects`` is fixed text of this module, never input."""
     parameters = _PARAMETER_PRIVILEGES if server_version >= 150000 else ""
-    return sql.SQL(
-        _ELEVATION.replace("{parameters}", parameters).replace("{subjects}", subjects)
-    )
+    return sql.SQL(_ELEVATION.replace("{parameters}", parameters).replace("{subjects}", subjects))
 
 
 # Who blocks each waiting backend; never their query, which may hold a password.

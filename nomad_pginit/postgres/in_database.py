@@ -3,6 +3,7 @@ public, the extensions, the readers) and how it runs schema.py's statements."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
@@ -143,54 +144,8 @@ class DatabaseSession:
         FROM clause costs no planning. The privilege functions alone are what a
         run with nothing to do needs.
         """
-        # A privilege the role holds only through PUBLIC does not count: on
-        # PostgreSQL 14 and earlier, PUBLIC has CREATE on public by default (owned
-        # by the bootstrap superuser, not pg_database_owner), and the first
-        # REVOKE CREATE ON SCHEMA public FROM PUBLIC, which hardening guides
-        # recommend, would take it from the service. The role holds it by itself
-        # when it is a member of the owner or of a grantee other than PUBLIC.
-        held_by_itself = (
-            "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege}) "
-            "AND (NOT has_schema_privilege('public', to_regnamespace('public'), {privilege}) "
-            "OR (SELECT pg_has_role(%(role)s, nspowner, 'USAGE') "
-            "OR EXISTS (SELECT FROM aclexplode(COALESCE(nspacl, acldefault('n', nspowner))) "
-            "AS granted WHERE granted.privilege_type = {privilege} AND granted.grantee <> 0 "
-            "AND pg_has_role(%(role)s, granted.grantee, 'USAGE')) "
-            "FROM pg_namespace WHERE oid = to_regnamespace('public')))"
-        )
-        held = sql.SQL(held_by_itself if role is not None else "false")
-        # What the role may do, PUBLIC's included (a role not there yet: PUBLIC's).
-        may = "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege})"
-        # Whether the admin may grant on public: its owner (a member of), a superuser,
-        # or a holder of the grant option. Not so on PostgreSQL 14 for an admin that
-        # is no superuser: public is the bootstrap superuser's there.
-        grantable = (
-            "has_schema_privilege(current_user, to_regnamespace('public'), "
-            "'USAGE WITH GRANT OPTION') AND has_schema_privilege(current_user, "
-            "to_regnamespace('public'), 'CREATE WITH GRANT OPTION')"
-        )
-        # to_regnamespace() is NULL when public is gone, and so are the functions given it.
-        columns = [
-            sql.SQL("to_regnamespace('public') IS NOT NULL"),
-            held.format(privilege=sql.Literal("USAGE")),
-            held.format(privilege=sql.Literal("CREATE")),
-            sql.SQL(may).format(privilege=sql.Literal("USAGE")),
-            sql.SQL(may).format(privilege=sql.Literal("CREATE")),
-            sql.SQL(grantable),
-            sql.SQL(
-                "(SELECT nspowner = 'pg_database_owner'::regrole "
-                "FROM pg_namespace WHERE nspname = 'public')"
-                if owner
-                else "NULL"
-            ),
-            sql.SQL("ARRAY(SELECT extname::text FROM pg_extension)" if extensions else "NULL"),
-            sql.SQL(
-                "COALESCE(has_schema_privilege('public', to_regnamespace('public'), 'CREATE'), "
-                "false)"
-            ),
-        ]
         try:
-            query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
+            query = _schema_query(role is not None, extensions=extensions, owner=owner)
             with _IN_FLIGHT.track(self._conn, self._admin._target) as running:
                 # has_schema_privilege() fails for a role that does not exist: PUBLIC's then.
                 found = self._conn.execute(query, {"role": role or "public"}).fetchone()
@@ -254,3 +209,55 @@ class DatabaseSession:
 
 def _names(value: object) -> tuple[str, ...]:
     return tuple(str(name) for name in value) if isinstance(value, list) else ()
+
+
+@functools.lru_cache(maxsize=16)
+def _schema_query(role_known: bool, *, extensions: bool, owner: bool) -> bytes:
+    """observe_schema's query, composed once per kind and kept as bytes: it runs once per
+    database, and composing it again each time cost more of our CPU than running it."""
+    # A privilege the role holds only through PUBLIC does not count: on
+    # PostgreSQL 14 and earlier, PUBLIC has CREATE on public by default (owned
+    # by the bootstrap superuser, not pg_database_owner), and the first
+    # REVOKE CREATE ON SCHEMA public FROM PUBLIC, which hardening guides
+    # recommend, would take it from the service. The role holds it by itself
+    # when it is a member of the owner or of a grantee other than PUBLIC.
+    held_by_itself = (
+        "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege}) "
+        "AND (NOT has_schema_privilege('public', to_regnamespace('public'), {privilege}) "
+        "OR (SELECT pg_has_role(%(role)s, nspowner, 'USAGE') "
+        "OR EXISTS (SELECT FROM aclexplode(COALESCE(nspacl, acldefault('n', nspowner))) "
+        "AS granted WHERE granted.privilege_type = {privilege} AND granted.grantee <> 0 "
+        "AND pg_has_role(%(role)s, granted.grantee, 'USAGE')) "
+        "FROM pg_namespace WHERE oid = to_regnamespace('public')))"
+    )
+    held = sql.SQL(held_by_itself if role_known else "false")
+    # What the role may do, PUBLIC's included (a role not there yet: PUBLIC's).
+    may = "has_schema_privilege(%(role)s, to_regnamespace('public'), {privilege})"
+    # Whether the admin may grant on public: its owner (a member of), a superuser,
+    # or a holder of the grant option. Not so on PostgreSQL 14 for an admin that
+    # is no superuser: public is the bootstrap superuser's there.
+    grantable = (
+        "has_schema_privilege(current_user, to_regnamespace('public'), "
+        "'USAGE WITH GRANT OPTION') AND has_schema_privilege(current_user, "
+        "to_regnamespace('public'), 'CREATE WITH GRANT OPTION')"
+    )
+    # to_regnamespace() is NULL when public is gone, and so are the functions given it.
+    columns = [
+        sql.SQL("to_regnamespace('public') IS NOT NULL"),
+        held.format(privilege=sql.Literal("USAGE")),
+        held.format(privilege=sql.Literal("CREATE")),
+        sql.SQL(may).format(privilege=sql.Literal("USAGE")),
+        sql.SQL(may).format(privilege=sql.Literal("CREATE")),
+        sql.SQL(grantable),
+        sql.SQL(
+            "(SELECT nspowner = 'pg_database_owner'::regrole "
+            "FROM pg_namespace WHERE nspname = 'public')"
+            if owner
+            else "NULL"
+        ),
+        sql.SQL("ARRAY(SELECT extname::text FROM pg_extension)" if extensions else "NULL"),
+        sql.SQL(
+            "COALESCE(has_schema_privilege('public', to_regnamespace('public'), 'CREATE'), false)"
+        ),
+    ]
+    return sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns)).as_bytes(None)
