@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import hvac
 import psycopg
@@ -239,8 +239,17 @@ class RunningTool:
     def finish(self, timeout: float = RUN_TIMEOUT_SECONDS) -> ToolRun:
         pid = self._proc.pid
         pidfd = os.pidfd_open(pid)
+        deadline = time.monotonic() + timeout
+        # The process's own peak (VmHWM of its memory after exec), looked at until it
+        # exits: wait4's ru_maxrss also counts the bench's own memory at the fork.
+        peak_kib = 0
         try:
-            exited, _, _ = select.select([pidfd], [], [], timeout)
+            while True:
+                peak_kib = max(peak_kib, _high_water_kib(pid))
+                remaining = deadline - time.monotonic()
+                exited, _, _ = select.select([pidfd], [], [], min(_RSS_POLL_SECONDS, remaining))
+                if exited or remaining <= 0:
+                    break
             if not exited:
                 self._proc.kill()  # not reaped yet, so the pid is still ours
         finally:
@@ -254,14 +263,29 @@ class RunningTool:
             raise BenchError(
                 f"nomad-pginit run did not finish within {timeout:g}s:\n" + tail(self.output())
             )
-        # ru_maxrss is in KiB on Linux.
         return ToolRun(
             seconds,
-            int(usage.ru_maxrss),
+            peak_kib or int(usage.ru_maxrss),  # ru_maxrss in KiB on Linux: an upper bound
             self._proc.returncode,
             self.output(),
             usage.ru_utime + usage.ru_stime,
         )
+
+
+# How often the tool's memory high-water mark is read while it runs.
+_RSS_POLL_SECONDS: Final = 0.05
+
+
+def _high_water_kib(pid: int) -> int:
+    """VmHWM of a running process, in KiB; 0 once it is gone (a zombie has none)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 @dataclass

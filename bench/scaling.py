@@ -8,11 +8,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: the plot goes to a file
-from matplotlib import pyplot
-
 from bench.machine import Machine
 from bench.measure import COLD, ROTATE, WARM, WARM_RESTART, Results
 from bench.table import MEMORY_MB, MEMORY_N, Figures, as_json
@@ -112,6 +107,13 @@ def document(
 
 def plot(by_n: dict[int, Figures], machine: Machine, path: Path) -> None:
     """Time per run against N, both axes logarithmic: a line of slope 1 is linear cost."""
+    # Imported here, after every measurement: the bench process stays small while it
+    # starts the tool (a fork counts the parent's memory in the child's ru_maxrss).
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")  # no display: the plot goes to a file
+    from matplotlib import pyplot  # noqa: PLC0415
+
     ns = sorted(by_n)
     figure, axes = pyplot.subplots(figsize=(9, 6), dpi=110)
     styles: dict[str, dict[str, str | float]] = {
