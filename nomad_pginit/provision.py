@@ -515,8 +515,11 @@ def _reconcile_database_level(
         existing = cluster.databases.get(database)
         recorded = existing.recorded_readers if existing is not None else frozenset()
         if service.readers or recorded:
+            # The recorded ones too: a reader no longer listed is revoked only if it exists.
             schema = session.observe_readers(
-                replace(schema, recorded_readers=recorded), service.user, service.readers
+                replace(schema, recorded_readers=recorded),
+                service.user,
+                sorted(set(service.readers) | recorded),
             )
         for action in plan_schema(service, schema, owner_changes=owner_changes):
             _record(outcome, action, session.apply(action) if outcome.applied else True)

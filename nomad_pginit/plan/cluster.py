@@ -95,6 +95,13 @@ def plan_cluster(
 def _refuse_unavailable_options(service: Service, cluster: ClusterState) -> None:
     """CREATE DATABASE options this server does not have, said before anything is done."""
     given = service.creation.given()
+    template = given.get("template")
+    if template is not None and template in cluster.managed_databases:
+        raise Refusal(
+            f'template "{template}" is a database nomad-pginit made for a service (one removed '
+            "from the services file?): its tables and data would be copied, owned by that "
+            'service\'s role; use "template0", "template1" or a template database of your own'
+        )
     version = cluster.server_version
     if not given or not version or all(name in cluster.databases for name in service.databases):
         return
@@ -134,6 +141,11 @@ def _plan_memberships(service: Service, cluster: ClusterState) -> list[Action]:
     actions: list[Action] = []
     for name in service.member_of:
         group = cluster.groups.get(name)
+        if name == "pg_database_owner":
+            raise Refusal(
+                'member_of names "pg_database_owner", which PostgreSQL gives each database\'s '
+                "owner by itself and which cannot have members: leave it out"
+            )
         if group is None:
             raise Refusal(
                 f'member_of names role "{name}", which does not exist: create it, or name a '

@@ -65,8 +65,10 @@ def plan_readers(service: Service, schema: SchemaState) -> list[Action]:
                     usage,
                 )
             )
-    # Only the readers it recorded giving access: a grant the tenant made is its own.
-    for former in sorted(schema.recorded_readers - set(service.readers)):
+    # Only the readers it recorded giving access (a grant the tenant made is its own),
+    # never the service's own role, and none that is gone (the record is rewritten).
+    formers = schema.recorded_readers - set(service.readers) - {service.user}
+    for former in sorted(name for name in formers if name in schema.readers):
         actions.append(
             RevokeReader(
                 service.name,

@@ -572,27 +572,69 @@ def _observe_tenant_options(
                                 SELECT g.oid
                                 UNION
                                 SELECT m.roleid FROM pg_auth_members m
-                                JOIN up ON m.member = up.roleid)
-                            SELECT CASE WHEN x.oid = g.oid THEN 'is' ELSE 'inherits from "'
-                                        || x.rolname || '", which is' END ||
-                                   CASE WHEN x.rolsuper THEN ' a superuser'
-                                        WHEN x.rolname = ANY(%(users)s)
-                                            THEN ' another service''s role'
-                                        WHEN x.rolname = ANY(%(like)s)
-                                            THEN ' a predefined role that reaches beyond '
-                                                 'one database'
-                                        ELSE ' a role with CREATEDB, CREATEROLE, '
-                                             'REPLICATION or BYPASSRLS' END
-                            FROM up JOIN pg_roles x ON x.oid = up.roleid
-                            WHERE x.rolsuper OR x.rolcreatedb OR x.rolcreaterole
-                                  OR x.rolreplication OR x.rolbypassrls
-                                  OR x.rolname = ANY(%(like)s) OR x.rolname = ANY(%(users)s)
-                            ORDER BY x.oid <> g.oid, x.rolname LIMIT 1)
+                                JOIN up ON m.member = up.roleid),
+                            why(roleid, reason) AS (
+                                SELECT x.oid,
+                                       CASE WHEN x.rolname = ANY(%(monitoring)s) THEN NULL
+                                            WHEN x.rolsuper THEN 'a superuser'
+                                            WHEN x.rolname = ANY(%(users)s)
+                                                THEN 'another service''s role'
+                                            WHEN x.rolname = ANY(%(like)s)
+                                                THEN 'a predefined role that reaches beyond '
+                                                     'one database'
+                                            WHEN x.rolcreatedb OR x.rolcreaterole
+                                                 OR x.rolreplication OR x.rolbypassrls
+                                                THEN 'a role with CREATEDB, CREATEROLE, '
+                                                     'REPLICATION or BYPASSRLS'
+                                            WHEN {managed}
+                                                THEN 'a role nomad-pginit manages for a '
+                                                     'service (a removed one?)'
+                                            WHEN EXISTS (SELECT FROM pg_database d
+                                                         WHERE d.datdba = x.oid)
+                                                THEN 'the owner of a database'
+                                            WHEN EXISTS (
+                                                    SELECT FROM pg_class c,
+                                                         aclexplode(c.relacl) a
+                                                    WHERE c.relnamespace
+                                                          = 'pg_catalog'::regnamespace
+                                                      AND a.grantee = x.oid)
+                                                 OR EXISTS (
+                                                    SELECT FROM pg_proc p,
+                                                         aclexplode(p.proacl) a
+                                                    WHERE p.pronamespace
+                                                          = 'pg_catalog'::regnamespace
+                                                      AND a.grantee = x.oid)
+                                                THEN 'a holder of privileges on system '
+                                                     'catalog objects'
+                                            {parameters}
+                                       END
+                                FROM up JOIN pg_roles x ON x.oid = up.roleid)
+                            SELECT CASE WHEN why.roleid = g.oid THEN 'is ' ELSE 'inherits from "'
+                                        || pg_get_userbyid(why.roleid) || '", which is ' END
+                                   || why.reason
+                            FROM why WHERE why.reason IS NOT NULL
+                            ORDER BY why.roleid <> g.oid, pg_get_userbyid(why.roleid) LIMIT 1)
                     FROM pg_roles g
                     WHERE g.rolname = ANY(%(groups)s)
                     """
+                ).format(
+                    managed=_MANAGED.format(sql.SQL("shobj_description(x.oid, 'pg_authid')")),
+                    parameters=sql.SQL(
+                        "WHEN EXISTS (SELECT FROM pg_parameter_acl p, aclexplode(p.paracl) a "
+                        "WHERE a.grantee = x.oid) THEN 'a holder of privileges on parameters "
+                        "(ALTER SYSTEM, SET)'"
+                        if session.server_version >= 150000
+                        else ""
+                    ),
                 ),
-                {"groups": groups, "users": users, "like": list(_BEYOND_ONE_DATABASE)},
+                {
+                    "groups": groups,
+                    "users": users,
+                    "like": list(_BEYOND_ONE_DATABASE),
+                    "marker": MANAGED_COMMENT,
+                    "marker_prefix": MANAGED_COMMENT + "; ",
+                    "monitoring": list(_MONITORING_ROLES),
+                },
             )
         }
         found["memberships"] = frozenset(

@@ -533,3 +533,74 @@ def test_disable_removed_ends_sessions_of_a_role_already_nologin(
             session.execute("SELECT 1")
     finally:
         session.close()
+
+
+# --- a second hostile review -----------------------------------------------------------
+
+
+def test_member_of_groups_that_reach_beyond_need_the_flag(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(pg, vault, tmp_path, [{"name": "old"}])
+    assert run(config, vault).returncode == 0
+    with pg.connect() as conn:
+        conn.execute("CREATE ROLE fin_owner")
+        conn.execute("CREATE DATABASE fin OWNER fin_owner")
+        conn.execute("CREATE ROLE g_param")
+        if pg.server_version >= 150000:
+            conn.execute("GRANT ALTER SYSTEM ON PARAMETER archive_command TO g_param")
+        else:
+            conn.execute("GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO g_param")
+    groups = {"a": "fin_owner", "b": "g_param", "c": "old"}  # "old": a removed service's role
+    config = services_file(
+        pg,
+        vault,
+        tmp_path,
+        [{"name": name, "member_of": [group]} for name, group in groups.items()],
+    )
+    result = run(config, vault)
+    assert result.returncode == 1, result.output
+    for name, group in groups.items():
+        lines = "\n".join(service_lines(result.stdout, name))
+        assert f'member_of names role "{group}"' in lines, result.stdout
+        assert "allow_privileged = true" in lines
+        assert scalar(pg, "SELECT count(*) FROM pg_roles WHERE rolname = %s", name) == 0
+
+
+def test_records_a_tenant_edits_never_turn_against_the_service(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(pg, vault, tmp_path, [{"name": "app"}])
+    assert run(config, vault).returncode == 0
+    with connect_as(pg, "app", "app") as conn:
+        conn.execute('CREATE TABLE "Upper" (id int)')
+        # The tenant owns its database, so it may rewrite the record: its own role, a
+        # role that does not exist.
+        conn.execute(
+            'COMMENT ON DATABASE app IS \'managed by nomad-pginit; {"readers": ["app", "ghost"]}\''
+        )
+    result = run(config, vault)
+    assert result.returncode == 0, result.output
+    assert "revoked" not in result.stdout
+    with connect_as(pg, "app", "app") as conn:
+        conn.execute('SELECT * FROM "Upper"')
+    assert_no_writes(pg, config, vault)
+
+
+def test_template_of_a_removed_service_and_pg_database_owner_refused(
+    pg: Cluster, vault: Vault, tmp_path: Path
+) -> None:
+    config = services_file(pg, vault, tmp_path, [{"name": "gone"}])
+    assert run(config, vault).returncode == 0
+    config = services_file(
+        pg,
+        vault,
+        tmp_path,
+        [{"name": "copy", "template": "gone"}, {"name": "odd", "member_of": ["pg_database_owner"]}],
+    )
+    planned = plan(config, vault)
+    assert 'template "gone" is a database nomad-pginit made' in planned.stdout, planned.output
+    assert "cannot have members" in planned.stdout
+    result = run(config, vault)
+    assert result.returncode == 1, result.output
+    assert not database_exists(pg, "copy")

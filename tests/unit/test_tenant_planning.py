@@ -317,8 +317,9 @@ def test_readers_granted_until_complete_and_only_recorded_ones_revoked() -> None
     complete = ReaderState(True, True, (), (), True, True)
     partial = dataclasses.replace(complete, unreadable_tables=("items",))
     state = schema(
-        readers={"grafana": complete, "metabase": partial},
-        recorded_readers=frozenset({"grafana", "metabase", "old"}),
+        readers={"grafana": complete, "metabase": partial, "old": complete, "wiki_user": complete},
+        # "gone" no longer exists, and the service's own role is never a reader to revoke.
+        recorded_readers=frozenset({"grafana", "metabase", "old", "gone", "wiki_user"}),
         owned_tables=("items", "logs"),
     )
     assert plan_readers(service, state) == [
