@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -76,14 +77,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "room for N databases, else the system's temporary directory)",
     )
     args = parser.parse_args(argv)
+    if args.scaling and (args.quick or args.n is not None):
+        parser.error("--scaling runs each N of --scaling-n: drop --n and --quick")
     if args.quick:
         if args.n is not None or args.repeat is not None:
             parser.error("--quick sets N and the repetitions itself: drop --n and --repeat")
         args.n, args.repeat = QUICK_N, QUICK_REPEAT
-    if args.scaling and args.n is not None:
-        parser.error("--scaling runs each N of --scaling-n: drop --n")
-    if args.plot is not None and not args.scaling:
-        parser.error("--plot is for --scaling")
+    if not args.scaling and (args.plot is not None or args.scaling_n != scaling.DEFAULT_NS):
+        parser.error("--plot and --scaling-n are for --scaling")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install -e '.[bench]' (make bench does)")
     if args.scaling and args.repeat is None:
         args.repeat = 1
     args.n = args.n or DEFAULT_N

@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 from bench.lab import BenchError, connect
 from nomad_pginit.provision import SERVICE_WORKERS
-from nomad_pginit.scram import derive_keys, verifier_matches
+from nomad_pginit.scram import ScramKeys, derive_keys, verifier_matches
 from sandbox import ThrowawayPostgres
 
 # How many verifications time one on a single core (for our own CPU per service).
@@ -33,16 +33,23 @@ def _takes_scram_keys() -> bool:
     return any(option.keyword == b"scram_client_key" for option in pq.Conninfo.get_defaults())
 
 
-def logins(cluster: ThrowawayPostgres, names: Sequence[str]) -> float:
-    """N logins as the admin, one per database, each running one statement, on as many
-    threads as nomad-pginit's workers: with the admin's SCRAM keys where libpq takes
-    them, as nomad-pginit logs in (no PBKDF2 on the client), else with the password."""
+def admin_keys(cluster: ThrowawayPostgres) -> ScramKeys | None:
+    """The admin's SCRAM keys, where libpq takes them (read before any restart, so that
+    reading them warms no cache of the server the floor is measured on)."""
+    if not _takes_scram_keys():
+        return None
     with connect(cluster) as conn:
         row = conn.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = current_user"
         ).fetchone()
     verifier = str(row[0]) if row and row[0] is not None else None
-    keys = derive_keys(verifier, cluster.password) if _takes_scram_keys() else None
+    return derive_keys(verifier, cluster.password)
+
+
+def logins(cluster: ThrowawayPostgres, names: Sequence[str], keys: ScramKeys | None) -> float:
+    """N logins as the admin, one per database, each running one statement, on as many
+    threads as nomad-pginit's workers: with the admin's SCRAM keys (``admin_keys``) as
+    nomad-pginit logs in (no PBKDF2 on the client), else with the password."""
     base = cluster.conninfo()
     extra: dict[str, str] = {}
     if keys is not None:
@@ -76,7 +83,7 @@ def _verify_chunk(pairs: Sequence[tuple[str, str]]) -> int:
 def pbkdf2(verifiers: Sequence[tuple[str, str]]) -> tuple[float, float]:
     """(seconds for every (verifier, password) pair checked on all cores, CPU seconds one
     check takes on one core). Every pair must match: the figure is of real checks."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) or 1
     chunks = [list(verifiers[i::cores]) for i in range(cores)]
     with ProcessPoolExecutor(cores) as pool:
         list(pool.map(_verify_chunk, [chunks[0][:1]] * cores))  # the workers started
@@ -101,4 +108,7 @@ def stored_verifiers(
             "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
             (list(passwords),),
         ).fetchall()
-    return [(str(verifier), passwords[str(name)]) for name, verifier in rows]
+    found = [(str(verifier), passwords[str(name)]) for name, verifier in rows if verifier]
+    if len(found) != len(passwords):
+        raise BenchError(f"{len(found)} of {len(passwords)} services have a stored verifier")
+    return found

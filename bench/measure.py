@@ -189,9 +189,10 @@ def _measure_ours(lab: Lab, results: Results, tag: str, *, drift_check: bool) ->
         results.warm_visited_every_database.append(all_visited_since(cluster, before))
 
         # The floors, on this very cluster: warm, then right after a restart.
-        results.floor_logins.append(floors.logins(cluster, lab.names))
+        keys = floors.admin_keys(cluster)
+        results.floor_logins.append(floors.logins(cluster, lab.names, keys))
         floors.restart(cluster)
-        results.floor_logins_restart.append(floors.logins(cluster, lab.names))
+        results.floor_logins_restart.append(floors.logins(cluster, lab.names, keys))
         seconds, per_check = floors.pbkdf2(
             floors.stored_verifiers(cluster, lab.secrets.read_all(lab.names))
         )
@@ -200,8 +201,10 @@ def _measure_ours(lab: Lab, results: Results, tag: str, *, drift_check: bool) ->
 
         # In Nomad a redeploy restarts PostgreSQL: the warm run that matters comes after.
         floors.restart(cluster)
+        before = sessions(cluster, lab.names)
         warm_restart = lab.run_tool(config, f"ours-warm-restart-{tag}")
         warm_restart.expect("warm after a restart", unchanged=lab.n)
+        results.warm_visited_every_database.append(all_visited_since(cluster, before))
 
         service, password = lab.rotate()
         rotate = lab.run_tool(config, f"ours-rotate-{tag}")

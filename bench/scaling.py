@@ -4,6 +4,7 @@ a bench-only dependency) of time per run against N."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -35,22 +36,34 @@ _OUR_STEPS: Final = ("ours cold", "ours warm", "ours warm after restart", "ours 
 
 
 def parse_ns(text: str) -> tuple[int, ...]:
-    values = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    try:
+        values = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        values = ()
     if not values or values[0] < 1:
-        raise ValueError(f"--scaling-n takes numbers of services, 1 or more: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"takes numbers of services, 1 or more, separated by commas, not {text!r}"
+        )
     return values
 
 
 def linearity(by_n: dict[int, Figures]) -> dict[str, float] | None:
-    """Per step, its time per service at the largest N over that at LINEAR_FROM_N (or the
-    smallest N above it); None when the run lacks two such N."""
+    """Per step, what one more service costs at the largest N over what it costs at
+    LINEAR_FROM_N (or the smallest N above it): the time per run less the run at the
+    smallest N (start-up, which any N pays once), per service beyond it. None when the
+    run lacks an N below LINEAR_FROM_N and two at or above it."""
     ns = sorted(by_n)
     base = next((n for n in ns if n >= LINEAR_FROM_N), None)
-    if base is None or base == ns[-1]:
+    start = ns[0]
+    if base is None or base == ns[-1] or start >= base:
         return None
     top = ns[-1]
+
+    def marginal(figure: Callable[[Figures], float], n: int) -> float:
+        return (figure(by_n[n]) - figure(by_n[start])) / (n - start)
+
     return {
-        label: (figure(by_n[top]) / top) / (figure(by_n[base]) / base)
+        label: marginal(figure, top) / marginal(figure, base)
         for label, figure in _SERIES
         if label in _OUR_STEPS
     }
@@ -75,13 +88,15 @@ def render(by_n: dict[int, Figures], machine: Machine) -> str:
     ratios = linearity(by_n)
     lines.append("")
     if ratios is None:
-        lines.append(f"linearity: needs N={LINEAR_FROM_N} (or more) and a larger N: not judged")
+        lines.append(
+            f"linearity: needs a small N, N={LINEAR_FROM_N} (or more) and a larger N: not judged"
+        )
     else:
         base = next(n for n in ns if n >= LINEAR_FROM_N)
         for label, ratio in ratios.items():
             verdict = "PASS" if ratio <= LINEAR_TOLERANCE else "MISS"
             lines.append(
-                f"linear: {label}: per service at N={ns[-1]} / at N={base} = {ratio:.2f}x "
+                f"linear: {label}: one more service at N={ns[-1]} / at N={base} = {ratio:.2f}x "
                 f"(target <= {LINEAR_TOLERANCE:g}x, the noise allowed)  {verdict}"
             )
     if MEMORY_N in by_n:
