@@ -14,6 +14,7 @@ from typing import Final, TextIO
 
 from nomad_pginit.errors import PginitError
 from nomad_pginit.outcome import Outcome, ServiceOutcome, Status
+from nomad_pginit.plan import DisableRole, EndSessions
 
 LOG_FORMATS: Final = ("plain", "json")
 # The marker an operator (or `nomad-pginit verify`) greps for in the task's log.
@@ -143,12 +144,16 @@ def _leftovers_left(outcome: Outcome) -> str:
 
 
 def _pending_leftovers(outcome: Outcome) -> str:
-    """A plan's leftover roles to disable, as the end of the pending summary, or ""."""
-    actions = outcome.leftover_actions
-    if not actions:
-        return ""
-    roles = ", ".join(str(getattr(action, "role", "")) for action in actions)
-    return f"; {_leftover_count(len(actions))} to disable ({roles})"
+    """A plan's leftover roles to disable (and, already NOLOGIN, whose open sessions to
+    end), as the end of the pending summary, or ""."""
+    parts = []
+    disable = [a for a in outcome.leftover_actions if isinstance(a, DisableRole)]
+    end = [a for a in outcome.leftover_actions if isinstance(a, EndSessions)]
+    for actions, what in ((disable, "to disable"), (end, "whose open sessions to end")):
+        if actions:
+            roles = ", ".join(action.role for action in actions)
+            parts.append(f"; {_leftover_count(len(actions))} {what} ({roles})")
+    return "".join(parts)
 
 
 def summary_status(outcome: Outcome) -> str:

@@ -526,6 +526,8 @@ def test_disable_removed_ends_sessions_of_a_role_already_nologin(
         write_services_file(tmp_path, pg, ["keep"])
         planned = plan(config, vault)
         assert "1 session(s) of it are still open" in planned.stdout, planned.output
+        would = plan(config, vault, "--disable-removed")
+        assert "1 leftover role whose open sessions to end (gone)" in would.output
         result = run(config, vault, "--disable-removed")
         assert result.returncode == 0, result.output
         assert 'role "gone": 1 open session ended' in result.stdout
