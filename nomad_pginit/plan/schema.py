@@ -41,30 +41,18 @@ def plan_readers(service: Service, schema: SchemaState) -> list[Action]:
         actions.append(RevokeCreateFromPublic(service.name, schema.database))
     for reader in service.readers:
         held = schema.readers.get(reader)
-        if held is None:  # a role this run creates: nothing held yet
-            actions.append(
-                GrantReader(
-                    service.name,
-                    schema.database,
-                    service.user,
-                    reader,
-                    schema.owned_tables,
-                    schema.owned_sequences,
-                )
-            )
+        if held is None:  # a role this run creates: nothing held yet, everything to grant
+            tables, sequences, usage = schema.owned_tables, schema.owned_sequences, True
         elif not held.complete or reader not in schema.recorded_readers:
+            tables, sequences = held.unreadable_tables, held.unreadable_sequences
             usage = not held.usage or schema.admin_may_grant
-            actions.append(
-                GrantReader(
-                    service.name,
-                    schema.database,
-                    service.user,
-                    reader,
-                    held.unreadable_tables,
-                    held.unreadable_sequences,
-                    usage,
-                )
+        else:
+            continue
+        actions.append(
+            GrantReader(
+                service.name, schema.database, service.user, reader, tables, sequences, usage
             )
+        )
     # Only the readers it recorded giving access (a grant the tenant made is its own),
     # never the service's own role, and none that is gone (the record is rewritten).
     formers = schema.recorded_readers - set(service.readers) - {service.user}

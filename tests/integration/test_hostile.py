@@ -693,9 +693,13 @@ def test_functions_a_tenant_plants_in_its_public_never_run_as_the_admin(
 def test_settings_that_log_at_transaction_start_or_parse_never_log_a_verifier(
     tmp_path: Path, pg: Cluster, vault: Vault, setting: str
 ) -> None:
-    name = setting.split(" = ", maxsplit=1)[0]
+    name, value = setting.split(" = ", maxsplit=1)
     with superuser_connect(pg.server) as conn:
-        conn.execute(f"ALTER ROLE postgres SET {setting}")
+        conn.execute(
+            sql.SQL("ALTER ROLE postgres SET {} = {}").format(
+                sql.Identifier(name), sql.Literal(value)
+            )
+        )
     try:
         vault.put("gitea", f"{PASSWORD_MARKER}gitea")
         config = write_services_file(tmp_path, pg, ["gitea"])
@@ -706,7 +710,7 @@ def test_settings_that_log_at_transaction_start_or_parse_never_log_a_verifier(
         logged = pg.log_since(offset)
     finally:
         with superuser_connect(pg.server) as conn:
-            conn.execute(f"ALTER ROLE postgres RESET {name}")
+            conn.execute(sql.SQL("ALTER ROLE postgres RESET {}").format(sql.Identifier(name)))
 
     assert created.returncode == ExitCode.OK, created.output
     assert rotated.returncode == ExitCode.OK, rotated.output
