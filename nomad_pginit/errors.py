@@ -66,6 +66,12 @@ class PostgresUnavailable(PginitError):
     summary = "PostgreSQL not available; nothing was changed"
 
 
+class ConnectionLost(PostgresUnavailable):
+    """The connection to PostgreSQL broke mid-run: the server stopped or crashed, or the
+    primary failed over to a standby. A run waits for a writable primary and starts
+    over from the catalogs (provision.reconcile)."""
+
+
 class VaultUnavailable(PginitError):
     """Vault cannot be reached, or it rejects the token."""
 

@@ -39,6 +39,19 @@ class ServiceOutcome:
     # asks, a setting the file does not list (plan_notes).
     notes: list[str] = field(default_factory=list)
 
+    def start_over(self) -> None:
+        """Worked on again from the start (the connection was lost mid-run): what it
+        did stays in ``actions``, the rest is decided afresh."""
+        self.error = None
+        self.finished = False
+        self.not_finished = None
+        self.notes = []
+
+    def record(self, action: Action) -> None:
+        """Add what was done, once: a run that started over may do it again."""
+        if all(done.describe() != action.describe() for done in self.actions):
+            self.actions.append(action)
+
     @property
     def status(self) -> Status:
         if self.error is not None:
@@ -74,6 +87,8 @@ class Outcome:
     # Set when a stop request (this signal) cut the run short.
     stopped: bool = False
     stop_signal: int | None = None
+    # host:port of the writable primary the run worked on (the last one, after a failover).
+    postgres_at: str | None = None
 
     @property
     def pending(self) -> bool:

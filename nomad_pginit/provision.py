@@ -19,6 +19,7 @@ from typing import Final
 from nomad_pginit import postgres
 from nomad_pginit.errors import (
     ConfigError,
+    ConnectionLost,
     PginitError,
     PostgresUnavailable,
     ServiceError,
@@ -154,6 +155,12 @@ def statement_timeout(environ: Mapping[str, str]) -> float:
 MAX_STATEMENT_TIMEOUT: Final = 86400.0
 
 
+# A run whose connection breaks mid-way (the server restarted, or the primary failed
+# over to a standby) waits for a writable primary and starts over from the catalogs,
+# this many times at most: a server that keeps going away is given up on.
+MAX_RECONNECTS: Final = 3
+
+
 def _reconcile(
     spec: Spec,
     *,
@@ -168,21 +175,105 @@ def _reconcile(
     known_leftovers: frozenset[str],
     quiet: bool = False,
 ) -> None:
-    apply = result.applied
     # Before waiting: a bad token is exit 4 at once.
     vault, admin_password = log_in_to_vault(spec, env, stop, vault)
     if admin_password is not None:
         target = target.with_password(admin_password)
-
-    with ExitStack() as stack:
-        # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
-        # accepts connections, whatever the number of secrets, and each service's
-        # work starts as soon as its own password is in.
-        reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
-        # On the way out (stopped, or failed), reads not yet started are not needed.
-        stack.callback(reader.shutdown, wait=False, cancel_futures=True)
+    # Read Vault while waiting for PostgreSQL: the server is noticed the moment it
+    # accepts connections, whatever the number of secrets, and each service's work
+    # starts as soon as its own password is in. Read once, whatever the reconnects.
+    reader = ThreadPoolExecutor(VAULT_WORKERS, thread_name_prefix="vault")
+    try:
         passwords = PasswordReads.start(spec, vault, reader, request_deadline(env), quiet=quiet)
+        lost_at: str | None = None
+        for reconnects in range(MAX_RECONNECTS + 1):
+            try:
+                _attempt(
+                    spec,
+                    target=target,
+                    readiness=readiness,
+                    disable_removed=disable_removed,
+                    stop=stop,
+                    passwords=passwords,
+                    outcomes=outcomes,
+                    result=result,
+                    known_leftovers=known_leftovers,
+                    lost_at=lost_at,
+                )
+            except ConnectionLost as err:
+                result.fatal = err
+            except PostgresUnavailable as err:
+                if lost_at is None:
+                    raise
+                # No writable primary in time after a loss: what was done stays done.
+                result.fatal = err
+                return
+            lost = result.fatal
+            if not isinstance(lost, ConnectionLost) or stop.is_set():
+                return
+            if reconnects == MAX_RECONNECTS:
+                result.fatal = ConnectionLost(
+                    f"{lost}; lost the connection {MAX_RECONNECTS + 1} times in one run: "
+                    "giving up, run again once PostgreSQL is stable"
+                )
+                return
+            lost_at = result.postgres_at or target.description
+            log.warning(
+                "lost the connection to PostgreSQL at %s mid-run (%s): waiting up to %gs for a "
+                "writable primary (a restart, or a failover to a standby), then reading the "
+                "catalogs again and finishing",
+                lost_at,
+                lost,
+                readiness.timeout,
+            )
+    finally:
+        # On the way out (stopped, or failed), reads not yet started are not needed.
+        reader.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_over(
+    result: Outcome, outcomes: Mapping[str, ServiceOutcome], was: str, now: str
+) -> None:
+    """After a lost connection, on a writable primary again: everything is observed
+    afresh (an asynchronous standby may have lost the old primary's last transactions),
+    and what the earlier attempt did stays in each service's actions."""
+    if now != was:
+        log.warning(
+            "failover: continuing on the writable primary at %s (was %s); what had not "
+            "reached it is done again",
+            now,
+            was,
+            extra={"event": "failover"},
+        )
+    else:
+        log.info("PostgreSQL at %s is back: continuing", now, extra={"event": "failover"})
+    result.fatal = None
+    for outcome in outcomes.values():
+        outcome.start_over()
+
+
+def _attempt(
+    spec: Spec,
+    *,
+    target: postgres.Target,
+    readiness: postgres.Readiness,
+    disable_removed: bool,
+    stop: StopRequest,
+    passwords: PasswordReads,
+    outcomes: Mapping[str, ServiceOutcome],
+    result: Outcome,
+    known_leftovers: frozenset[str],
+    lost_at: str | None,
+) -> None:
+    """One pass over every service on one writable primary: wait for it, observe, plan
+    and apply. A lost connection ends it with result.fatal a ConnectionLost (or raises
+    one, from the coordinator's own statements)."""
+    apply = result.applied
+    with ExitStack() as stack:
         admin = stack.enter_context(postgres.wait_until_ready(target, readiness, stop=stop))
+        if lost_at is not None:
+            _start_over(result, outcomes, lost_at, admin.address)
+        result.postgres_at = admin.address
         if apply:
             # Another run holds the lock for as long as it takes to finish; we wait for it
             # no longer than for PostgreSQL itself.
@@ -539,7 +630,7 @@ def _note(outcome: ServiceOutcome, notes: list[str]) -> None:
 
 
 def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
-    outcome.actions.append(action)
+    outcome.record(action)
     name = outcome.service.name
     extra = {"service": name, "action": type(action).__name__, "result": action.verb}
     if not outcome.applied:

@@ -80,6 +80,10 @@ def configure_logging(log_format: str, stream: TextIO | None = None) -> None:
     # hvac and urllib3 are chatty at INFO and may print URLs with query strings.
     for noisy in ("urllib3", "hvac", "requests"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # psycopg says at WARNING what it ignored while ending a pipeline on a broken
+    # connection ("error ignored terminating <psycopg.Pipeline [BAD] ...>"): its
+    # internals, while the error itself reaches us and is said in our words.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def _names(outcomes: list[ServiceOutcome]) -> str:

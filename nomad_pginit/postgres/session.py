@@ -15,7 +15,7 @@ import psycopg
 import psycopg.errors
 from psycopg import pq, sql
 
-from nomad_pginit.errors import PostgresUnavailable, ServiceError
+from nomad_pginit.errors import ConnectionLost, PostgresUnavailable, ServiceError
 from nomad_pginit.plan import (
     Action,
     CreateDatabase,
@@ -83,6 +83,11 @@ _END_SESSIONS: Final = sql.SQL(
 )
 
 
+# What the server says when max_connections (or the slots reserved beyond it) is
+# reached (SQLSTATE 53300, which a failed connection does not carry).
+_NO_CONNECTION_SLOTS: Final = ("too many clients", "remaining connection slots are reserved")
+
+
 class AdminSession:
     """One connection as the admin: reads the catalogs, applies actions, and opens
     connections to the services' databases. A run has one Coordinator and one
@@ -99,6 +104,9 @@ class AdminSession:
         self._conn = conn
         self._target = target
         self._admin = state
+        # host:port of the server libpq chose (a DSN may list several hosts): kept, for
+        # a connection that breaks can no longer say.
+        self.address = f"{conn.info.host}:{conn.info.port}"
         # Whether the session-level settings (_SESSION_LOG_SETTINGS) are off already.
         self._session_silenced = False
         # A worker's connection: the pool connects to the databases too, keys and all.
@@ -498,10 +506,17 @@ class WorkerPool:
         try:
             conn = self.connect()
         except psycopg.OperationalError as err:
-            raise PostgresUnavailable(
+            if any(marker in str(err) for marker in _NO_CONNECTION_SLOTS):
+                raise PostgresUnavailable(
+                    f"cannot open another connection to PostgreSQL at "
+                    f"{self._target.description}: {_last_line(str(err))}; nomad-pginit needs a "
+                    "few connections at once: raise max_connections, or end idle sessions"
+                ) from err
+            # The coordinator connected a moment ago: the server went away (or the
+            # primary failed over), which the run waits out.
+            raise ConnectionLost(
                 f"cannot open another connection to PostgreSQL at {self._target.description}: "
-                f"{_last_line(str(err))}; run again once the server is back (nomad-pginit "
-                "needs a few connections at once, see max_connections)"
+                f"{_last_line(str(err))}"
             ) from err
         admin = Worker(conn, self._target, self._state, pool=self)
         self._local.admin = admin

@@ -263,7 +263,8 @@ def test_postgres_stopped_mid_run_then_run_again_ends_as_an_undisturbed_run(
     with ThrowawayPostgres(settings=LOGGED_SETTINGS) as server:
         victim = Cluster(server)
         config = write_services_file(tmp_path, victim, services)
-        proc = start_tool(["run", "--config", str(config)], env)
+        # The run waits this long for a writable primary again, then gives up.
+        proc = start_tool(["run", "--config", str(config), "--wait-timeout", "3"], env)
         processes.append(proc)
         head = read_until(proc, where.after(names))
         server.stop(mode="immediate")
@@ -273,9 +274,12 @@ def test_postgres_stopped_mid_run_then_run_again_ends_as_an_undisturbed_run(
         assert interrupted.stderr == "", interrupted.stderr
         assert "Traceback" not in interrupted.output
         assert "unexpected error" not in interrupted.output
+        said = texts(interrupted.stdout)
         assert any(
-            "run again once the server is back" in line for line in texts(interrupted.stdout)
-        )
+            line.startswith("lost the connection to PostgreSQL at") and "waiting up to 3s" in line
+            for line in said
+        ), interrupted.stdout
+        assert any("was not ready within 3s" in line for line in said), interrupted.stdout
         finished = [
             name for name in names if f'{name}: extension "pg_trgm" created' in interrupted.stdout
         ]
