@@ -4,19 +4,21 @@
 It reads the catalog as the admin (databases and role exist, the role may log
 in, it owns its databases), then logs in as the service to each of its databases
 with its password from Vault, as its apps do, and asks whether it may create in
-schema ``public``. It writes nothing and never logs a password.
+schema ``public``. With ``--replicas`` it does the same on each streaming standby,
+once the standby has replayed what the primary had written. It writes nothing and
+never logs a password.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
 from nomad_pginit import postgres
-from nomad_pginit.errors import ExitCode, ServiceError
+from nomad_pginit.errors import ExitCode, PostgresUnavailable, ServiceError
 from nomad_pginit.passwords import VAULT_WORKERS, PasswordReads, log_in_to_vault
 from nomad_pginit.report import SUMMARY_PREFIX
 from nomad_pginit.secret import Secret
@@ -75,15 +77,54 @@ class ServiceCheck:
         }
 
 
+@dataclass(frozen=True)
+class ReplicaCheck:
+    """What check --replicas found on one streaming standby."""
+
+    address: str
+    # The standby as a whole: unreachable, not a standby, or behind the primary.
+    problem: str | None
+    services: tuple[ServiceCheck, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and all(result.ok for result in self.services)
+
+    def document(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "ok": self.ok,
+            "problem": self.problem,
+            "services": [result.document() for result in self.services],
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Every service on the server the DSN reaches, and on each standby asked for."""
+
+    services: list[ServiceCheck]
+    replicas: list[ReplicaCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.services) and all(
+            replica.ok for replica in self.replicas
+        )
+
+
 def check_services(
     services: Spec,
     target: postgres.Target,
     readiness: postgres.Readiness,
     environ: Mapping[str, str],
     stop: StopRequest,
-) -> list[ServiceCheck]:
+    *,
+    replicas: list[str] | None = None,
+) -> CheckReport:
     """Check every service of ``services`` (whose [postgres] ``target`` reaches), and
-    log each one's result and the summary."""
+    log each one's result and the summary. ``replicas``: the standbys to check too
+    (host:port), [] for every other host the DSN lists, None for none."""
     vault, admin_password = log_in_to_vault(services, environ, stop)
     if admin_password is not None:
         target = target.with_password(admin_password)
@@ -96,46 +137,150 @@ def check_services(
     )
     with postgres.wait_until_ready(target, readiness, writable=False) as admin:
         cluster = admin.observe(services.services)
-    results = [
-        check_service(
-            service,
-            cluster=cluster,
-            target=target,
-            password=passwords.get(service.name),
-            secret_problem=secret_problems.get(service.name),
-            vault_path=services.vault.cli_path(service.name),
-        )
-        for service in services.services
-    ]
-    _log_results(results)
-    return results
+        position = postgres.wal_position(admin) if replicas is not None else None
+        checked_at = admin.address
 
-
-def exit_code(results: list[ServiceCheck]) -> ExitCode:
-    return ExitCode.OK if all(result.ok for result in results) else ExitCode.SERVICE_FAILED
-
-
-def _log_results(results: list[ServiceCheck]) -> None:
-    for result in results:
-        name = result.service.name
-        if result.ok:
-            log.info("%s: ok", name, extra={"service": name, "result": "ok"})
-        for problem in result.problems:
-            log.error(
-                "%s: %s", name, problem.message, extra={"service": name, "result": problem.kind}
+    def check_all(cluster: ClusterState, target: postgres.Target) -> list[ServiceCheck]:
+        return [
+            check_service(
+                service,
+                cluster=cluster,
+                target=target,
+                password=passwords.get(service.name),
+                secret_problem=secret_problems.get(service.name),
+                vault_path=services.vault.cli_path(service.name),
             )
+            for service in services.services
+        ]
+
+    results = check_all(cluster, target)
+    _log_results(results)
+    report = CheckReport(results, [])
+    if replicas is not None:
+        explicit = bool(replicas)
+        addresses = replicas or [address for address in target.addresses if address != checked_at]
+        if not addresses:
+            log.warning(
+                "--replicas: [postgres] dsn lists no other host than %s; name the standbys: "
+                "--replicas db2:5432,db3:5432",
+                checked_at,
+            )
+        for address in addresses:
+            replica = _check_replica(
+                services,
+                address,
+                target=target.at(address),
+                position=position,
+                readiness=readiness,
+                stop=stop,
+                check_all=check_all,
+                explicit=explicit,
+            )
+            if replica is not None:
+                report.replicas.append(replica)
+    _log_summary(report)
+    return report
+
+
+def _check_replica(
+    services: Spec,
+    address: str,
+    *,
+    target: postgres.Target,
+    position: str | None,
+    readiness: postgres.Readiness,
+    stop: StopRequest,
+    check_all: Callable[[ClusterState, postgres.Target], list[ServiceCheck]],
+    explicit: bool,
+) -> ReplicaCheck | None:
+    """Every service on one standby, once it has replayed the primary's WAL up to
+    ``position``. None for a host of the DSN that turns out to be a primary."""
+    where = f"replica {address}"
+    try:
+        with postgres.wait_until_ready(target, readiness, writable=False, stop=stop) as admin:
+            if not postgres.in_recovery(admin):
+                if not explicit:
+                    log.info("%s is a primary, not a standby: left out", where)
+                    return None
+                return _replica_problem(
+                    address,
+                    f"{where} is not a standby (it accepts writes): --replicas names "
+                    "streaming standbys",
+                )
+            if position is not None and not postgres.wait_for_replay(
+                admin, position, readiness.timeout, stop
+            ):
+                return _replica_problem(
+                    address,
+                    f"{where} had not replayed the primary's WAL up to {position} within "
+                    f"{readiness.timeout:g}s (it lags, or no longer streams): what the last run "
+                    "did may not have reached it; see pg_stat_replication on the primary",
+                )
+            cluster = admin.observe(services.services)
+    except PostgresUnavailable as err:
+        return _replica_problem(address, f"{where}: {err}")
+    results = check_all(cluster, target)
+    _log_results(results, where=f"{where}: ")
+    replica = ReplicaCheck(address, None, tuple(results))
     failed = [result.service.name for result in results if not result.ok]
     if failed:
         log.error(
-            "%s failed: %d of %d services have problems (%s); nomad-pginit run repairs what it "
-            "can (in Nomad: nomad-pginit deploy --rerun)",
-            SUMMARY_PREFIX,
+            "%s: %d of %d services have problems (%s)",
+            where,
             len(failed),
             len(results),
             ", ".join(failed),
         )
     else:
-        log.info("%s ok: %d services OK", SUMMARY_PREFIX, len(results))
+        log.info("%s: %d services OK", where, len(results))
+    return replica
+
+
+def _replica_problem(address: str, message: str) -> ReplicaCheck:
+    log.error("%s", message, extra={"result": "failed"})
+    return ReplicaCheck(address, message)
+
+
+def exit_code(report: CheckReport) -> ExitCode:
+    return ExitCode.OK if report.ok else ExitCode.SERVICE_FAILED
+
+
+def _log_results(results: list[ServiceCheck], where: str = "") -> None:
+    for result in results:
+        name = result.service.name
+        if result.ok:
+            log.info("%s%s: ok", where, name, extra={"service": name, "result": "ok"})
+        for problem in result.problems:
+            log.error(
+                "%s%s: %s",
+                where,
+                name,
+                problem.message,
+                extra={"service": name, "result": problem.kind},
+            )
+
+
+def _log_summary(report: CheckReport) -> None:
+    results = report.services
+    failed = [result.service.name for result in results if not result.ok]
+    replicas = f" and on {len(report.replicas)} replicas" if report.replicas else ""
+    bad_replicas = [replica.address for replica in report.replicas if not replica.ok]
+    if failed or bad_replicas:
+        problems = (
+            [f"{len(failed)} of {len(results)} services have problems ({', '.join(failed)})"]
+            if failed
+            else []
+        )
+        if bad_replicas:
+            problems.append(f"replicas with problems: {', '.join(bad_replicas)}")
+        log.error(
+            "%s failed: %s; nomad-pginit run repairs what it can (in Nomad: nomad-pginit "
+            "deploy --rerun)",
+            SUMMARY_PREFIX,
+            "; ".join(problems),
+        )
+    else:
+        log.info("%s ok: %d services OK%s", SUMMARY_PREFIX, len(results), replicas)
 
 
 def _read_passwords(

@@ -86,10 +86,10 @@ class ThrowawayPostgres:
         if primary is not None:
             self.password = primary.password
             bindir = primary.found_bindir
-        self.bindir = bindir if bindir is not None else find_pg_bindir()
+        self.bindir: Path = bindir if bindir is not None else find_pg_bindir()
         # Where the binaries were found; self.bindir may become a copy the
         # postgres OS user can reach (see reachable_install).
-        self.found_bindir = self.bindir
+        self.found_bindir: Path = self.bindir
         if not has_pg_tools(self.bindir):
             raise SandboxError(f"{self.bindir} does not contain initdb and pg_ctl")
         self.port = port if port is not None else free_port()

@@ -34,9 +34,11 @@ DESCRIPTION: Final = (
     "create in schema public. Writes nothing; never prints a password. The services "
     "file is --config, else $PGINIT_CONFIG, else the render default. PostgreSQL is "
     "reached as in the services file's [postgres], or --dsn from elsewhere (libpq's "
-    "PG* variables and ~/.pgpass fill in the rest). Exit codes: 0 every service OK, "
-    "1 a service has a problem, 2 invalid services file or command line, 3 PostgreSQL "
-    "unreachable or the admin cannot log in, 4 Vault unreachable or the token rejected."
+    "PG* variables and ~/.pgpass fill in the rest). With --replicas, the same logins on "
+    "each streaming standby. Exit codes: 0 every service OK, 1 a service has a problem "
+    "(on the primary or a replica), 2 invalid services file or command line, 3 "
+    "PostgreSQL unreachable or the admin cannot log in, 4 Vault unreachable or the "
+    "token rejected."
 )
 
 
@@ -48,11 +50,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file's [postgres] (e.g. postgresql://postgres@10.0.0.60:5432/postgres from a "
         "workstation; the password from PGPASSWORD or ~/.pgpass)",
     )
+    parser.add_argument(
+        "--replicas",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT,...",
+        help="also log in as every service on each streaming standby, once it has replayed "
+        "what the primary had written when the check began (within --wait-timeout): those "
+        "named, else every other host of a multi-host [postgres] dsn",
+    )
     options.add_wait_timeout(parser, default=CHECK_WAIT_TIMEOUT)
     options.add_json(
         parser,
         "print one JSON object on stdout (ok, and per service: name, database, databases, "
-        "user, vault_path, ok, problems with kind and message)",
+        "user, vault_path, ok, problems with kind and message; with --replicas, replicas: "
+        "address, ok, problem and services)",
     )
 
 
@@ -68,20 +80,33 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str], stop: StopReque
     services = _load(args, environ)
     settings = PostgresSettings(dsn=args.dsn) if args.dsn else services.postgres
     services = replace(services, postgres=settings)
-    results = check_services(
+    report = check_services(
         services,
         postgres.target(settings),
         options.readiness(args, environ, default=CHECK_WAIT_TIMEOUT),
         environ,
         stop,
+        replicas=_replicas(args.replicas),
     )
     if args.json:
-        document = {
-            "ok": all(result.ok for result in results),
-            "services": [result.document() for result in results],
+        document: dict[str, object] = {
+            "ok": report.ok,
+            "services": [result.document() for result in report.services],
         }
+        if args.replicas is not None:
+            document["replicas"] = [replica.document() for replica in report.replicas]
         print(json.dumps(document, indent=2, ensure_ascii=False))
-    return int(exit_code(results))
+    return int(exit_code(report))
+
+
+def _replicas(given: str | None) -> list[str] | None:
+    """--replicas: None without it, [] alone (the DSN's other hosts), else each host:port."""
+    if given is None:
+        return None
+    addresses = [address.strip() for address in given.split(",") if address.strip()]
+    for address in addresses:
+        postgres.check_address(address)
+    return addresses
 
 
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Spec:

@@ -11,6 +11,7 @@ keeps one per object kind and Patroni splits its PostgreSQL adapter.
 - ``in_database``: the admin connected to one service's database (observing, running)
 - ``roles``, ``databases``, ``schema``: the SQL of each action, by object kind (pure)
 - ``logins``: logging in as a service
+- ``replicas``: standbys, for check --replicas (are they, have they replayed)
 """
 
 from nomad_pginit.postgres.catalog import PRIVILEGED_ROLES
@@ -23,6 +24,7 @@ from nomad_pginit.postgres.connection import (
     STATEMENT_TIMEOUT_SECONDS,
     TEMPLATE_DATABASE,
     Target,
+    check_address,
     target,
 )
 from nomad_pginit.postgres.in_database import DatabaseSession
@@ -33,6 +35,7 @@ from nomad_pginit.postgres.readiness import (
     Readiness,
     wait_until_ready,
 )
+from nomad_pginit.postgres.replicas import in_recovery, wait_for_replay, wal_position
 from nomad_pginit.postgres.running import cancel_running, on_frozen
 from nomad_pginit.postgres.session import AdminSession, Coordinator, Worker, WorkerPool
 
@@ -56,9 +59,13 @@ __all__ = [
     "Worker",
     "WorkerPool",
     "cancel_running",
+    "check_address",
+    "in_recovery",
     "on_frozen",
     "password_works",
     "target",
     "try_service_login",
+    "wait_for_replay",
     "wait_until_ready",
+    "wal_position",
 ]

@@ -178,6 +178,24 @@ class Target:
         """The same target, its statements waiting at most ``seconds`` behind a lock."""
         return replace(self, lock_timeout=seconds)
 
+    @property
+    def addresses(self) -> list[str]:
+        """host:port of every server the DSN lists, in its order."""
+        values = _resolved(self.conninfo)
+        return _addresses(values["host"] or "local socket", values["port"] or "5432")
+
+    def at(self, address: str) -> Target:
+        """The same admin, at one server only (a standby, for check --replicas): the
+        DSN's hosts, host addresses and target_session_attrs give way to ``address``."""
+        host, port = _split_address(address)
+        params = {
+            key: value
+            for key, value in conninfo_to_dict(self.conninfo).items()
+            if key not in ("host", "hostaddr", "port", "target_session_attrs") and value is not None
+        }
+        conninfo = make_conninfo("", **params, host=host, port=port)
+        return replace(self, conninfo=conninfo, description=_describe(conninfo))
+
     def with_password(self, password: Secret) -> Target:
         """The same target, logging in with ``password`` (the admin's, read from Vault)."""
         return replace(self, password=password, scram_keys=None)
@@ -277,22 +295,48 @@ def _read_password_file(path: Path) -> Secret:
     return Secret(password)
 
 
-def _describe(conninfo: str) -> str:
-    """user@host:port/dbname as libpq will resolve it, environment included."""
-    values = {
+def _resolved(conninfo: str) -> dict[str, str]:
+    """Every libpq option as it will be used: the conninfo's, else the environment's
+    (PGHOST and the like) and libpq's defaults; "" for those unset."""
+    given = {
         option.keyword.decode(): option.val.decode() if option.val is not None else ""
         for option in pq.Conninfo.parse(conninfo.encode())
     }
-    defaults = {
-        option.keyword.decode(): option.val.decode() if option.val is not None else ""
+    return {
+        option.keyword.decode(): given.get(option.keyword.decode())
+        or (option.val.decode() if option.val is not None else "")
         for option in pq.Conninfo.get_defaults()
     }
 
-    def value(key: str, fallback: str) -> str:
-        return values.get(key) or defaults.get(key) or fallback
 
-    user = value("user", "(OS user)")
-    return f"{user}@{','.join(_addresses(value('host', 'local socket'), value('port', '5432')))}/{value('dbname', user)}"
+def _describe(conninfo: str) -> str:
+    """user@host:port/dbname as libpq will resolve it, environment included; every
+    host:port when the DSN lists several."""
+    values = _resolved(conninfo)
+    user = values["user"] or "(OS user)"
+    hosts = ",".join(_addresses(values["host"] or "local socket", values["port"] or "5432"))
+    return f"{user}@{hosts}/{values['dbname'] or user}"
+
+
+def check_address(address: str) -> None:
+    """Raise ConfigError unless ``address`` is host:port (or a host alone)."""
+    _split_address(address)
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    """("db2", "5432") from "db2:5432"; an IPv6 address in brackets ("[::1]:5432");
+    the port is 5432 when left out."""
+    host, colon, port = address.rpartition(":")
+    bare_ipv6 = ":" in host and not host.startswith("[")
+    if not colon or bare_ipv6 or (host.startswith("[") != host.endswith("]")) or "]" in port:
+        host, port = address, "5432"
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{address!r} is not a server address: write host:port, e.g. db2:5432 "
+            "(an IPv6 address in brackets: [fd00::2]:5432)"
+        )
+    return host, port
 
 
 def _addresses(hosts: str, ports: str) -> list[str]:

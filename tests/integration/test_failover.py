@@ -10,6 +10,7 @@ again on the new primary.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -289,3 +290,49 @@ def test_a_run_pointed_at_a_standby_alone_says_so_and_waits(
 
 def _tool() -> list[str]:
     return [sys.executable, "-m", "nomad_pginit"]
+
+
+def check(config: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_tool(), "check", "--config", str(config), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_check_replicas_says_what_a_standby_lacks(
+    pair: tuple[ThrowawayPostgres, ThrowawayPostgres],
+    vault: Vault,
+    tmp_path: Path,
+) -> None:
+    """A standby that stopped streaming lacks what the last run did: check --replicas
+    says so (exit 1), names a primary given as a replica, and refuses a bad address."""
+    primary, standby = pair
+    names = SERVICES[:3]
+    put_passwords(vault, names)
+    config = services_file(tmp_path, [primary, standby], names)
+    env = tool_env(vault)
+    stop_streaming(standby)
+    assert run(config, env).returncode == 0
+
+    lagging = check(config, env, "--replicas", "--wait-timeout", "2", "--json")
+    assert lagging.returncode == 1, lagging.stdout + lagging.stderr
+    document = json.loads(lagging.stdout)
+    assert document["ok"] is False
+    assert [service["ok"] for service in document["services"]] == [True] * len(names)
+    (replica,) = document["replicas"]
+    assert replica["address"] == f"{standby.host}:{standby.port}"
+    assert "had not replayed the primary's WAL" in replica["problem"]
+    assert "replicas with problems" in lagging.stderr
+
+    # Named explicitly: a primary is no replica.
+    named = check(config, env, "--replicas", f"{primary.host}:{primary.port}")
+    assert named.returncode == 1, named.stdout + named.stderr
+    assert "is not a standby (it accepts writes)" in named.stdout
+
+    bad = check(config, env, "--replicas", "db2:port")
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "is not a server address" in bad.stdout + bad.stderr
