@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import jinja2
 
-from nomad_pginit import __version__
+from nomad_pginit import __version__, postgres
 from nomad_pginit import spec as spec_module
 from nomad_pginit.errors import ConfigError
 from nomad_pginit.spec import IDENTITY_NAME, PostgresSettings, Service, Spec, VaultSettings
@@ -70,11 +70,21 @@ def kv_api_path(vault: VaultSettings, relative: str) -> str:
     return f"{vault.mount}/data/{relative}"
 
 
+# An external cluster found by [job] primary_service, whose [postgres] dsn says no more.
+EXTERNAL_DEFAULT_DSN: Final = "user=postgres dbname=postgres"
+
+
 def task_postgres(spec: Spec) -> PostgresSettings:
-    """[postgres] as the init task sees it: the admin's password read from Vault."""
-    return PostgresSettings(
-        dsn=TASK_DSN, password_secret=spec.postgres.password_secret or ADMIN_VAULT_PATH
-    )
+    """[postgres] as the init task sees it: the admin's password read from Vault; the
+    postgres task next to it on 127.0.0.1, or an external cluster at [postgres] dsn
+    (its hosts from the primary_service lookup, through $PGHOST and $PGPORT)."""
+    secret = spec.postgres.password_secret or ADMIN_VAULT_PATH
+    if not spec.job.external:
+        return PostgresSettings(dsn=TASK_DSN, password_secret=secret)
+    dsn = spec.postgres.dsn
+    if spec.job.primary_service:
+        dsn = postgres.hostless(dsn) or EXTERNAL_DEFAULT_DSN
+    return PostgresSettings(dsn=dsn, password_secret=secret)
 
 
 def task_vault(spec: Spec) -> VaultSettings:
@@ -143,6 +153,7 @@ class Templates:
         or reading it from a Nomad variable (live: the job does not depend on the
         services, so adding one never changes the job)."""
         _check_admin_secret(spec)
+        _check_external(spec)
         # Live mode: the services are in the variable (`nomad-pginit publish`); the job
         # carries where PostgreSQL and Vault are, which the variable may not say.
         services_file = self.cluster_file(spec) if spec.job.live else self.services_file(spec)
@@ -165,6 +176,7 @@ class Templates:
             identity_name=IDENTITY_NAME,
             variable_item=spec_module.VARIABLE_ITEM,
             job=spec.job,
+            primary_lookup="service" if spec.job.primary_provider == "consul" else "nomadService",
         )
 
     def services_file(self, spec: Spec) -> str:
@@ -195,6 +207,7 @@ class Templates:
             services=[_ServiceEntry(service) for service in spec.services],
             with_settings=settings,
             with_services=services,
+            job=spec.job,
         )
 
     def snippet(self, spec: Spec, name: str, *, consul: bool = False) -> str:
@@ -317,6 +330,28 @@ def _check_admin_secret(spec: Spec) -> None:
     sharers = admin_secret_sharers(spec.services, task_postgres(spec).password_secret, spec.vault)
     if sharers:
         problems = [f"{where}: {why}" for where, why in sharers]
+        raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
+
+
+def _check_external(spec: Spec) -> None:
+    """An external cluster: the job must know where it is, and hold no password."""
+    if not spec.job.external:
+        return
+    problems = []
+    if not spec.postgres.dsn and not spec.job.primary_service:
+        problems.append(
+            '[job] postgres = "external": [postgres] dsn must say where the cluster is, e.g. '
+            '"postgresql://postgres@db1:5432,db2:5432/postgres?target_session_attrs=read-write"'
+            ', or [job] primary_service which service its primary is (Patroni: '
+            '"master.<scope>")'
+        )
+    if spec.postgres.dsn and postgres.dsn_password(spec.postgres.dsn):
+        problems.append(
+            "[postgres] dsn holds a password, which would be written into the job: keep the "
+            "admin's password in Vault ([postgres] password_secret, default "
+            f"{ADMIN_VAULT_PATH})"
+        )
+    if problems:
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)
 
 

@@ -25,6 +25,8 @@ from nomad_pginit.postgres.connection import (
     TEMPLATE_DATABASE,
     Target,
     check_address,
+    dsn_password,
+    hostless,
     target,
 )
 from nomad_pginit.postgres.in_database import DatabaseSession
@@ -60,6 +62,8 @@ __all__ = [
     "WorkerPool",
     "cancel_running",
     "check_address",
+    "dsn_password",
+    "hostless",
     "in_recovery",
     "on_frozen",
     "password_works",

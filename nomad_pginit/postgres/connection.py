@@ -255,6 +255,28 @@ def _connect(target: Target, dbname: str | None = None) -> psycopg.Connection[tu
     return psycopg.connect(target.secret_conninfo, autocommit=True, dbname=dbname)
 
 
+def _parsed(dsn: str, where: str) -> dict[str, str]:
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as err:
+        raise ConfigError(f"{where} is not a valid connection string: {err}") from err
+    return {key: str(value) for key, value in params.items() if value is not None}
+
+
+def dsn_password(dsn: str) -> bool:
+    """Whether the DSN carries a password (which a job's text must never hold)."""
+    return "password" in _parsed(dsn, "[postgres] dsn")
+
+
+def hostless(dsn: str) -> str:
+    """The DSN without its hosts and ports: libpq takes them from $PGHOST and $PGPORT,
+    which a template block fills with a service lookup."""
+    params = _parsed(dsn, "[postgres] dsn")
+    return make_conninfo(
+        "", **{k: v for k, v in params.items() if k not in ("host", "hostaddr", "port")}
+    )
+
+
 def target(settings: PostgresSettings) -> Target:
     """The admin's connection target from the services file; libpq's environment fills the rest."""
     try:
@@ -330,8 +352,9 @@ def _split_address(address: str) -> tuple[str, str]:
     bare_ipv6 = ":" in host and not host.startswith("[")
     if not colon or bare_ipv6 or (host.startswith("[") != host.endswith("]")) or "]" in port:
         host, port = address, "5432"
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host or "[" in host or "]" in host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(
             f"{address!r} is not a server address: write host:port, e.g. db2:5432 "
             "(an IPv6 address in brackets: [fd00::2]:5432)"

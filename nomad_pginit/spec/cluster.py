@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -11,13 +12,25 @@ from nomad_pginit.spec.checks import Problems, check_keys, segments_problem
 from nomad_pginit.spec.model import (
     DEFAULT_JWT_PATH,
     MODES,
-    READABLE_VARIABLES,
+    POSTGRES_PLACES,
+    PRIMARY_PROVIDERS,
     JobSettings,
     PostgresSettings,
     VaultSettings,
 )
 
-_JOB_KEYS: Final = {"mode": str, "interval": int, "variable": str}
+_JOB_KEYS: Final = {
+    "mode": str,
+    "interval": int,
+    "variable": str,
+    "postgres": str,
+    "primary_service": str,
+    "primary_provider": str,
+}
+# consul-template's "[tag.]name" service query (dependency/catalog_service.go and
+# nomad_service.go in hashicorp/consul-template: tagRe, serviceNameRe), without a
+# datacenter or region: the job runs where the cluster is.
+_SERVICE_QUERY: Final = re.compile(r"([\w=:.-]+\.)?[\w-]+")
 _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str, "password_secret": str}
 _VAULT_KEYS: Final = {
     "mount": str,
@@ -120,8 +133,33 @@ def parse_job(table: Mapping[str, Any], problems: Problems) -> JobSettings:
         problems.add("[job]", "'interval' must be 1 second or more")
     if job.mode not in MODES:
         problems.add("[job]", f'\'mode\' must be "oneshot" or "live", not {job.mode!r}')
-    if job.variable not in READABLE_VARIABLES:
-        readable = ", ".join(repr(path) for path in READABLE_VARIABLES)
+    if job.postgres not in POSTGRES_PLACES:
+        problems.add(
+            "[job]",
+            f"'postgres' must be \"job\" (the job runs PostgreSQL, the default) or "
+            f'"external" (a cluster outside the job: Patroni, a managed service), not '
+            f"{job.postgres!r}",
+        )
+    if job.primary_service and not job.external:
+        problems.add(
+            "[job]",
+            "'primary_service' finds an external cluster's primary: it needs "
+            'postgres = "external"',
+        )
+    if job.primary_service and not _SERVICE_QUERY.fullmatch(job.primary_service):
+        problems.add(
+            "[job]",
+            "'primary_service' is a service name, or tag.name for one tag of it (Patroni "
+            f'registers its primary as "master.<scope>"), not {job.primary_service!r}',
+        )
+    if job.primary_provider not in PRIMARY_PROVIDERS:
+        problems.add(
+            "[job]",
+            f"'primary_provider' must be \"consul\" or \"nomad\" (where the primary_service "
+            f"is registered), not {job.primary_provider!r}",
+        )
+    if job.variable not in job.readable_variables:
+        readable = ", ".join(repr(path) for path in job.readable_variables)
         problems.add(
             "[job]",
             f"'variable' must be one of the paths the job's tasks may read without an ACL "

@@ -95,8 +95,22 @@ READABLE_VARIABLES: Final = (
     "nomad/jobs/postgresql/postgresql",
     "nomad/jobs/postgresql/postgresql/init-databases",
 )
+# The same for [job] postgres = "external", whose group is init-databases.
+EXTERNAL_READABLE_VARIABLES: Final = (
+    DEFAULT_VARIABLE,
+    "nomad/jobs/postgresql/init-databases",
+    "nomad/jobs/postgresql/init-databases/init-databases",
+)
 # The variable's item that holds the services file.
 VARIABLE_ITEM: Final = "pginit_toml"
+# Where PostgreSQL runs: a task of the rendered job, or a cluster outside it (Patroni
+# on Nomad, a managed service), which the job's init task reaches at [postgres] dsn.
+IN_JOB: Final = "job"
+EXTERNAL: Final = "external"
+POSTGRES_PLACES: Final = (IN_JOB, EXTERNAL)
+# How the init task looks up an external cluster's primary ([job] primary_service):
+# consul-template's service (Consul) or nomadService (Nomad's own catalog).
+PRIMARY_PROVIDERS: Final = ("consul", "nomad")
 
 
 @dataclass(frozen=True)
@@ -108,10 +122,26 @@ class JobSettings:
     interval: int = 10
     # Live mode: the Nomad variable that carries the services file.
     variable: str = DEFAULT_VARIABLE
+    # "job": the job runs PostgreSQL; "external": the job is the init task alone.
+    postgres: str = IN_JOB
+    # External: the service the primary is registered as, in consul-template's
+    # "tag.name" form (Patroni's "master.patroni"); empty: [postgres] dsn's hosts.
+    primary_service: str = ""
+    primary_provider: str = "consul"
 
     @property
     def live(self) -> bool:
         return self.mode == LIVE
+
+    @property
+    def external(self) -> bool:
+        return self.postgres == EXTERNAL
+
+    @property
+    def readable_variables(self) -> tuple[str, ...]:
+        """The variables the init task may read: the job's, its group's, its own. An
+        external cluster's job has the group init-databases, not postgresql."""
+        return READABLE_VARIABLES if not self.external else EXTERNAL_READABLE_VARIABLES
 
 
 # CREATE DATABASE's LOCALE_PROVIDER values: libc always, icu from PostgreSQL 15 on (when
