@@ -342,7 +342,7 @@ def _check_external(spec: Spec) -> None:
         problems.append(
             '[job] postgres = "external": [postgres] dsn must say where the cluster is, e.g. '
             '"postgresql://postgres@db1:5432,db2:5432/postgres?target_session_attrs=read-write"'
-            ', or [job] primary_service which service its primary is (Patroni: '
+            ", or [job] primary_service which service its primary is (Patroni: "
             '"master.<scope>")'
         )
     if spec.postgres.dsn and postgres.dsn_password(spec.postgres.dsn):

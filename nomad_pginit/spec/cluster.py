@@ -155,7 +155,7 @@ def parse_job(table: Mapping[str, Any], problems: Problems) -> JobSettings:
     if job.primary_provider not in PRIMARY_PROVIDERS:
         problems.add(
             "[job]",
-            f"'primary_provider' must be \"consul\" or \"nomad\" (where the primary_service "
+            f'\'primary_provider\' must be "consul" or "nomad" (where the primary_service '
             f"is registered), not {job.primary_provider!r}",
         )
     if job.variable not in job.readable_variables:
