@@ -129,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
         timeout=timeout,
         log_format=args.log_format,
         kill_timeout=parsed.kill_timeout,
+        batch=parsed.batch,
     )
     services = live.services_to_publish(repository.services_file(args, os.environ), parsed)
     if args.now and services is None:

@@ -55,6 +55,8 @@ class Deployment:
     log_format: str
     # The longest kill_timeout of the job's tasks: how long a restart may take.
     kill_timeout: float = 30.0
+    # A batch job (an external cluster's oneshot mode): its allocation completes.
+    batch: bool = False
 
     def sleep(self, interval: float, waiting_for: str) -> float:
         """Sleep before the next poll, or raise DeployFailed once the deadline has passed."""
@@ -90,7 +92,12 @@ def still_running(
         why = f"job {deployment.job_id} is unchanged (version {after.version})"
     else:
         why = f"Nomad updated job {deployment.job_id} (version {after.version}) in place"
-    running = running_allocation(client.allocations(deployment.job_id))
+    allocations = client.allocations(deployment.job_id)
+    running = (
+        newest([alloc for alloc in allocations if alloc.desired_status == "run"])
+        if deployment.batch
+        else running_allocation(allocations)
+    )
     if running is None:
         raise DeployFailed(
             f"{why} and has no running allocation: Nomad created none for evaluation "

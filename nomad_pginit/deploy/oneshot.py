@@ -27,20 +27,34 @@ def register_and_follow(
             log.info("a new allocation runs %s anyway: --rerun is not needed", INIT_TASK)
         return following.follow_and_report(deployment, allocation)
     why, running = following.still_running(deployment, before, evaluation)
+    if rerun and deployment.batch:
+        raise following.DeployFailed(
+            f"--rerun: {why}, a batch job ([job] postgres = \"external\"), which Nomad runs "
+            f"again only as a new version, and its allocation {running.short_id} is "
+            f"{running.client_status}: {_batch_rerun(deployment.job_id)}"
+        )
     if not rerun:
         return report_unchanged(deployment, running, why)
     return restart_and_follow(deployment, running, why)
 
 
+def _batch_rerun(job_id: str) -> str:
+    # A stopped job registered again is a new version (Stop is part of the spec that
+    # nomad/structs/structs.go Job.SpecChanged compares), so a new allocation runs.
+    return f"to run it again, nomad job stop {job_id}, then nomad-pginit deploy"
+
+
 def report_unchanged(deployment: Deployment, running: Allocation, why: str) -> int:
     log.info("%s: Nomad created no new allocation, so %s did not run again", why, INIT_TASK)
-    return following.report_last(
-        deployment,
-        running,
-        "run",
-        f"to run it again: nomad-pginit deploy --rerun (restarts every task of allocation "
-        f"{running.short_id}, postgres too)",
+    hint = (
+        _batch_rerun(deployment.job_id)
+        if deployment.batch
+        else (
+            f"to run it again: nomad-pginit deploy --rerun (restarts every task of "
+            f"allocation {running.short_id}, postgres too)"
+        )
     )
+    return following.report_last(deployment, running, "run", hint)
 
 
 def restart_and_follow(deployment: Deployment, running: Allocation, why: str) -> int:

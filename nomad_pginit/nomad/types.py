@@ -166,6 +166,10 @@ class ParsedJob:
         return init_is_sidecar(self.body)
 
     @property
+    def batch(self) -> bool:
+        return is_batch(self.body)
+
+    @property
     def services_variable(self) -> str | None:
         return services_variable(self.body)
 
@@ -205,8 +209,22 @@ def services_variable(job: Mapping[str, Any]) -> str | None:
 
 
 def init_is_sidecar(job: Mapping[str, Any]) -> bool:
-    """Whether the job runs init-databases as a poststart sidecar (watch mode)."""
-    return bool(_mapping(_init_task(job).get("Lifecycle")).get("Sidecar"))
+    """Whether the job's init-databases keeps running (watch mode): a poststart sidecar
+    beside postgres, or the main task of a service job with no postgres task (an
+    external cluster's live mode: a service job's main task is restarted whenever it
+    exits, client/allocrunner/taskrunner/restarts/restarts.go NewRestartTracker)."""
+    task = _init_task(job)
+    lifecycle = _mapping(task.get("Lifecycle"))
+    if lifecycle:
+        return bool(lifecycle.get("Sidecar"))
+    return bool(task) and not is_batch(job)
+
+
+def is_batch(job: Mapping[str, Any]) -> bool:
+    """A batch job (an external cluster's oneshot mode): Nomad runs it to completion,
+    and again only as a new version (scheduler/reconciler filterOldTerminalAllocs
+    ignores an older version's terminal allocations; the same version's stay)."""
+    return job.get("Type") == "batch"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,13 @@ What each step does follows the Nomad client (paths in hashicorp/nomad):
   "Restart within policy" while the failures in the interval are at most
   ``attempts``; past that, mode "delay" restarts with "Exceeded allowed
   attempts, applying a delay" and mode "fail" gives "Not Restarting" with
-  ``fails_task``: the task is dead and failed. A non-sidecar poststart task
-  that exits 0 is dead and not failed;
+  ``fails_task``: the task is dead and failed. A task that exits 0 is dead and
+  not failed when it is not restarted on success: a non-sidecar poststart task,
+  or any task of a batch job (restarts.go NewRestartTracker, onSuccess); the
+  allocation of a batch job whose tasks all ended so is "complete";
+- the init task is the one named init-databases, whatever its lifecycle: a
+  poststart task beside postgres, or the main task of a job with no postgres
+  task ([job] postgres = "external"), started with the main tasks;
 - a vault block that cannot log in, and a template that cannot read Vault,
   fail the task without any restart ("Killing" with ``fails_task``:
   taskrunner/vault_hook.go, taskrunner/template/template.go);
@@ -131,6 +136,19 @@ def _rfc3339(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _restarts_on_success(job_type: str, lifecycle: Mapping[str, Any]) -> bool:
+    """client/allocrunner/taskrunner/restarts/restarts.go NewRestartTracker: batch jobs'
+    tasks are not restarted when they exit 0; prestart and poststart tasks only when
+    they are sidecars; poststop never."""
+    on_success = job_type not in ("batch", "sysbatch")
+    hook = lifecycle.get("Hook")
+    if hook in ("prestart", "poststart"):
+        on_success = bool(lifecycle.get("Sidecar"))
+    if hook == "poststop":
+        on_success = False
+    return on_success
+
+
 def _go_duration(ns: int) -> str:
     """time.Duration.String() for whole seconds, minutes and hours: "5m0s", "30s"."""
     seconds = ns // 1_000_000_000
@@ -191,6 +209,8 @@ class Task:
     stderr: str = ""
     run: TaskRun | None = None  # the run in progress
     set_up: bool = False
+    # restarts.go NewRestartTracker: a task exiting 0 is restarted only when true.
+    restarts_on_success: bool = True
 
     @property
     def main(self) -> bool:
@@ -289,6 +309,7 @@ class Allocation:
     steps: deque[Callable[[], None]] = field(default_factory=deque)
     # A seeded allocation's own script of runs; until a restart, used before the double's.
     own_runs: list[TaskRun] | None = None
+    job_type: str = "service"
 
     @classmethod
     def create(
@@ -328,6 +349,7 @@ class Allocation:
                     for template in raw.get("Templates") or []
                 ),
                 clock=clock,
+                restarts_on_success=_restarts_on_success(job.get("Type") or "service", lifecycle),
             )
             task.event("Received", "Task received by client")
             tasks[task.name] = task
@@ -343,6 +365,7 @@ class Allocation:
             tasks=tasks,
             behaviour=behaviour,
             clock=clock,
+            job_type=job.get("Type") or "service",
         )
         alloc.steps.append(alloc._start_main_tasks)
         return alloc
@@ -371,7 +394,7 @@ class Allocation:
             "NodeID": "f3c1e9a4-2b7d-4c1e-9d0a-5e6f7a8b9c0d",
             "NodeName": "client-1",
             "JobID": self.job_id,
-            "JobType": "service",
+            "JobType": self.job_type,
             "JobVersion": self.job_version,
             "TaskGroup": self.group,
             "DesiredStatus": self.desired_status,
@@ -498,7 +521,7 @@ class Allocation:
                 "Code: 403. Errors: * permission denied (exceeded maximum retries)",
             )
             return False
-        if task.main:
+        if task.name != INIT_TASK:
             task.stdout += self.behaviour.main_stdout
         else:
             task.run = self._next_run()
@@ -525,6 +548,10 @@ class Allocation:
         started = all(self._start(task) for task in self.tasks.values() if task.main)
         if not started:
             return
+        init = self.tasks.get(INIT_TASK)
+        if init is not None and init.main:
+            # No postgres task in the job: the init task is its main task.
+            self.steps.append(functools.partial(self._finish_run, init))
         if any(task.hook == "poststart" for task in self.tasks.values()):
             self.steps.append(self._start_poststart_tasks)
 
@@ -607,7 +634,7 @@ class Allocation:
             details["exit_message"] = f"Docker container exited with non-zero exit code: {code}"
             display += f', Exit Message: "{details["exit_message"]}"'
         task.event("Terminated", display, **details)
-        if run.exit_code == 0 and not task.sidecar:
+        if run.exit_code == 0 and not task.restarts_on_success:
             task.set_state(
                 "dead"
             )  # restarts.go: "Restart unnecessary as task terminated successfully"
