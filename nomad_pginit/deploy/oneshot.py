@@ -29,7 +29,7 @@ def register_and_follow(
     why, running = following.still_running(deployment, before, evaluation)
     if rerun and deployment.batch:
         raise following.DeployFailed(
-            f"--rerun: {why}, a batch job ([job] postgres = \"external\"), which Nomad runs "
+            f'--rerun: {why}, a batch job ([job] postgres = "external"), which Nomad runs '
             f"again only as a new version, and its allocation {running.short_id} is "
             f"{running.client_status}: {_batch_rerun(deployment.job_id)}"
         )
