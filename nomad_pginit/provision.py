@@ -202,6 +202,11 @@ def _reconcile(
                 )
             except ConnectionLost as err:
                 result.fatal = err
+            except Stopped:
+                # Asked to stop while waiting out a loss: stopped, not failed.
+                if isinstance(result.fatal, ConnectionLost):
+                    result.fatal = None
+                raise
             except PostgresUnavailable as err:
                 if lost_at is None:
                     raise
@@ -209,7 +214,10 @@ def _reconcile(
                 result.fatal = err
                 return
             lost = result.fatal
-            if not isinstance(lost, ConnectionLost) or stop.is_set():
+            if not isinstance(lost, ConnectionLost):
+                return
+            if stop.is_set():
+                result.fatal = None  # reported as stopped: the rest is for the next run
                 return
             if reconnects == MAX_RECONNECTS:
                 result.fatal = ConnectionLost(

@@ -336,3 +336,29 @@ def test_check_replicas_says_what_a_standby_lacks(
     bad = check(config, env, "--replicas", "db2:port")
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "is not a server address" in bad.stdout + bad.stderr
+
+
+def test_a_stop_while_waiting_for_a_new_primary_ends_the_run_at_once(
+    pair: tuple[ThrowawayPostgres, ThrowawayPostgres],
+    vault: Vault,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    """No standby is promoted: the run waits for a writable primary, and SIGTERM ends
+    that wait within seconds, as stopped (143), not as PostgreSQL unavailable."""
+    primary, standby = pair
+    put_passwords(vault, SERVICES)
+    config = services_file(tmp_path, [primary, standby], SERVICES)
+    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "600"], tool_env(vault))
+    processes.append(proc)
+    head = read_until(proc, f'role "{SERVICES[3]}" created')
+    primary.stop("immediate")
+    head += read_until(proc, "lost the connection to PostgreSQL at")
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    result = communicate(proc, head, timeout=60)
+
+    assert time.monotonic() - stopped_at < 30
+    assert result.returncode == 143, result.output
+    assert summary(result.stdout).startswith("summary: stopped"), result.stdout
+    assert "Traceback" not in result.output
