@@ -114,3 +114,12 @@ def test_live_mode_publishes_and_waits_for_the_main_tasks_pass(
     assert task.get("Lifecycle") is None
     assert "published 1 services to variable nomad/jobs/postgresql" in result.stdout
     assert "applied" in result.stdout or "summary: ok" in result.stdout
+
+
+def test_verify_reads_the_completed_batch_run(nomad: NomadDouble, oneshot_dir: Path) -> None:
+    assert nomad_tool("deploy", oneshot_dir, nomad_env(nomad)).returncode == ExitCode.OK
+
+    result = nomad_tool("verify", oneshot_dir, nomad_env(nomad))
+
+    assert result.returncode == ExitCode.OK, result.output
+    assert "[ok] task state: dead, not failed" in result.stdout
