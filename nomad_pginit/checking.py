@@ -139,6 +139,8 @@ def check_services(
         cluster = admin.observe(services.services)
         position = postgres.wal_position(admin) if replicas is not None else None
         checked_at = admin.address
+        # The logins too go to the server the catalogs were read on.
+        checked = admin.target
 
     def check_all(cluster: ClusterState, target: postgres.Target) -> list[ServiceCheck]:
         return [
@@ -153,7 +155,7 @@ def check_services(
             for service in services.services
         ]
 
-    results = check_all(cluster, target)
+    results = check_all(cluster, checked)
     _log_results(results)
     report = CheckReport(results, [])
     if replicas is not None:
@@ -165,7 +167,7 @@ def check_services(
                 "--replicas db2:5432,db3:5432",
                 checked_at,
             )
-        for address in addresses:
+        for address in dict.fromkeys(addresses):  # each once, in order
             replica = _check_replica(
                 services,
                 address,
@@ -197,7 +199,9 @@ def _check_replica(
     ``position``. None for a host of the DSN that turns out to be a primary."""
     where = f"replica {address}"
     try:
-        with postgres.wait_until_ready(target, readiness, writable=False, stop=stop) as admin:
+        with postgres.wait_until_ready(
+            target, readiness, writable=False, stop=stop, advice="check that standby"
+        ) as admin:
             if not postgres.in_recovery(admin):
                 if not explicit:
                     log.info("%s is a primary, not a standby: left out", where)
@@ -263,7 +267,8 @@ def _log_results(results: list[ServiceCheck], where: str = "") -> None:
 def _log_summary(report: CheckReport) -> None:
     results = report.services
     failed = [result.service.name for result in results if not result.ok]
-    replicas = f" and on {len(report.replicas)} replicas" if report.replicas else ""
+    count = len(report.replicas)
+    replicas = f" and on {count} replica{'' if count == 1 else 's'}" if report.replicas else ""
     bad_replicas = [replica.address for replica in report.replicas if not replica.ok]
     if failed or bad_replicas:
         problems = (
@@ -273,12 +278,13 @@ def _log_summary(report: CheckReport) -> None:
         )
         if bad_replicas:
             problems.append(f"replicas with problems: {', '.join(bad_replicas)}")
-        log.error(
-            "%s failed: %s; nomad-pginit run repairs what it can (in Nomad: nomad-pginit "
-            "deploy --rerun)",
-            SUMMARY_PREFIX,
-            "; ".join(problems),
+        advice = (
+            "nomad-pginit run repairs what it can (in Nomad: nomad-pginit deploy --rerun)"
+            if failed
+            else "a standby has what the primary has once it replays it: see "
+            "pg_stat_replication on the primary"
         )
+        log.error("%s failed: %s; %s", SUMMARY_PREFIX, "; ".join(problems), advice)
     else:
         log.info("%s ok: %d services OK%s", SUMMARY_PREFIX, len(results), replicas)
 

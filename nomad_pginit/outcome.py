@@ -89,6 +89,9 @@ class Outcome:
     stop_signal: int | None = None
     # host:port of the writable primary the run worked on (the last one, after a failover).
     postgres_at: str | None = None
+    # That server and when it started ("host:port (up since ...)"): watch mode looks
+    # again between passes, and a pass runs when it changed.
+    postgres_identity: str | None = None
 
     @property
     def pending(self) -> bool:

@@ -226,6 +226,8 @@ def _reconcile(
                 )
                 return
             lost_at = result.postgres_at or target.description
+            # Said once: the next attempt does not warn of these leftovers again.
+            known_leftovers |= frozenset(result.leftovers)
             log.warning(
                 "lost the connection to PostgreSQL at %s mid-run (%s): waiting up to %gs for a "
                 "writable primary (a restart, or a failover to a standby), then reading the "
@@ -256,6 +258,9 @@ def _start_over(
     else:
         log.info("PostgreSQL at %s is back: continuing", now, extra={"event": "failover"})
     result.fatal = None
+    # The leftovers are judged again too, on the new primary.
+    result.leftovers, result.leftover_actions = [], []
+    result.leftover_failures, result.leftovers_unfinished = [], []
     for outcome in outcomes.values():
         outcome.start_over()
 
@@ -282,6 +287,7 @@ def _attempt(
         if lost_at is not None:
             _start_over(result, outcomes, lost_at, admin.address)
         result.postgres_at = admin.address
+        result.postgres_identity = admin.identity()
         if apply:
             # Another run holds the lock for as long as it takes to finish; we wait for it
             # no longer than for PostgreSQL itself.
@@ -306,7 +312,8 @@ def _attempt(
                 service,
                 passwords=passwords,
                 workers=workers,
-                target=target,
+                # The coordinator's server, whatever else a multi-host DSN lists.
+                target=workers.target,
                 cluster=view,
                 template=template,
                 outcome=outcomes[service.name],
@@ -364,6 +371,8 @@ def _attempt(
                 view = admin.observe(later)
             run_round(later, view, handed_over)
         result.secret_versions = passwords.versions()
+        if isinstance(result.fatal, ConnectionLost):
+            return  # the run starts over: "unchanged" is said once, at its end
         for outcome in outcomes.values():
             _report(outcome)
         if result.fatal is None:
@@ -538,6 +547,28 @@ def _handle_leftovers(
         except ServiceError as err:
             log.error("%s", err, extra={"event": "leftover", "result": "failed"})
             result.leftover_failures.append(str(err))
+
+
+def primary_now(
+    spec: Spec, environ: Mapping[str, str], stop: StopRequest, vault: Vault | None
+) -> str | None:
+    """Which writable primary [postgres] reaches now ('host:port (up since ...)'), None
+    when none answers: for watch mode, to notice between passes a failover (or a
+    restart) that may have lost what the last pass did."""
+    target = postgres.target(spec.postgres).with_statement_timeout(PROBE_STATEMENT_SECONDS)
+    _, admin_password = log_in_to_vault(spec, environ, stop, vault)
+    if admin_password is not None:
+        target = target.with_password(admin_password)
+    return stop.call(
+        lambda: postgres.primary_identity(target),
+        "looking at PostgreSQL",
+        deadline=postgres.PROBE_DEADLINE_SECONDS,
+        too_slow=lambda seconds: PostgresUnavailable(f"no answer for {seconds:g}s"),
+    )
+
+
+# How long the look between watch mode's passes lets its two queries run.
+PROBE_STATEMENT_SECONDS: Final = 5.0
 
 
 def warn_inline_passwords(spec: Spec) -> None:

@@ -347,9 +347,9 @@ def _check_external(spec: Spec) -> None:
         )
     if spec.postgres.dsn and postgres.dsn_password(spec.postgres.dsn):
         problems.append(
-            "[postgres] dsn holds a password, which would be written into the job: keep the "
-            "admin's password in Vault ([postgres] password_secret, default "
-            f"{ADMIN_VAULT_PATH})"
+            "[postgres] dsn holds a password (or sslpassword), which would be written into "
+            "the job: keep the admin's password in Vault ([postgres] password_secret, "
+            f"default {ADMIN_VAULT_PATH})"
         )
     if problems:
         raise ConfigError(f"{spec.source}: cannot be rendered into Nomad job text", problems)

@@ -22,7 +22,7 @@ from nomad_pginit.errors import ConfigError, PginitError, SecretUnavailable, Vau
 from nomad_pginit.outcome import Outcome
 from nomad_pginit.passwords import vault_too_slow
 from nomad_pginit.postgres import Readiness
-from nomad_pginit.provision import reconcile, warn_inline_passwords
+from nomad_pginit.provision import primary_now, reconcile, warn_inline_passwords
 from nomad_pginit.report import (
     APPLYING,
     INVALID_NEW_FILE,
@@ -154,6 +154,9 @@ def watch(
     last_pass = 0.0
     vault = _VaultSession(environ)
     leftovers: frozenset[str] = frozenset()  # reported already: said once, not each pass
+    # The primary the last pass finished on, and when it started: another one (a
+    # failover) or a restart between passes may have lost that pass's last work.
+    primary: str | None = None
     while not stop.is_set():
         if reason is None and time.monotonic() - last_pass >= settings.resync:
             reason = "periodic check for drift"
@@ -171,6 +174,7 @@ def watch(
                 versions = outcome.secret_versions
                 if outcome.fatal is None and not outcome.stopped:
                     leftovers = frozenset(outcome.leftovers)
+                    primary = outcome.postgres_identity
         if _sleep(settings.interval, stop, reload):
             break
         reloaded = reload.is_set()
@@ -188,6 +192,8 @@ def watch(
             continue
         if reason is None:
             reason = _rotated(spec, versions, vault, stop, reload)
+        if reason is None and primary is not None:
+            reason = _primary_changed(spec, primary, vault, stop)
     if stop.fatal is not None:
         # Something stopped answering for good: Nomad starts the sidecar afresh.
         log.error("stopped: %s", stop.fatal)
@@ -268,6 +274,20 @@ def log_pass(reason: str, spec: specs.Spec) -> None:
         digest,
         extra={"event": "pass", "fingerprint": digest},
     )
+
+
+def _primary_changed(
+    spec: specs.Spec, primary: str, session: _VaultSession, stop: StopRequest
+) -> str | None:
+    """Why to re-apply because PostgreSQL is another server now, or None. Unreachable
+    is not a change: the next look (or pass) tells."""
+    try:
+        now = primary_now(spec, session.environ, stop, session.client(spec))
+    except (Stopped, PginitError):
+        return None
+    if now is None or now == primary:
+        return None
+    return f"the writable primary is now {now}, was {primary}: a failover or a restart"
 
 
 def _rotated(

@@ -17,6 +17,7 @@ from typing import Final
 from nomad_pginit import postgres, spec
 from nomad_pginit.checking import check_services, exit_code
 from nomad_pginit.commands import options, repository
+from nomad_pginit.errors import ConfigError
 from nomad_pginit.spec import PostgresSettings, Spec
 from nomad_pginit.stopping import StopRequest
 
@@ -86,7 +87,7 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str], stop: StopReque
         options.readiness(args, environ, default=CHECK_WAIT_TIMEOUT),
         environ,
         stop,
-        replicas=_replicas(args.replicas),
+        replicas=_replicas(args.replicas, postgres.target(settings)),
     )
     if args.json:
         document: dict[str, object] = {
@@ -99,11 +100,21 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str], stop: StopReque
     return int(exit_code(report))
 
 
-def _replicas(given: str | None) -> list[str] | None:
+def _replicas(given: str | None, target: postgres.Target) -> list[str] | None:
     """--replicas: None without it, [] alone (the DSN's other hosts), else each host:port."""
     if given is None:
         return None
+    if given == "":
+        if len(target.addresses) < 2:
+            raise ConfigError(
+                f"--replicas alone checks the other hosts of a multi-host DSN, and "
+                f"{target.description} names one: name the standbys, --replicas "
+                "db2:5432,db3:5432"
+            )
+        return []
     addresses = [address.strip() for address in given.split(",") if address.strip()]
+    if not addresses:
+        raise ConfigError(f"--replicas {given!r} names no address: write host:port,...")
     for address in addresses:
         postgres.check_address(address)
     return addresses

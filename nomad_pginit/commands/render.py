@@ -57,13 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    config = repository.services_file(args, os.environ)
-    services = spec.load(config)
-    templates = render.Templates(render.LOCAL_TEMPLATES)
-    for override in templates.overrides():
-        log.info("template %s: using %s instead of the packaged one", override.name, override.path)
+def _say_what_the_task_sees(config: Path, services: spec.Spec) -> None:
+    """[postgres] as the services file says it serves the operator's own commands; the
+    task may see another DSN (127.0.0.1 in the job's group, or an external cluster's
+    hosts from a service lookup): say so, as inside Nomad the job's values apply."""
     task_view = render.task_postgres(services)
+    if (
+        services.job.external
+        and not services.job.primary_service
+        and services.postgres.password_secret in ("", task_view.password_secret)
+    ):
+        return  # the DSN as written; the admin's password from Vault
     if services.postgres not in (task_view, spec.PostgresSettings()) and (
         services.postgres != spec.PostgresSettings(password_secret=task_view.password_secret)
     ):
@@ -75,6 +79,13 @@ def main(args: argparse.Namespace) -> int:
             task_view.password_secret,
         )
 
+
+def main(args: argparse.Namespace) -> int:
+    config = repository.services_file(args, os.environ)
+    services = spec.load(config)
+    templates = render.Templates(render.LOCAL_TEMPLATES)
+    for override in templates.overrides():
+        log.info("template %s: using %s instead of the packaged one", override.name, override.path)
     output = Path(args.output) if args.output else config.parent / render.JOB_FILE_NAME
     readme: Path | None = None
     if args.readme:
@@ -86,6 +97,8 @@ def main(args: argparse.Namespace) -> int:
         # README next to the services file is left alone unless --readme names it.
         readme = repository.readme_next_to(config)
     files = render.job_files(templates, services, output, readme)
+    # After rendering, which refuses a DSN holding a password: never printed.
+    _say_what_the_task_sees(config, services)
     if readme is not None and len(files) == 1:
         if args.readme:
             raise ConfigError(

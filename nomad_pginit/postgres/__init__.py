@@ -21,6 +21,7 @@ from nomad_pginit.postgres.connection import (
     CONNECT_TIMEOUT_SECONDS,
     ENV_STATEMENT_TIMEOUT,
     LOCK_TIMEOUT_SECONDS,
+    PROBE_DEADLINE_SECONDS,
     STATEMENT_TIMEOUT_SECONDS,
     TEMPLATE_DATABASE,
     Target,
@@ -35,6 +36,7 @@ from nomad_pginit.postgres.readiness import (
     NEWEST_TESTED_MAJOR,
     OLDEST_MAJOR,
     Readiness,
+    primary_identity,
     wait_until_ready,
 )
 from nomad_pginit.postgres.replicas import in_recovery, wait_for_replay, wal_position
@@ -50,6 +52,7 @@ __all__ = [
     "NEWEST_TESTED_MAJOR",
     "OLDEST_MAJOR",
     "PRIVILEGED_ROLES",
+    "PROBE_DEADLINE_SECONDS",
     "STATEMENT_TIMEOUT_SECONDS",
     "TEMPLATE_DATABASE",
     "AdminSession",
@@ -67,6 +70,7 @@ __all__ = [
     "in_recovery",
     "on_frozen",
     "password_works",
+    "primary_identity",
     "target",
     "try_service_login",
     "wait_for_replay",

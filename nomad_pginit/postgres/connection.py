@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import logging
 import os
 import re
@@ -188,12 +189,27 @@ class Target:
         """The same admin, at one server only (a standby, for check --replicas): the
         DSN's hosts, host addresses and target_session_attrs give way to ``address``."""
         host, port = _split_address(address)
+        return self._on(host, port, drop=("target_session_attrs",))
+
+    def pinned(self, conn: psycopg.Connection[tuple[object, ...]]) -> Target:
+        """The same admin, on the one server of a multi-host DSN that libpq chose for
+        ``conn``: every connection of a run goes where its coordinator went (a split
+        brain's other writable server never gets half of it); its very address
+        (hostaddr), the name kept for TLS and ~/.pgpass. Still read-write only, if the
+        DSN said so: a server demoted under us is refused, not written to."""
+        if len(self.addresses) < 2:
+            return self
+        return self._on(str(conn.info.host), str(conn.info.port), conn.info.hostaddr or None)
+
+    def _on(
+        self, host: str, port: str, hostaddr: str | None = None, drop: tuple[str, ...] = ()
+    ) -> Target:
         params = {
             key: value
             for key, value in conninfo_to_dict(self.conninfo).items()
-            if key not in ("host", "hostaddr", "port", "target_session_attrs") and value is not None
+            if key not in ("host", "hostaddr", "port", *drop) and value is not None
         }
-        conninfo = make_conninfo("", **params, host=host, port=port)
+        conninfo = make_conninfo("", **params, host=host, hostaddr=hostaddr, port=port)
         return replace(self, conninfo=conninfo, description=_describe(conninfo))
 
     def with_password(self, password: Secret) -> Target:
@@ -264,8 +280,9 @@ def _parsed(dsn: str, where: str) -> dict[str, str]:
 
 
 def dsn_password(dsn: str) -> bool:
-    """Whether the DSN carries a password (which a job's text must never hold)."""
-    return "password" in _parsed(dsn, "[postgres] dsn")
+    """Whether the DSN carries a password or a client key's passphrase (which a job's
+    text must never hold)."""
+    return bool({"password", "sslpassword"} & set(_parsed(dsn, "[postgres] dsn")))
 
 
 def hostless(dsn: str) -> str:
@@ -346,20 +363,37 @@ def check_address(address: str) -> None:
 
 
 def _split_address(address: str) -> tuple[str, str]:
-    """("db2", "5432") from "db2:5432"; an IPv6 address in brackets ("[::1]:5432");
-    the port is 5432 when left out."""
+    """("db2", "5432") from "db2:5432"; an IPv6 address in brackets ("[fd00::2]:5432")
+    or alone ("fd00::2"); a Unix socket directory ("/run/postgresql:5433"); the port is
+    5432 when left out."""
     host, colon, port = address.rpartition(":")
-    bare_ipv6 = ":" in host and not host.startswith("[")
-    if not colon or bare_ipv6 or (host.startswith("[") != host.endswith("]")) or "]" in port:
+    if address.startswith("[") and "]" in address:
+        host, _, rest = address[1:].partition("]")
+        port = "5432" if not rest else rest[1:] if rest.startswith(":") else "not a port"
+        valid = _ipv6(host)
+    elif not colon or _ipv6(address):
         host, port = address, "5432"
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    if not host or "[" in host or "]" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        valid = _ipv6(host) or _HOST_NAME.fullmatch(host) is not None
+    else:
+        valid = host.startswith("/") or _HOST_NAME.fullmatch(host) is not None
+    if not valid or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError(
             f"{address!r} is not a server address: write host:port, e.g. db2:5432 "
             "(an IPv6 address in brackets: [fd00::2]:5432)"
         )
     return host, port
+
+
+# A host name or IPv4 address as libpq takes it in host= (no spaces, quotes, "=").
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _addresses(hosts: str, ports: str) -> list[str]:
@@ -368,7 +402,14 @@ def _addresses(hosts: str, ports: str) -> list[str]:
     port_list = ports.split(",")
     if len(port_list) == 1:
         port_list = port_list * len(host_list)
-    return [f"{host}:{port}" for host, port in zip(host_list, port_list, strict=False)]
+    return [address(host, port) for host, port in zip(host_list, port_list, strict=False)]
+
+
+def address(host: str, port: str | int) -> str:
+    """host:port, an IPv6 address in brackets ([fd00::2]:5432) so that it reads back."""
+    if ":" in host and not host.startswith("/"):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 # How psycopg lists each host's failure when a DSN names several (libpq tried each).

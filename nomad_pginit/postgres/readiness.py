@@ -12,10 +12,10 @@ from typing import Final
 
 import psycopg
 import psycopg.errors
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from nomad_pginit.errors import ConfigError, PostgresUnavailable
+from nomad_pginit.errors import ConfigError, PginitError, PostgresUnavailable
 from nomad_pginit.postgres.connection import (
     _LOGIN_FAILURES,
     PROBE_DEADLINE_SECONDS,
@@ -66,6 +66,7 @@ def wait_until_ready(
     *,
     writable: bool = True,
     stop: StopRequest | None = None,
+    advice: str = "check the postgres task (nomad alloc logs <alloc> postgres)",
 ) -> Coordinator:
     """Wait like pg_isready until the server accepts the admin (on a writable primary,
     unless ``writable`` is False: read-only checks may run on a standby).
@@ -107,11 +108,27 @@ def wait_until_ready(
         if now >= deadline:
             raise PostgresUnavailable(
                 f"PostgreSQL at {target.description} was not ready within {readiness.timeout:g}s "
-                f"({attempt}); check the postgres task (nomad alloc logs <alloc> postgres) "
-                "or raise --wait-timeout"
+                f"({attempt}); {advice} or raise --wait-timeout"
             )
         if stop.wait(min(readiness.probe_interval, max(0.0, deadline - now))):
             stop.check("PostgreSQL was ready")
+
+
+def primary_identity(target: Target) -> str | None:
+    """Which writable primary ``target`` reaches now (Coordinator.identity), or None
+    when none does: one login, bounded by connect_timeout and the server's
+    statement_timeout. Watch mode asks between passes, to notice a failover."""
+    try:
+        coordinator = Coordinator(_connect(target), target)
+    except psycopg.OperationalError:
+        return None
+    with coordinator:
+        try:
+            if coordinator.scalar(sql.SQL("SELECT pg_catalog.pg_is_in_recovery()")):
+                return None
+            return coordinator.identity()
+        except PginitError:
+            return None
 
 
 def _check_supported(conn: psycopg.Connection[tuple[object, ...]], target: Target) -> None:
@@ -177,10 +194,15 @@ def _probe(target: Target, *, writable: bool) -> Coordinator | str:
         return f"not accepting the admin yet: {_last_line(message)}"
     _check_supported(conn, target)
     if not writable:
-        return Coordinator(conn, target)
+        return Coordinator(conn, target.pinned(conn))
     row = conn.execute("SELECT pg_is_in_recovery(), current_database()").fetchone()
     if row is None or row[0]:
         conn.close()
+        if len(target.addresses) > 1 and "target_session_attrs" not in target.conninfo:
+            return (
+                "in recovery (a standby): not writable; [postgres] dsn lists several hosts, "
+                "add target_session_attrs=read-write so that libpq passes over the standbys"
+            )
         return "in recovery (a standby, or a primary still replaying WAL): not writable"
     if row[1] == TEMPLATE_DATABASE:
         conn.close()
@@ -190,7 +212,7 @@ def _probe(target: Target, *, writable: bool) -> Coordinator | str:
             f"PGDATABASE): CREATE DATABASE copies {TEMPLATE_DATABASE} and fails while anyone "
             "is connected to it; connect to postgres instead"
         )
-    return Coordinator(conn, target)
+    return Coordinator(conn, target.pinned(conn))
 
 
 # What a server that answers says when the connection's TLS settings cannot work:

@@ -32,6 +32,7 @@ from nomad_pginit.postgres.catalog import (
 )
 from nomad_pginit.postgres.connection import (
     _ALREADY_EXISTS,
+    _LOGIN_FAILURES,
     ADVISORY_LOCK_KEY,
     Query,
     Target,
@@ -39,6 +40,7 @@ from nomad_pginit.postgres.connection import (
     _connect,
     _last_line,
     _libpq_takes_scram_keys,
+    address,
 )
 from nomad_pginit.postgres.databases import (
     DATABASE_ACTIONS,
@@ -83,9 +85,18 @@ _END_SESSIONS: Final = sql.SQL(
 )
 
 
-# What the server says when max_connections (or the slots reserved beyond it) is
-# reached (SQLSTATE 53300, which a failed connection does not carry).
-_NO_CONNECTION_SLOTS: Final = ("too many clients", "remaining connection slots are reserved")
+# What the server says when max_connections (or the slots reserved beyond it), or a
+# role's or database's CONNECTION LIMIT, is reached (SQLSTATE 53300, which a failed
+# connection does not carry).
+_NO_CONNECTION_SLOTS: Final = (
+    "too many clients",
+    "too many connections for",
+    "remaining connection slots are reserved",
+)
+
+
+# When the server started: with its address, which server a run worked on.
+_STARTED_AT: Final = sql.SQL("SELECT pg_catalog.pg_postmaster_start_time()::text")
 
 
 class AdminSession:
@@ -106,7 +117,7 @@ class AdminSession:
         self._admin = state
         # host:port of the server libpq chose (a DSN may list several hosts): kept, for
         # a connection that breaks can no longer say.
-        self.address = f"{conn.info.host}:{conn.info.port}"
+        self.address = address(conn.info.host, conn.info.port)
         # Whether the session-level settings (_SESSION_LOG_SETTINGS) are off already.
         self._session_silenced = False
         # A worker's connection: the pool connects to the databases too, keys and all.
@@ -120,6 +131,16 @@ class AdminSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def target(self) -> Target:
+        """Where this session connected: with a multi-host DSN, its one server."""
+        return self._target
+
+    def identity(self) -> str:
+        """Which server this is, as 'host:port (up since ...)': another after a failover,
+        a later start time after a restart (watch mode compares them between passes)."""
+        return f"{self.address} (up since {self.scalar(_STARTED_AT)})"
 
     @property
     def server_version(self) -> int:
@@ -510,7 +531,13 @@ class WorkerPool:
                 raise PostgresUnavailable(
                     f"cannot open another connection to PostgreSQL at "
                     f"{self._target.description}: {_last_line(str(err))}; nomad-pginit needs a "
-                    "few connections at once: raise max_connections, or end idle sessions"
+                    "few connections at once: raise max_connections (or the admin's "
+                    "CONNECTION LIMIT), or end idle sessions"
+                ) from err
+            if any(marker in str(err) for marker in _LOGIN_FAILURES):
+                raise PostgresUnavailable(
+                    f"the admin could log in once, then not again, to PostgreSQL at "
+                    f"{self._target.description}: {_last_line(str(err))}"
                 ) from err
             # The coordinator connected a moment ago: the server went away (or the
             # primary failed over), which the run waits out.

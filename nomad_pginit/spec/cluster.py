@@ -30,7 +30,7 @@ _JOB_KEYS: Final = {
 # consul-template's "[tag.]name" service query (dependency/catalog_service.go and
 # nomad_service.go in hashicorp/consul-template: tagRe, serviceNameRe), without a
 # datacenter or region: the job runs where the cluster is.
-_SERVICE_QUERY: Final = re.compile(r"([\w=:.-]+\.)?[\w-]+")
+_SERVICE_QUERY: Final = re.compile(r"([\w=:.-]+\.)?[\w-]+", re.ASCII)
 _POSTGRES_KEYS: Final = {"dsn": str, "password_file": str, "password_secret": str}
 _VAULT_KEYS: Final = {
     "mount": str,

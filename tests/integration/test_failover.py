@@ -24,6 +24,7 @@ import pytest
 from conftest import Vault, communicate, start_tool, toml_string, tool_env
 from provisioning import assert_can_work, password_for, read_until, run, summary, texts
 
+from nomad_pginit.postgres import ADVISORY_LOCK_KEY
 from sandbox import ThrowawayPostgres
 
 pytestmark = pytest.mark.slow
@@ -362,3 +363,129 @@ def test_a_stop_while_waiting_for_a_new_primary_ends_the_run_at_once(
     assert result.returncode == 143, result.output
     assert summary(result.stdout).startswith("summary: stopped"), result.stdout
     assert "Traceback" not in result.output
+
+
+def test_watch_mode_notices_a_failover_between_passes(
+    pair: tuple[ThrowawayPostgres, ThrowawayPostgres],
+    vault: Vault,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    """Replication lost the last pass's work, and the primary failed over while watch
+    mode slept: the next look notices the new primary and a pass puts it back."""
+    primary, standby = pair
+    first, late = SERVICES[:3], SERVICES[3:5]
+    put_passwords(vault, first + late)
+    config = services_file(tmp_path, [primary, standby], first)
+    proc = start_tool(
+        ["run", "--watch", "--interval", "1", "--config", str(config)], tool_env(vault)
+    )
+    processes.append(proc)
+    head = read_until(proc, "summary: ok")
+    stop_streaming(standby)
+    services_file(tmp_path, [primary, standby], first + late)
+    head += read_until(proc, "summary: ok")
+    assert roles_on(primary, late) == set(late)
+    primary.stop("immediate")
+    standby.promote()
+    assert roles_on(standby, late) == set()
+
+    head += read_until(proc, "the writable primary is now")
+    head += read_until(proc, "summary: ok")
+    assert roles_on(standby, late) == set(late)
+    for name in late:
+        assert_can_work(standby, name, password_for(name))
+    proc.send_signal(signal.SIGTERM)
+    result = communicate(proc, head)
+    assert result.returncode == 0, result.output
+
+
+def test_after_a_failover_every_connection_goes_where_the_run_went_on(
+    pair: tuple[ThrowawayPostgres, ThrowawayPostgres],
+    vault: Vault,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    """A split brain: the old primary comes back writable while the run goes on on the
+    promoted standby. Its workers and sessions follow the coordinator, not libpq's
+    first writable host."""
+    primary, standby = pair
+    names = SERVICES[:40]
+    put_passwords(vault, names)
+    config = services_file(tmp_path, [primary, standby], names)
+    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], tool_env(vault))
+    processes.append(proc)
+    head = read_until(proc, f'role "{names[3]}" created')
+    stop_streaming(standby)
+    head += read_until(proc, f'role "{names[8]}" created')
+    # The resumed run will wait for this advisory lock (another run's, as it takes it;
+    # advisory locks work on a standby, and the session outlives the promotion)...
+    with connect(standby) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        primary.stop("immediate")
+        standby.promote()
+        head += read_until(proc, "another nomad-pginit run holds the lock")
+        # ...while the old primary, first in the DSN, comes back writable.
+        primary.start()
+        holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    result = communicate(proc, head)
+
+    assert result.returncode == 0, result.output
+    assert "another run did it first" not in result.stdout
+    assert roles_on(standby, names) == set(names)
+    assert databases_on(standby, names) == set(names)
+    for name in (names[0], names[20], names[-1]):
+        assert_can_work(standby, name, password_for(name))
+
+
+def test_a_connection_limit_is_said_at_once_not_waited_out_as_a_failover(
+    vault: Vault, tmp_path: Path
+) -> None:
+    """An admin whose CONNECTION LIMIT leaves the workers no room: the server answered,
+    it did not go away."""
+    with ThrowawayPostgres() as server:
+        with connect(server) as conn:
+            conn.execute(
+                "CREATE ROLE pginit_admin LOGIN CREATEDB CREATEROLE CONNECTION LIMIT 1 "
+                "PASSWORD 'limited-admin-password'"
+            )
+        password_file = tmp_path / "admin_password"
+        password_file.write_text("limited-admin-password\n", encoding="utf-8")
+        config = tmp_path / "pginit.toml"
+        config.write_text(
+            "[postgres]\n"
+            f'dsn = "postgresql://pginit_admin@{server.host}:{server.port}/postgres"\n'
+            f"password_file = {toml_string(str(password_file))}\n\n"
+            '[[service]]\nname = "gitea"\n',
+            encoding="utf-8",
+        )
+        put_passwords(vault, ["gitea"])
+        result = run(config, tool_env(vault), "--wait-timeout", "30")
+
+    assert result.returncode == 3, result.output
+    assert "lost the connection" not in result.output
+    assert "the admin's CONNECTION LIMIT" in result.stdout
+
+
+def test_replicas_on_the_command_line_are_checked_before_anything(
+    pair: tuple[ThrowawayPostgres, ThrowawayPostgres], vault: Vault, tmp_path: Path
+) -> None:
+    primary, standby = pair
+    put_passwords(vault, SERVICES[:1])
+    single = services_file(tmp_path, [primary], SERVICES[:1])
+    env = tool_env(vault)
+    alone = check(single, env, "--replicas")
+    assert alone.returncode == 2, alone.stdout + alone.stderr
+    assert "name the standbys" in alone.stdout + alone.stderr
+    empty = check(single, env, "--replicas", ",")
+    assert empty.returncode == 2
+    assert "names no address" in empty.stdout + empty.stderr
+
+    # Named twice: checked once.
+    both = services_file(tmp_path, [primary, standby], SERVICES[:1])
+    assert run(both, env).returncode == 0
+    wait_for_replay(primary, standby)
+    twice = f"{standby.host}:{standby.port}"
+    checked = check(both, env, "--replicas", f"{twice},{twice}")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "services OK and on 1 replica" in checked.stdout

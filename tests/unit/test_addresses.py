@@ -60,3 +60,20 @@ def test_replica_addresses(address: str, parts: tuple[str, str]) -> None:
 def test_a_bad_replica_address_says_how_to_write_one(address: str) -> None:
     with pytest.raises(ConfigError, match="write host:port"):
         postgres.check_address(address)
+
+
+def test_an_ipv6_host_of_the_dsn_reads_back_as_an_address() -> None:
+    target = postgres.target(
+        PostgresSettings(dsn="host=127.0.0.1,::1 port=5432,5433 user=postgres dbname=postgres")
+    )
+    assert target.addresses == ["127.0.0.1:5432", "[::1]:5433"]
+    assert _split_address(target.addresses[1]) == ("::1", "5433")
+    assert target.at(target.addresses[1]).description == "postgres@[::1]:5433/postgres"
+
+
+@pytest.mark.parametrize(
+    "address", ["a:b:c", "host=evil port=1", "'x'", "db:\u0665\u0664", "[::1]x"]
+)
+def test_what_is_not_a_host_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="write host:port"):
+        postgres.check_address(address)

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 from nomad_double.jobspec import parse_job
-from test_render import labelled, parse_hcl, single, templates_by_destination, write_services
+from test_render import (
+    labelled,
+    parse_hcl,
+    pginit,
+    single,
+    templates_by_destination,
+    write_services,
+)
 
 from nomad_pginit import render, spec
 from nomad_pginit.errors import ConfigError
@@ -163,3 +170,33 @@ def test_job_settings_for_an_external_cluster_are_checked(
     with pytest.raises(ConfigError) as raised:
         spec.load(write_services(tmp_path, f'[job]\n{job}\n\n[[service]]\nname = "gitea"\n'))
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:s3cret-marker@db1/postgres",
+        "host=db1 user=postgres password=s3cret-marker",
+        "postgresql://postgres@db1/postgres?sslpassword=s3cret-marker",
+    ],
+)
+def test_render_never_prints_a_password_of_the_dsn(tmp_path: Path, dsn: str) -> None:
+    for job in ('postgres = "external"', 'postgres = "external"\nprimary_service = "pg"'):
+        write_services(
+            tmp_path, f'[postgres]\ndsn = "{dsn}"\n\n[job]\n{job}\n\n[[service]]\nname = "a"\n'
+        )
+        result = pginit(["render", "--config", "pginit.toml"], tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "s3cret-marker" not in result.stdout + result.stderr
+        assert "holds a password" in result.stdout + result.stderr
+
+
+def test_an_external_dsn_as_written_is_not_warned_about(tmp_path: Path) -> None:
+    write_services(
+        tmp_path,
+        f'[postgres]\ndsn = "{PATRONI_DSN}"\n\n[job]\npostgres = "external"\n\n'
+        '[[service]]\nname = "a"\n',
+    )
+    result = pginit(["render", "--config", "pginit.toml"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "differs from what the job gives" not in result.stdout + result.stderr
