@@ -38,6 +38,8 @@ class ServiceOutcome:
     # What it will not change, and says: a database created otherwise than the file
     # asks, a setting the file does not list (plan_notes).
     notes: list[str] = field(default_factory=list)
+    # "unchanged" was logged: a run that starts over does not say it again.
+    said_unchanged: bool = False
 
     def start_over(self) -> None:
         """Worked on again from the start (the connection was lost mid-run): what it

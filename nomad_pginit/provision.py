@@ -681,6 +681,7 @@ def _record(outcome: ServiceOutcome, action: Action, did_it: bool) -> None:
 
 
 def _report(outcome: ServiceOutcome) -> None:
-    if outcome.status == Status.UNCHANGED and not outcome.quiet:
+    if outcome.status == Status.UNCHANGED and not outcome.quiet and not outcome.said_unchanged:
+        outcome.said_unchanged = True
         name = outcome.service.name
         log.info("%s: unchanged", name, extra={"service": name, "result": "unchanged"})

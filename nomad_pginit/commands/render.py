@@ -65,6 +65,7 @@ def _say_what_the_task_sees(config: Path, services: spec.Spec) -> None:
     if (
         services.job.external
         and not services.job.primary_service
+        and services.postgres.password_file is None
         and services.postgres.password_secret in ("", task_view.password_secret)
     ):
         return  # the DSN as written; the admin's password from Vault

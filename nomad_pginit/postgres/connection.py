@@ -187,9 +187,21 @@ class Target:
 
     def at(self, address: str) -> Target:
         """The same admin, at one server only (a standby, for check --replicas): the
-        DSN's hosts, host addresses and target_session_attrs give way to ``address``."""
+        DSN's hosts and target_session_attrs give way to ``address``; a host of the DSN
+        keeps its hostaddr (the name then serves TLS and ~/.pgpass)."""
         host, port = _split_address(address)
-        return self._on(host, port, drop=("target_session_attrs",))
+        return self._on(host, port, self._hostaddrs.get(address), drop=("target_session_attrs",))
+
+    @property
+    def _hostaddrs(self) -> dict[str, str]:
+        """The DSN's hostaddr of each of its addresses, when it gives them."""
+        values = _resolved(self.conninfo)
+        hostaddrs = values["hostaddr"].split(",") if values["hostaddr"] else []
+        return {
+            address: hostaddr
+            for address, hostaddr in zip(self.addresses, hostaddrs, strict=False)
+            if hostaddr
+        }
 
     def pinned(self, conn: psycopg.Connection[tuple[object, ...]]) -> Target:
         """The same admin, on the one server of a multi-host DSN that libpq chose for
@@ -363,17 +375,17 @@ def check_address(address: str) -> None:
 
 
 def _split_address(address: str) -> tuple[str, str]:
-    """("db2", "5432") from "db2:5432"; an IPv6 address in brackets ("[fd00::2]:5432")
-    or alone ("fd00::2"); a Unix socket directory ("/run/postgresql:5433"); the port is
-    5432 when left out."""
+    """("db2", "5432") from "db2:5432"; an IPv6 address in brackets ("[fd00::2]:5432",
+    "[fd00::2]": "fd00::2:5432" could be either); a Unix socket directory
+    ("/run/postgresql:5433"); the port is 5432 when left out."""
     host, colon, port = address.rpartition(":")
     if address.startswith("[") and "]" in address:
         host, _, rest = address[1:].partition("]")
         port = "5432" if not rest else rest[1:] if rest.startswith(":") else "not a port"
         valid = _ipv6(host)
-    elif not colon or _ipv6(address):
+    elif not colon:
         host, port = address, "5432"
-        valid = _ipv6(host) or _HOST_NAME.fullmatch(host) is not None
+        valid = _HOST_NAME.fullmatch(host) is not None
     else:
         valid = host.startswith("/") or _HOST_NAME.fullmatch(host) is not None
     if not valid or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):

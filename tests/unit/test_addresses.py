@@ -48,7 +48,7 @@ def test_each_hosts_failure_is_said_on_one_line() -> None:
         ("db2:5433", ("db2", "5433")),
         ("db2", ("db2", "5432")),
         ("[fd00::2]:5433", ("fd00::2", "5433")),
-        ("fd00::2", ("fd00::2", "5432")),
+        ("[fd00::2]", ("fd00::2", "5432")),
         ("/run/postgresql:5433", ("/run/postgresql", "5433")),
     ],
 )
@@ -72,8 +72,21 @@ def test_an_ipv6_host_of_the_dsn_reads_back_as_an_address() -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["a:b:c", "host=evil port=1", "'x'", "db:\u0665\u0664", "[::1]x"]
+    "address", ["a:b:c", "host=evil port=1", "'x'", "db:\u0665\u0664", "[::1]x", "::1:6543"]
 )
 def test_what_is_not_a_host_is_refused(address: str) -> None:
     with pytest.raises(ConfigError, match="write host:port"):
         postgres.check_address(address)
+
+
+def test_a_replica_of_the_dsn_keeps_its_hostaddr() -> None:
+    target = postgres.target(
+        PostgresSettings(
+            dsn="host=db-a,db-b hostaddr=10.0.0.1,10.0.0.2 port=5432 user=postgres "
+            "dbname=postgres sslmode=verify-full target_session_attrs=read-write"
+        )
+    )
+    replica = target.at("db-b:5432")
+    assert "hostaddr=10.0.0.2" in replica.conninfo
+    assert "host=db-b" in replica.conninfo
+    assert "hostaddr" not in target.at("db-c:5432").conninfo

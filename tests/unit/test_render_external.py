@@ -200,3 +200,15 @@ def test_an_external_dsn_as_written_is_not_warned_about(tmp_path: Path) -> None:
     result = pginit(["render", "--config", "pginit.toml"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "differs from what the job gives" not in result.stdout + result.stderr
+
+
+def test_an_admin_password_file_is_said_to_become_vaults_in_the_job(tmp_path: Path) -> None:
+    (tmp_path / "admin").write_text("x\n", encoding="utf-8")
+    write_services(
+        tmp_path,
+        f'[postgres]\ndsn = "{PATRONI_DSN}"\npassword_file = "admin"\n\n'
+        '[job]\npostgres = "external"\n\n[[service]]\nname = "a"\n',
+    )
+    result = pginit(["render", "--config", "pginit.toml"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "password_secret = postgres/admin" in result.stdout + result.stderr

@@ -3,10 +3,14 @@ what it judged (failures, leftovers) is judged again."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from nomad_pginit.errors import ConnectionLost
 from nomad_pginit.outcome import Outcome, ServiceOutcome, Status
 from nomad_pginit.plan import CreateRole, DisableRole
-from nomad_pginit.provision import _start_over
+from nomad_pginit.provision import _report, _start_over
 from nomad_pginit.secret import Secret
 from nomad_pginit.spec import Service
 
@@ -39,3 +43,12 @@ def test_start_over_keeps_what_was_done_and_forgets_what_was_judged() -> None:
     gitea.record(CreateRole("gitea", "gitea", Secret("pw-start-over")))
     assert len(gitea.actions) == 1
     assert gitea.status == Status.CREATED
+
+
+def test_unchanged_is_said_once_whatever_the_attempts(caplog: pytest.LogCaptureFixture) -> None:
+    outcome = ServiceOutcome(Service("gitea", "gitea", "gitea"), finished=True)
+    with caplog.at_level(logging.INFO):
+        _report(outcome)
+        outcome.start_over()
+        _report(outcome)
+    assert [record.getMessage() for record in caplog.records] == ["gitea: unchanged"]
