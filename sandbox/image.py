@@ -56,7 +56,9 @@ class ImageError(SandboxError):
 
 def missing_tools() -> list[str]:
     """What building and running the image needs and this machine lacks."""
-    missing = [tool for tool in ("buildah", "debootstrap", "unshare", "git") if not shutil.which(tool)]
+    missing = [
+        tool for tool in ("buildah", "debootstrap", "unshare", "git") if not shutil.which(tool)
+    ]
     if os.geteuid() != 0:
         missing.append("root (buildah with the vfs driver and chroot isolation runs as root)")
     return missing
@@ -96,6 +98,14 @@ def _inspect(image: str) -> dict[str, object] | None:
         return None
     document: dict[str, object] = json.loads(result.stdout)
     return document
+
+
+def healthcheck(image: str) -> object:
+    """The image's HEALTHCHECK (Docker's config keeps it; OCI's has none), or None."""
+    document = _inspect(image) or {}
+    docker = document.get("Docker")
+    config = docker.get("config") if isinstance(docker, dict) else None
+    return config.get("Healthcheck") if isinstance(config, dict) else None
 
 
 def _config(image: str) -> dict[str, object]:
@@ -198,6 +208,9 @@ def build(repository: Path, name: str) -> BuiltImage:
             "chroot",
             "--pull=never",
             "--layers=false",
+            # Docker's format, as a registry for Nomad's docker driver holds it: it keeps
+            # a HEALTHCHECK (OCI's drops it), so the test sees one if the Dockerfile had it.
+            "--format=docker",
             "--tag",
             name,
             "--file",
@@ -209,12 +222,12 @@ def build(repository: Path, name: str) -> BuiltImage:
 
 
 def image_size(name: str) -> int:
-    """The image's size as buildah counts it (its layers, uncompressed)."""
-    output = _buildah("images", "--json", name)
-    images = json.loads(output)
-    if not images:
+    """The image's size: its layers as stored (uncompressed tars), from its manifest."""
+    document = _inspect(name)
+    if document is None:
         raise ImageError(f"no image {name}")
-    return int(images[0].get("size", 0))
+    manifest = json.loads(str(document.get("Manifest") or "{}"))
+    return sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
 
 
 def remove(name: str) -> None:
@@ -251,16 +264,19 @@ def mounted(image: str) -> Iterator[Rootfs]:
     container = _buildah("from", "--pull=never", image).strip()
     try:
         path = Path(_buildah("mount", container).strip())
-        env = dict(
-            item.partition("=")[::2] for item in config.get("Env") or [] if isinstance(item, str)
-        )
+        env = dict(item.partition("=")[::2] for item in _strings(config.get("Env")))
         user = str(config.get("User") or "")
-        entrypoint = [str(part) for part in config.get("Entrypoint") or []]
-        command = [str(part) for part in config.get("Cmd") or []]
+        entrypoint = _strings(config.get("Entrypoint"))
+        command = _strings(config.get("Cmd"))
         yield Rootfs(container, path, env, user, entrypoint, command)
     finally:
         subprocess.run([*BUILDAH, "umount", container], capture_output=True, check=False)
         subprocess.run([*BUILDAH, "rm", container], capture_output=True, check=False)
+
+
+def _strings(value: object) -> list[str]:
+    """A list of strings from the image's config (Env, Entrypoint, Cmd), or []."""
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 class Running:
@@ -287,6 +303,10 @@ class Running:
             time.sleep(0.05)
         raise ImageError("the entrypoint never ran as PID 1 of its namespace")
 
+    def uid(self) -> int:
+        """The real uid PID 1 runs as."""
+        return int(_status(self.pid_one()).get("Uid", "-1").split()[0])
+
     def signal(self, signum: signal.Signals) -> None:
         """As a container runtime stops a container: the signal to its PID 1."""
         os.kill(self.pid_one(), signum)
@@ -297,7 +317,9 @@ class Running:
         except subprocess.TimeoutExpired:
             self.process.kill()
             output, _ = self.process.communicate()
-            raise ImageError(f"the container did not exit within {timeout:g}s:\n{tail(output)}")
+            raise ImageError(
+                f"the container did not exit within {timeout:g}s:\n{tail(output)}"
+            ) from None
         return self.process.returncode, output
 
 
@@ -309,7 +331,9 @@ def _status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
-def start(rootfs: Rootfs, args: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Running:
+def start(
+    rootfs: Rootfs, args: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Running:
     """The entrypoint (with ``args``, else the image's CMD) as the image's user, PID 1."""
     if not rootfs.user or rootfs.user.split(":")[0] in ("0", "root"):
         raise ImageError(f"the image runs as {rootfs.user or 'root'}: it must name another user")

@@ -1,7 +1,7 @@
 """The init-databases task's image: hadolint, and what the Nomad job relies on.
 
-No Docker engine runs here, so the image is not built; these tests read the
-Dockerfile the way the build would.
+These tests read the Dockerfile the way the build would; test_image.py builds
+it with buildah and runs the image.
 """
 
 from __future__ import annotations

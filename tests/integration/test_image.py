@@ -30,6 +30,7 @@ from sandbox.image import (
     Running,
     build,
     ensure_standin,
+    healthcheck,
     image_size,
     missing_tools,
     mounted,
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/nomad-pginit:image-test"
 # What the Nomad job gives the task: its files under /local and /secrets.
 SERVICES = "/local/pginit.toml"
-ADMIN_PASSWORD = "/secrets/pg_admin_password"  # noqa: S105 - a path
+ADMIN_PASSWORD = "/secrets/pg_admin_password"
 WAIT = 60.0
 
 pytestmark = [
@@ -60,6 +61,8 @@ def image(pytestconfig: pytest.Config) -> Iterator[BuiltImage]:
     ensure_standin(log)
     built = build(ROOT, IMAGE)
     base = image_size(STANDIN_NAME)
+    # Said whatever pytest captures: the size is what this test reports.
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     lines = [
         *log,
@@ -67,20 +70,26 @@ def image(pytestconfig: pytest.Config) -> Iterator[BuiltImage]:
         f"{BASE_IMAGE} {base / 1e6:.0f} MB and nomad-pginit's layers "
         f"{(built.size_bytes - base) / 1e6:.0f} MB; built in {built.seconds:.0f}s",
     ]
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(f"[image] {line}")
+    if capture is not None and reporter is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            for line in lines:
+                reporter.write_line(f"[image] {line}")
     yield built
     remove(IMAGE)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rootfs(image: BuiltImage) -> Iterator[Rootfs]:
+    """One working container for every test: buildah's vfs copies the whole image for
+    each. The tests write its /local and /secrets afresh."""
     with mounted(image.name) as mounted_rootfs:
         yield mounted_rootfs
 
 
-def services_file(pg: Cluster, rootfs: Rootfs, names: list[str], *, port: int | None = None) -> None:
+def services_file(
+    pg: Cluster, rootfs: Rootfs, names: list[str], *, port: int | None = None
+) -> None:
     rootfs.put(ADMIN_PASSWORD, pg.server.password + "\n")
     lines = [
         "[postgres]",
@@ -109,8 +118,12 @@ def read_until(running: Running, pattern: str, seen: list[str]) -> None:
     pytest.fail(f"the container ended before {pattern!r}:\n{''.join(seen)}")
 
 
-def test_the_image_holds_the_tool_and_nothing_of_the_repository(rootfs: Rootfs) -> None:
+def test_the_image_holds_the_tool_and_nothing_of_the_repository(
+    rootfs: Rootfs, image: BuiltImage
+) -> None:
     assert rootfs.user == "10001:10001"
+    # Nomad has its own checks; a HEALTHCHECK would only restart a finished oneshot run.
+    assert healthcheck(image.name) is None
     assert rootfs.entrypoint == ["nomad-pginit"]
     assert rootfs.command == ["run"]
     found = {
@@ -135,9 +148,7 @@ def test_the_same_python_major_as_the_production_base(rootfs: Rootfs) -> None:
     assert versions, list(rootfs.path.glob("usr/local/lib/python3*"))
 
 
-def test_run_twice_as_its_own_user(
-    rootfs: Rootfs, pg: Cluster, vault: Vault
-) -> None:
+def test_run_twice_as_its_own_user(rootfs: Rootfs, pg: Cluster, vault: Vault) -> None:
     names = ["imagesvc1", "imagesvc2"]
     for name in names:
         vault.put(name, password_for(name))
@@ -165,6 +176,7 @@ def test_watch_mode_stops_on_a_signal_to_pid_1(
     running = start(rootfs, ["run", "--watch", "--interval", "1"], task_env(vault))
     seen: list[str] = []
     read_until(running, "summary: ok", seen)
+    assert running.uid() == 10001  # the image's user, never root
     running.signal(stop)
     exit_code, rest = running.wait(WAIT)
     assert exit_code == code, "".join(seen) + rest
@@ -202,9 +214,7 @@ def test_the_live_sidecar_applies_a_new_services_file_on_sighup(
     rootfs.put("/local/cluster.toml", cluster)
     rootfs.put(SERVICES, f'[[service]]\nname = "{names[0]}"\n')
     env = {**task_env(vault), "PGINIT_CONFIG": "/local/cluster.toml"}
-    running = start(
-        rootfs, ["run", "--watch", "--interval", "3600", "--services", SERVICES], env
-    )
+    running = start(rootfs, ["run", "--watch", "--interval", "3600", "--services", SERVICES], env)
     seen: list[str] = []
     read_until(running, "summary: ok: 1 service", seen)
     # Nomad's template re-rendered the variable into the file, then sent SIGHUP.
