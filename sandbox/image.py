@@ -17,18 +17,23 @@ own user, with the image's environment and nothing of ours.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import queue
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 from sandbox.common import SandboxError, tail
 
@@ -46,6 +51,10 @@ BUILDAH: Final = ("buildah", "--storage-driver", "vfs")
 # The machine's CA bundle: PyPI is reached through what the machine trusts.
 HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 
+# Each built image carries this label, its value the pid of the run that built it: a
+# run sweeps away what a killed run left (its images, their working containers).
+RUN_LABEL: Final = "org.nomad-pginit.image-test"
+
 DEBOOTSTRAP_TIMEOUT: Final = 900.0
 BUILD_TIMEOUT: Final = 900.0
 
@@ -56,9 +65,10 @@ class ImageError(SandboxError):
 
 def missing_tools() -> list[str]:
     """What building and running the image needs and this machine lacks."""
-    missing = [
-        tool for tool in ("buildah", "debootstrap", "unshare", "git") if not shutil.which(tool)
-    ]
+    # debootstrap lives in /usr/sbin, which a user's PATH may leave out.
+    path = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+    tools = ("buildah", "debootstrap", "unshare", "git")
+    missing = [tool for tool in tools if not shutil.which(tool, path=path)]
     if os.geteuid() != 0:
         missing.append("root (buildah with the vfs driver and chroot isolation runs as root)")
     return missing
@@ -118,12 +128,27 @@ def _config(image: str) -> dict[str, object]:
     return config if isinstance(config, dict) else {}
 
 
+def _standin_recipe() -> str:
+    """What the stand-in is made of: another recipe (suite, packages, the machine's
+    CAs) makes it again."""
+    recipe = f"debootstrap {STANDIN_SUITE} minbase {' '.join(STANDIN_PACKAGES)}"
+    if HOST_CA_BUNDLE.is_file():
+        recipe += f" ca {hashlib.sha256(HOST_CA_BUNDLE.read_bytes()).hexdigest()[:16]}"
+    return recipe
+
+
 def ensure_standin(log: list[str]) -> None:
     """``python:3.11-slim`` stood in from Debian's packages, made once and kept."""
+    recipe = _standin_recipe()
     if _inspect(STANDIN_NAME) is not None:
         labels = _config(STANDIN_NAME).get("Labels") or {}
-        if isinstance(labels, dict) and STANDIN_LABEL in labels:
+        if isinstance(labels, dict) and labels.get(STANDIN_LABEL) == recipe:
             log.append(f"stand-in {STANDIN_NAME}: kept from an earlier run")
+            return
+        if isinstance(labels, dict) and STANDIN_LABEL in labels:
+            log.append(f"stand-in {STANDIN_NAME}: made of another recipe, made again")
+            _buildah("rmi", "--force", STANDIN_NAME)
+            ensure_standin(log)
             return
         raise ImageError(
             f"an image {STANDIN_NAME} that is not the stand-in is in buildah's storage: "
@@ -133,17 +158,11 @@ def ensure_standin(log: list[str]) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nomad-pginit-standin-") as scratch:
         root = Path(scratch) / "rootfs"
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(STANDIN_PACKAGES)}",
-                STANDIN_SUITE,
-                root,
-                DEBIAN_MIRROR,
-            ],
-            timeout=DEBOOTSTRAP_TIMEOUT,
-        )
+        # debootstrap mounts /proc (and more) inside: a killed one leaves them mounted,
+        # which no rmtree gets through.
+        with contextlib.ExitStack() as mounts:
+            mounts.callback(_unmount_under, root)
+            _debootstrap(root)
         _as_the_official_image(root)
         container = _buildah("from", "scratch").strip()
         try:
@@ -159,13 +178,40 @@ def ensure_standin(log: list[str]) -> None:
                 "--cmd",
                 "python3",
                 "--label",
-                f"{STANDIN_LABEL}=debootstrap {STANDIN_SUITE} minbase",
+                f"{STANDIN_LABEL}={recipe}",
                 container,
             )
             _buildah("commit", "--quiet", container, STANDIN_NAME)
         finally:
             subprocess.run([*BUILDAH, "rm", container], capture_output=True, check=False)
     log.append(f"stand-in {STANDIN_NAME}: made in {time.monotonic() - started:.0f}s")
+
+
+def _debootstrap(root: Path) -> None:
+    found = shutil.which("debootstrap", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    _run(
+        [
+            found or "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(STANDIN_PACKAGES)}",
+            STANDIN_SUITE,
+            root,
+            DEBIAN_MIRROR,
+        ],
+        timeout=DEBOOTSTRAP_TIMEOUT,
+    )
+
+
+def _unmount_under(root: Path) -> None:
+    """Unmount whatever is mounted below ``root``, deepest first."""
+    prefix = f"{root}/"
+    mounts = [
+        fields[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if len(fields := line.split()) > 1 and fields[1].startswith(prefix)
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
 
 
 def _as_the_official_image(root: Path) -> None:
@@ -186,6 +232,38 @@ class BuiltImage:
     name: str
     size_bytes: int
     seconds: float
+
+
+def image_name() -> str:
+    """This run's own tag: two runs at once never remove each other's image."""
+    return f"localhost/nomad-pginit:image-test-{os.getpid()}"
+
+
+def sweep(log: list[str]) -> None:
+    """Remove the images (and their working containers) of earlier runs that are gone:
+    a killed run removes nothing itself, and each image weighs some 300 MB in vfs."""
+    images = json.loads(_buildah("images", "--json", "--filter", f"label={RUN_LABEL}") or "[]")
+    containers = json.loads(_buildah("containers", "--json") or "[]")
+    for image in images or []:
+        labels = _config(str(image["id"])).get("Labels") or {}
+        owner = labels.get(RUN_LABEL) if isinstance(labels, dict) else None
+        if owner is not None and str(owner).isdigit() and _alive(int(owner)):
+            continue
+        for container in containers or []:
+            if str(container.get("imageid", "")).startswith(str(image["id"])):
+                subprocess.run([*BUILDAH, "rm", container["id"]], capture_output=True, check=False)
+        subprocess.run([*BUILDAH, "rmi", "--force", image["id"]], capture_output=True, check=False)
+        log.append(f"removed image {str(image['id'])[:12]}, left by a run that is gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def build(repository: Path, name: str) -> BuiltImage:
@@ -211,6 +289,8 @@ def build(repository: Path, name: str) -> BuiltImage:
             # Docker's format, as a registry for Nomad's docker driver holds it: it keeps
             # a HEALTHCHECK (OCI's drops it), so the test sees one if the Dockerfile had it.
             "--format=docker",
+            "--label",
+            f"{RUN_LABEL}={os.getpid()}",
             "--tag",
             name,
             "--file",
@@ -238,7 +318,6 @@ def remove(name: str) -> None:
 class Rootfs:
     """A working container of the image, mounted: its filesystem and its config."""
 
-    container: str
     path: Path
     env: dict[str, str]
     user: str
@@ -250,7 +329,8 @@ class Rootfs:
         target = self.path / inside.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
-        uid, _, gid = (owner or self.user).partition(":")
+        # An image with no USER runs as root: start() refuses it, saying so.
+        uid, _, gid = (owner or self.user or "0:0").partition(":")
         for path in (target.parent, target):
             os.chown(path, int(uid), int(gid or uid))
         target.chmod(0o600)
@@ -268,7 +348,7 @@ def mounted(image: str) -> Iterator[Rootfs]:
         user = str(config.get("User") or "")
         entrypoint = _strings(config.get("Entrypoint"))
         command = _strings(config.get("Cmd"))
-        yield Rootfs(container, path, env, user, entrypoint, command)
+        yield Rootfs(path, env, user, entrypoint, command)
     finally:
         subprocess.run([*BUILDAH, "umount", container], capture_output=True, check=False)
         subprocess.run([*BUILDAH, "rm", container], capture_output=True, check=False)
@@ -280,28 +360,82 @@ def _strings(value: object) -> list[str]:
 
 
 class Running:
-    """The image's entrypoint running as PID 1 of its own PID namespace."""
+    """The image's entrypoint running as PID 1 of its own PID namespace; its output
+    read as it comes, so that no wait for a line outlasts its deadline. Ended (its
+    whole namespace killed) on the way out of ``with``."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def read_until(self, pattern: str, timeout: float) -> str:
+        """The output up to the first line matching ``pattern`` (a regular expression),
+        or ImageError once ``timeout`` seconds pass, or the container ends, without it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise ImageError(
+                    f"no line matching {pattern!r} within {timeout:g}s:\n{self.output()}"
+                ) from None
+            if line is None:
+                self._queue.put(None)  # the end, for whoever asks next
+                raise ImageError(f"the container ended before {pattern!r}:\n{self.output()}")
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return self.output()
+
+    def output(self) -> str:
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return "".join(self.lines)
+            if line is None:
+                self._queue.put(None)
+                return "".join(self.lines)
+            self.lines.append(line)
 
     def pid_one(self, timeout: float = 10.0) -> int:
-        """The host's pid of the namespace's PID 1 (the entrypoint), once it runs."""
+        """The host's pid of the namespace's PID 1 once it is the entrypoint (no longer
+        unshare's chroot or env on the way to it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-            try:
-                found = children.read_text().split()
-            except OSError:
-                found = []
-            for pid in found:
-                status = _status(int(pid))
-                if status.get("NSpid", "").split()[-1:] == ["1"]:
-                    return int(pid)
+            pid = self._namespace_init()
+            if pid is not None and _comm(pid) not in ("chroot", "env"):
+                return pid
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
         raise ImageError("the entrypoint never ran as PID 1 of its namespace")
+
+    def _namespace_init(self) -> int | None:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            found = children.read_text().split()
+        except OSError:
+            return None
+        for pid in found:
+            if _status(int(pid)).get("NSpid", "").split()[-1:] == ["1"]:
+                return int(pid)
+        return None
 
     def uid(self) -> int:
         """The real uid PID 1 runs as."""
@@ -311,16 +445,37 @@ class Running:
         """As a container runtime stops a container: the signal to its PID 1."""
         os.kill(self.pid_one(), signum)
 
-    def wait(self, timeout: float) -> tuple[int, str]:
-        try:
-            output, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+    def kill(self) -> None:
+        """End the container: SIGKILL to its PID 1 ends every process of its namespace
+        (unshare's --kill-child does not reach a child that changed its user)."""
+        if self.process.poll() is None:
+            pid = self._namespace_init()
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.kill()
-            output, _ = self.process.communicate()
+        self.process.wait()
+        self._pump.join(timeout=10)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        """The exit code and the whole output; the container killed, and ImageError,
+        once ``timeout`` seconds pass."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
             raise ImageError(
-                f"the container did not exit within {timeout:g}s:\n{tail(output)}"
+                f"the container did not exit within {timeout:g}s:\n{tail(self.output())}"
             ) from None
-        return self.process.returncode, output
+        self._pump.join(timeout=10)
+        return code, self.output()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -332,13 +487,19 @@ def _status(pid: int) -> dict[str, str]:
 
 
 def start(
-    rootfs: Rootfs, args: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    rootfs: Rootfs,
+    args: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    entrypoint: Sequence[str] | None = None,
 ) -> Running:
-    """The entrypoint (with ``args``, else the image's CMD) as the image's user, PID 1."""
+    """The entrypoint (with ``args``, else the image's CMD) as the image's user, PID 1;
+    ``entrypoint`` replaces the image's, as docker run --entrypoint does."""
     if not rootfs.user or rootfs.user.split(":")[0] in ("0", "root"):
         raise ImageError(f"the image runs as {rootfs.user or 'root'}: it must name another user")
     environment = {**rootfs.env, "HOME": "/", **(env or {})}
-    command = [*rootfs.entrypoint, *(rootfs.command if args is None else args)]
+    first = list(rootfs.entrypoint if entrypoint is None else entrypoint)
+    command = [*first, *(rootfs.command if args is None else args)]
     process = subprocess.Popen(
         [
             "unshare",
@@ -366,5 +527,19 @@ def run(
     args: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 120.0,
+    *,
+    entrypoint: Sequence[str] | None = None,
 ) -> tuple[int, str]:
-    return start(rootfs, args, env).wait(timeout)
+    with start(rootfs, args, env, entrypoint=entrypoint) as running:
+        return running.wait(timeout)
+
+
+def processes_in(root: Path) -> list[int]:
+    """The pids of every process whose root directory is ``root`` (the container's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(entry / "root")) == root:
+                    found.append(int(entry.name))
+    return found
