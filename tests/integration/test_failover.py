@@ -14,14 +14,13 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Vault, communicate, start_tool, toml_string, tool_env
+from conftest import Result, Vault, communicate, run_tool, start_tool, toml_string, tool_env
 from provisioning import assert_can_work, password_for, read_until, run, summary, texts
 
 from nomad_pginit.postgres import ADVISORY_LOCK_KEY
@@ -101,6 +100,15 @@ def services_file(
     return path
 
 
+def start_run(
+    config: Path, vault: Vault, processes: list[subprocess.Popen[str]], *args: str
+) -> subprocess.Popen[str]:
+    """``run --config config *args`` started, killed by the fixture if the test fails."""
+    proc = start_tool(["run", "--config", str(config), *args], tool_env(vault))
+    processes.append(proc)
+    return proc
+
+
 def put_passwords(vault: Vault, names: Sequence[str]) -> None:
     for name in names:
         vault.put(name, password_for(name))
@@ -156,8 +164,7 @@ def test_failover_mid_run_finishes_on_the_promoted_standby(
     config = services_file(tmp_path, [primary, standby], SERVICES)
     env = tool_env(vault)
 
-    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], env)
-    processes.append(proc)
+    proc = start_run(config, vault, processes, "--wait-timeout", "60")
     head, missing = fail_over(primary, standby, proc, "")
     result = communicate(proc, head)
 
@@ -203,13 +210,8 @@ def test_failover_in_watch_mode_finishes_the_pass_and_keeps_watching(
     primary, standby = pair
     put_passwords(vault, SERVICES)
     config = services_file(tmp_path, [primary, standby], SERVICES)
-    env = tool_env(vault)
 
-    proc = start_tool(
-        ["run", "--watch", "--interval", "1", "--config", str(config), "--wait-timeout", "60"],
-        env,
-    )
-    processes.append(proc)
+    proc = start_run(config, vault, processes, "--watch", "--interval", "1", "--wait-timeout", "60")
     head, missing = fail_over(primary, standby, proc, "")
     assert missing
     head += read_until(proc, "summary: ok")
@@ -249,27 +251,13 @@ def test_multi_host_dsn_reaches_the_primary_whatever_the_order(
     for name in names:
         with psycopg.connect(primary.conninfo(dbname=name), autocommit=True) as conn:
             assert conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
-    checked = subprocess.run(
-        [*_tool(), "check", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    checked = check(config, env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"{len(names)} services OK" in checked.stdout
 
     # The standby has them too, once it has replayed: check --replicas logs in there.
     wait_for_replay(primary, standby)
-    replicas = subprocess.run(
-        [*_tool(), "check", "--config", str(config), "--replicas"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    replicas = check(config, env, "--replicas")
     assert replicas.returncode == 0, replicas.stdout + replicas.stderr
     assert f"replica {standby.host}:{standby.port}: {len(names)} services OK" in replicas.stdout
 
@@ -289,19 +277,8 @@ def test_a_run_pointed_at_a_standby_alone_says_so_and_waits(
     assert roles_on(standby, SERVICES[:1]) == set()
 
 
-def _tool() -> list[str]:
-    return [sys.executable, "-m", "nomad_pginit"]
-
-
-def check(config: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*_tool(), "check", "--config", str(config), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def check(config: Path, env: dict[str, str], *extra: str) -> Result:
+    return run_tool(["check", "--config", str(config), *extra], env)
 
 
 def test_check_replicas_says_what_a_standby_lacks(
@@ -350,8 +327,7 @@ def test_a_stop_while_waiting_for_a_new_primary_ends_the_run_at_once(
     primary, standby = pair
     put_passwords(vault, SERVICES)
     config = services_file(tmp_path, [primary, standby], SERVICES)
-    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "600"], tool_env(vault))
-    processes.append(proc)
+    proc = start_run(config, vault, processes, "--wait-timeout", "600")
     head = read_until(proc, f'role "{SERVICES[3]}" created')
     primary.stop("immediate")
     head += read_until(proc, "lost the connection to PostgreSQL at")
@@ -377,10 +353,7 @@ def test_watch_mode_notices_a_failover_between_passes(
     first, late = SERVICES[:3], SERVICES[3:5]
     put_passwords(vault, first + late)
     config = services_file(tmp_path, [primary, standby], first)
-    proc = start_tool(
-        ["run", "--watch", "--interval", "1", "--config", str(config)], tool_env(vault)
-    )
-    processes.append(proc)
+    proc = start_run(config, vault, processes, "--watch", "--interval", "1")
     head = read_until(proc, "summary: ok")
     stop_streaming(standby)
     services_file(tmp_path, [primary, standby], first + late)
@@ -413,8 +386,7 @@ def test_after_a_failover_every_connection_goes_where_the_run_went_on(
     names = SERVICES[:40]
     put_passwords(vault, names)
     config = services_file(tmp_path, [primary, standby], names)
-    proc = start_tool(["run", "--config", str(config), "--wait-timeout", "60"], tool_env(vault))
-    processes.append(proc)
+    proc = start_run(config, vault, processes, "--wait-timeout", "60")
     head = read_until(proc, f'role "{names[3]}" created')
     stop_streaming(standby)
     head += read_until(proc, f'role "{names[8]}" created')
